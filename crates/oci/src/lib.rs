@@ -24,3 +24,10 @@ pub mod reference;
 
 pub use blobstore::BlobStore;
 pub use digest::{Digest, DigestError, Hasher};
+pub use layer::{
+    Compression, DeviceKind, EntryMeta, LayerError, LayerInfo, LayerOptions, LayerWriter,
+};
+pub use manifest::{Descriptor, ImageIndex, ImageManifest, ManifestError, Parsed, RawManifest};
+pub use media::ImageFormat;
+pub use platform::{Platform, PlatformError};
+pub use reference::{Reference, ReferenceError};
