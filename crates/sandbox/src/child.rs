@@ -1,0 +1,659 @@
+//! The code that runs between fork/clone and exec.
+//!
+//! Everything here is prepared by the parent ([`Plan`] holds only `CString`s, integers and
+//! pointer arrays built before forking): the parent may be multithreaded, so after the fork
+//! the child must not allocate, lock or touch anything but raw system calls (fork(2),
+//! signal-safety(7)). Failures are reported to the parent as a fixed-size [`Msg`] on a
+//! `O_CLOEXEC` pipe: EOF on that pipe means exec succeeded.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+use libc::{c_char, c_int, c_ulong};
+
+/// Exit status of a child that failed before exec (the parent reports the message instead).
+pub(crate) const EXIT_SETUP_FAILED: c_int = 125;
+
+/// One step of the child's set-up, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Step {
+    Sync = 1,
+    Fds,
+    Hostname,
+    LoopbackUp,
+    MakePrivate,
+    BindRoot,
+    Op,
+    PivotRoot,
+    UmountOldRoot,
+    Chroot,
+    ChdirRoot,
+    MkdirCwd,
+    ChownCwd,
+    ChdirCwd,
+    Setgroups,
+    Setgid,
+    Setuid,
+    Exec,
+    UnshareMountNs,
+    Reaper,
+}
+
+impl Step {
+    pub(crate) fn from_u32(v: u32) -> Option<Step> {
+        use Step::*;
+        [
+            Sync,
+            Fds,
+            Hostname,
+            LoopbackUp,
+            MakePrivate,
+            BindRoot,
+            Op,
+            PivotRoot,
+            UmountOldRoot,
+            Chroot,
+            ChdirRoot,
+            MkdirCwd,
+            ChownCwd,
+            ChdirCwd,
+            Setgroups,
+            Setgid,
+            Setuid,
+            Exec,
+            UnshareMountNs,
+            Reaper,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+}
+
+/// Message kinds.
+pub(crate) const MSG_FATAL: u32 = 1;
+pub(crate) const MSG_WARN: u32 = 2;
+
+/// A report from the child: `index` points into the plan's ops or cwd prefixes or exec
+/// candidates depending on the step.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct Msg {
+    pub kind: u32,
+    pub step: u32,
+    pub index: u32,
+    pub errno: i32,
+}
+
+impl Msg {
+    pub(crate) const SIZE: usize = 16;
+
+    pub(crate) fn decode(b: &[u8; Msg::SIZE]) -> Msg {
+        let w = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Msg {
+            kind: u32::from_ne_bytes(w(0)),
+            step: u32::from_ne_bytes(w(4)),
+            index: u32::from_ne_bytes(w(8)),
+            errno: i32::from_ne_bytes(w(12)),
+        }
+    }
+
+    fn encode(&self) -> [u8; Msg::SIZE] {
+        let mut b = [0u8; Msg::SIZE];
+        b[0..4].copy_from_slice(&self.kind.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.step.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.index.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.errno.to_ne_bytes());
+        b
+    }
+}
+
+/// A file-system operation done before entering the root (host paths).
+#[derive(Debug)]
+pub(crate) enum Op {
+    Mount {
+        src: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+    },
+    /// Read-only remount of a bind mount, keeping the locked flags (see `remount_ro`).
+    RemountRo {
+        target: CString,
+    },
+    /// Fresh procfs; on EPERM (a masked /proc in a pod) fall back to a recursive bind of
+    /// `fallback` and warn.
+    Proc {
+        target: CString,
+        fallback: CString,
+    },
+    Mkdir {
+        path: CString,
+        mode: libc::mode_t,
+    },
+    Touch {
+        path: CString,
+    },
+    Symlink {
+        target: CString,
+        path: CString,
+    },
+}
+
+/// An op and whether its failure is only a warning.
+#[derive(Debug)]
+pub(crate) struct OpEntry {
+    pub op: Op,
+    pub optional: bool,
+}
+
+/// What the child does before exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildMode {
+    /// Namespaces already created by clone(2); mounts, then pivot_root.
+    Userns,
+    /// Try a private mount namespace for the ops (warnings only), then chroot.
+    Chroot,
+    /// Nothing: run on `/`.
+    Container,
+}
+
+/// Everything the child needs, built before forking.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub mode: ChildMode,
+    pub rootfs: CString,
+    pub hostname: Option<CString>,
+    pub lo_up: bool,
+    pub ops: Vec<OpEntry>,
+    pub cwd_prefixes: Vec<CString>,
+    pub cwd: CString,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub gids: Vec<libc::gid_t>,
+    pub argv: Vec<CString>,
+    pub argv_ptrs: Vec<*const c_char>,
+    pub envp: Vec<CString>,
+    pub envp_ptrs: Vec<*const c_char>,
+    /// Paths to try with execve, in order (PATH search done by the parent's plan).
+    pub candidates: Vec<CString>,
+    pub stdin: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    /// `<proc>/thread-self/children`, for the reaper.
+    pub children_file: CString,
+}
+
+impl Plan {
+    /// Fills the NULL-terminated pointer arrays. Must be called after the last change to
+    /// `argv`/`envp` and before forking.
+    pub(crate) fn seal(&mut self) {
+        self.argv_ptrs = self
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        self.envp_ptrs = self
+            .envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+    }
+}
+
+fn errno() -> i32 {
+    nix::errno::Errno::last_raw()
+}
+
+/// Writes a message (16 bytes < PIPE_BUF: atomic).
+fn send(fd: c_int, kind: u32, step: Step, index: usize, errno: i32) {
+    let m = Msg {
+        kind,
+        step: step as u32,
+        index: index as u32,
+        errno,
+    }
+    .encode();
+    // SAFETY: writing a stack buffer of the stated length to a pipe fd.
+    unsafe {
+        libc::write(fd, m.as_ptr().cast(), m.len());
+    }
+}
+
+fn fail(fd: c_int, step: Step, index: usize, errno: i32) -> ! {
+    send(fd, MSG_FATAL, step, index, errno);
+    // SAFETY: _exit(2) is async-signal-safe and skips atexit handlers inherited from the parent.
+    unsafe { libc::_exit(EXIT_SETUP_FAILED) }
+}
+
+/// `mount(2)` with optional C strings.
+fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), i32> {
+    let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: all pointers are NUL-terminated strings owned by the plan, or NULL.
+    let r = unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, p(data).cast()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// Read-only remount of a bind mount. In a user namespace the flags the source mount has
+/// (nosuid, nodev, noexec, atime flags) are locked and must be repeated, or the remount
+/// fails with EPERM (mount(2), "MS_REMOUNT|MS_BIND" and mount_namespaces(7) on locked flags).
+fn remount_ro(target: &CStr) -> Result<(), i32> {
+    // SAFETY: statvfs fills a zeroed struct we own.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: target is a valid C string; sv is a valid out-pointer.
+    if unsafe { libc::statvfs(target.as_ptr(), &mut sv) } != 0 {
+        return Err(errno());
+    }
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+    for (st, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if sv.f_flag & st != 0 {
+            flags |= ms;
+        }
+    }
+    mount(None, target, None, flags, None)
+}
+
+fn run_op(op: &Op) -> Result<bool, i32> {
+    // Ok(true): done via a fallback worth a warning.
+    match op {
+        Op::Mount {
+            src,
+            target,
+            fstype,
+            flags,
+            data,
+        } => mount(
+            src.as_deref(),
+            target,
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        )
+        .map(|()| false),
+        Op::RemountRo { target } => remount_ro(target).map(|()| false),
+        Op::Proc { target, fallback } => {
+            match mount(
+                Some(c"proc"),
+                target,
+                Some(c"proc"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+            ) {
+                Ok(()) => Ok(false),
+                Err(libc::EPERM) | Err(libc::EACCES) => mount(
+                    Some(fallback.as_c_str()),
+                    target,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )
+                .map(|()| true),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Mkdir { path, mode } => {
+            // SAFETY: valid C string.
+            let r = unsafe { libc::mkdir(path.as_ptr(), *mode) };
+            if r == 0 || errno() == libc::EEXIST {
+                Ok(false)
+            } else {
+                Err(errno())
+            }
+        }
+        Op::Touch { path } => {
+            // SAFETY: valid C string; the fd is closed right away.
+            let fd = unsafe {
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0o666 as libc::c_uint,
+                )
+            };
+            if fd < 0 {
+                return Err(errno());
+            }
+            // SAFETY: fd was just opened by us.
+            unsafe { libc::close(fd) };
+            Ok(false)
+        }
+        Op::Symlink { target, path } => {
+            // SAFETY: valid C strings.
+            if unsafe { libc::symlink(target.as_ptr(), path.as_ptr()) } == 0
+                || errno() == libc::EEXIST
+            {
+                Ok(false)
+            } else {
+                Err(errno())
+            }
+        }
+    }
+}
+
+fn bring_loopback_up() -> Result<(), i32> {
+    // SAFETY: plain socket/ioctl on a zeroed ifreq we own; the socket is closed before return.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(errno());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[0] = b'l' as c_char;
+        ifr.ifr_name[1] = b'o' as c_char;
+        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
+        if r == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        let e = errno();
+        libc::close(s);
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// Moves the step's stdio to 0/1/2 and the message pipe to 3 (close-on-exec), closes
+/// everything else. CVE-2024-21626: no inherited descriptor may reach the step, in
+/// particular no directory fd a `WORKDIR /proc/self/fd/N` could chdir through.
+fn setup_fds(plan: &Plan, msg: c_int) -> c_int {
+    // SAFETY: fcntl/dup2/dup3/close on descriptors this process owns.
+    unsafe {
+        let hi = |fd: c_int| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+        let (i, o, e, m) = (hi(plan.stdin), hi(plan.stdout), hi(plan.stderr), hi(msg));
+        if i < 0 || o < 0 || e < 0 || m < 0 {
+            fail(msg, Step::Fds, 0, errno());
+        }
+        if libc::dup2(i, 0) < 0 || libc::dup2(o, 1) < 0 || libc::dup2(e, 2) < 0 {
+            fail(m, Step::Fds, 1, errno());
+        }
+        if libc::dup3(m, 3, libc::O_CLOEXEC) < 0 {
+            fail(m, Step::Fds, 2, errno());
+        }
+        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+            // Kernels before 5.9: close one by one up to a sane bound.
+            for fd in 4..65536 {
+                libc::close(fd);
+            }
+        }
+    }
+    3
+}
+
+/// The child: never returns.
+///
+/// # Safety
+/// Must be called only in a freshly forked/cloned child process, with `plan` sealed.
+pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
+    let mut setgroups_allowed = true;
+    if sync_r >= 0 {
+        let mut b = [0u8; 1];
+        loop {
+            // SAFETY: reading one byte into a stack buffer.
+            let n = unsafe { libc::read(sync_r, b.as_mut_ptr().cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            // Parent gave up (EOF): exit quietly.
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(EXIT_SETUP_FAILED) };
+        }
+        setgroups_allowed = b[0] == 1;
+    }
+    let msg = setup_fds(plan, msg_w);
+    // SAFETY: umask only changes this process's mask; modes below are explicit.
+    unsafe { libc::umask(0) };
+
+    match plan.mode {
+        ChildMode::Userns => {
+            if let Some(h) = &plan.hostname {
+                // SAFETY: valid buffer and length.
+                if unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) } != 0 {
+                    fail(msg, Step::Hostname, 0, errno());
+                }
+            }
+            if plan.lo_up {
+                if let Err(e) = bring_loopback_up() {
+                    send(msg, MSG_WARN, Step::LoopbackUp, 0, e);
+                }
+            }
+            // Nothing we mount may propagate back to the caller's namespace.
+            if let Err(e) = mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
+                fail(msg, Step::MakePrivate, 0, e);
+            }
+            // pivot_root(2) needs the new root to be a mount point.
+            if let Err(e) = mount(
+                Some(&plan.rootfs),
+                &plan.rootfs,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            ) {
+                fail(msg, Step::BindRoot, 0, e);
+            }
+            run_ops(plan, msg, false);
+            // SAFETY: valid C strings; pivot_root(".", ".") as in pivot_root(2) NOTES: the old
+            // root ends up stacked on "." and is detached right away.
+            unsafe {
+                if libc::chdir(plan.rootfs.as_ptr()) != 0 {
+                    fail(msg, Step::ChdirRoot, 0, errno());
+                }
+                let dot = c".".as_ptr();
+                if libc::syscall(libc::SYS_pivot_root, dot, dot) == 0 {
+                    if libc::umount2(dot, libc::MNT_DETACH) != 0 {
+                        fail(msg, Step::UmountOldRoot, 0, errno());
+                    }
+                } else {
+                    // e.g. a rootfs on initramfs: chroot is the fallback (weaker: the old root
+                    // stays mounted in this namespace).
+                    send(msg, MSG_WARN, Step::PivotRoot, 0, errno());
+                    if libc::chroot(dot) != 0 {
+                        fail(msg, Step::Chroot, 0, errno());
+                    }
+                }
+                if libc::chdir(c"/".as_ptr()) != 0 {
+                    fail(msg, Step::ChdirRoot, 1, errno());
+                }
+            }
+        }
+        ChildMode::Chroot => {
+            // SAFETY: unshare/chroot/chdir with valid C strings.
+            unsafe {
+                if !plan.ops.is_empty() {
+                    if libc::unshare(libc::CLONE_NEWNS) == 0 {
+                        if mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).is_ok() {
+                            run_ops(plan, msg, true);
+                        }
+                    } else {
+                        send(msg, MSG_WARN, Step::UnshareMountNs, 0, errno());
+                    }
+                }
+                if libc::chroot(plan.rootfs.as_ptr()) != 0 {
+                    fail(msg, Step::Chroot, 0, errno());
+                }
+                if libc::chdir(c"/".as_ptr()) != 0 {
+                    fail(msg, Step::ChdirRoot, 0, errno());
+                }
+            }
+        }
+        ChildMode::Container => {}
+    }
+
+    // The working directory, resolved inside the new root (CVE-2024-21626); created and
+    // chowned to the user when missing, as docker does for WORKDIR.
+    for (i, p) in plan.cwd_prefixes.iter().enumerate() {
+        // SAFETY: valid C string.
+        if unsafe { libc::mkdir(p.as_ptr(), 0o755) } == 0 {
+            // SAFETY: valid C string.
+            if unsafe { libc::lchown(p.as_ptr(), plan.uid, plan.gid) } != 0 {
+                fail(msg, Step::ChownCwd, i, errno());
+            }
+        } else if errno() != libc::EEXIST {
+            fail(msg, Step::MkdirCwd, i, errno());
+        }
+    }
+    // SAFETY: valid C string; umask restores docker's default for the step.
+    unsafe {
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            fail(msg, Step::ChdirCwd, 0, errno());
+        }
+        libc::umask(0o022);
+    }
+
+    // SAFETY: id-changing syscalls with plain integers and a plan-owned array.
+    unsafe {
+        if setgroups_allowed {
+            if libc::setgroups(plan.gids.len(), plan.gids.as_ptr()) != 0 {
+                fail(msg, Step::Setgroups, 0, errno());
+            }
+        } else if !plan.gids.is_empty() {
+            send(msg, MSG_WARN, Step::Setgroups, 0, libc::EPERM);
+        }
+        if libc::setresgid(plan.gid, plan.gid, plan.gid) != 0 {
+            fail(msg, Step::Setgid, 0, errno());
+        }
+        if libc::setresuid(plan.uid, plan.uid, plan.uid) != 0 {
+            fail(msg, Step::Setuid, 0, errno());
+        }
+    }
+
+    // execvp(3)-like search over the candidates: remember EACCES, keep going on ENOENT.
+    let mut last = libc::ENOENT;
+    let mut saw_eacces = None;
+    for (i, c) in plan.candidates.iter().enumerate() {
+        // SAFETY: argv/envp are NULL-terminated arrays of plan-owned C strings.
+        unsafe { libc::execve(c.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr()) };
+        last = errno();
+        match last {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => {
+                saw_eacces.get_or_insert(i);
+            }
+            _ => fail(msg, Step::Exec, i, last),
+        }
+    }
+    match saw_eacces {
+        Some(i) => fail(msg, Step::Exec, i, libc::EACCES),
+        None => fail(msg, Step::Exec, u32::MAX as usize, last),
+    }
+}
+
+fn run_ops(plan: &Plan, msg: c_int, all_optional: bool) {
+    for (i, e) in plan.ops.iter().enumerate() {
+        match run_op(&e.op) {
+            Ok(false) => {}
+            Ok(true) => send(msg, MSG_WARN, Step::Op, i, 0),
+            Err(err) if e.optional || all_optional => send(msg, MSG_WARN, Step::Op, i, err),
+            Err(err) => fail(msg, Step::Op, i, err),
+        }
+    }
+}
+
+/// The reaper for chroot and container modes (no pid namespace): a child subreaper
+/// (prctl(2) PR_SET_CHILD_SUBREAPER) forks the step, waits for it, then SIGKILLs every
+/// remaining descendant (orphans are re-parented to it) until none is left, and reports the
+/// step's wait status on `status_w`.
+///
+/// # Safety
+/// Must be called only in a freshly forked child process, with `plan` sealed.
+pub(crate) unsafe fn reaper_main(plan: &Plan, msg_w: c_int, status_w: c_int) -> ! {
+    // SAFETY: prctl/fork/close/waitpid/kill are plain syscalls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
+            fail(msg_w, Step::Reaper, 0, errno());
+        }
+        let main = libc::fork();
+        if main < 0 {
+            fail(msg_w, Step::Reaper, 1, errno());
+        }
+        if main == 0 {
+            child_main(plan, -1, msg_w);
+        }
+        // The reaper keeps only the status pipe (as fd 3): EOF on the message and output
+        // pipes must depend on the step alone.
+        let st = libc::fcntl(status_w, libc::F_DUPFD_CLOEXEC, 10);
+        libc::dup2(st, 3);
+        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
+            for fd in 4..65536 {
+                libc::close(fd);
+            }
+        }
+        let mut main_status: c_int = 0;
+        let mut main_done = false;
+        loop {
+            let mut s: c_int = 0;
+            let r = libc::waitpid(-1, &mut s, 0);
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                break;
+            }
+            if r == main {
+                main_status = s;
+                main_done = true;
+            }
+            if main_done {
+                kill_children(&plan.children_file);
+            }
+        }
+        let b = main_status.to_ne_bytes();
+        libc::write(3, b.as_ptr().cast(), b.len());
+        libc::_exit(0)
+    }
+}
+
+/// SIGKILLs every pid listed in `/proc/thread-self/children`.
+fn kill_children(file: &CStr) {
+    let mut buf = [0u8; 8192];
+    // SAFETY: open/read/close into a stack buffer; kill with parsed pids.
+    unsafe {
+        let fd = libc::open(file.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        if n <= 0 {
+            return;
+        }
+        let mut pid: i32 = 0;
+        for &c in buf.iter().take(n as usize) {
+            if c.is_ascii_digit() {
+                pid = pid.saturating_mul(10).saturating_add((c - b'0') as i32);
+            } else {
+                if pid > 0 {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                pid = 0;
+            }
+        }
+        if pid > 0 {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}

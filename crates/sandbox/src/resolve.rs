@@ -1,0 +1,263 @@
+//! Mount targets inside a rootfs: confined resolution, stub creation, stub removal.
+//!
+//! Targets resolve with `openat2(RESOLVE_IN_ROOT)`, so `..` and absolute symlinks stay inside
+//! the rootfs (CVE-2024-1753: a bind target through `/rootlink -> /` lands inside the root).
+//! Missing components are created one at a time with `mkdirat`/`openat(O_CREAT|O_EXCL|
+//! O_NOFOLLOW)` relative to the already-resolved parent, and recorded as stubs. Stubs are
+//! removed after the run by re-resolving their parent with `RESOLVE_NO_SYMLINKS |
+//! RESOLVE_BENEATH` and checking device+inode: if a RUN replaced a parent with a symlink to a
+//! host directory (CVE-2024-23652), the walk fails and nothing is removed.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, fstatat, futimens, mkdirat, Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+use crate::error::SandboxError;
+use crate::userdb::file_kind_name;
+
+/// What a mount target must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+}
+
+/// A file or directory the sandbox created and must remove after the run.
+#[derive(Debug)]
+pub(crate) struct Stub {
+    /// Parent directory, relative to the root, symlink-free ("" for the root itself).
+    parent_rel: PathBuf,
+    name: OsString,
+    kind: Kind,
+    dev: u64,
+    ino: u64,
+    /// Parent mtime before the stub was created and right after, to restore it if the RUN
+    /// did not touch the directory (so the differ does not see a changed parent).
+    parent_mtime_before: TimeSpec,
+    parent_mtime_after: TimeSpec,
+}
+
+impl Stub {
+    /// Path inside the rootfs, with a leading `/`.
+    pub(crate) fn display(&self) -> String {
+        let p = self.parent_rel.join(&self.name);
+        format!("/{}", p.display())
+    }
+}
+
+/// An opened rootfs.
+#[derive(Debug)]
+pub(crate) struct Root {
+    pub(crate) path: PathBuf,
+    pub(crate) fd: OwnedFd,
+}
+
+/// A resolved target.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    /// Symlink-free absolute path in the caller's mount namespace.
+    pub(crate) host_path: PathBuf,
+    /// The same path relative to the root, with a leading `/`.
+    pub(crate) in_root: String,
+}
+
+fn how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(resolve)
+}
+
+fn mtime(st: &nix::sys::stat::FileStat) -> TimeSpec {
+    TimeSpec::new(st.st_mtime, st.st_mtime_nsec)
+}
+
+impl Root {
+    /// Opens `path` (canonicalised) as the root.
+    pub(crate) fn open(path: &Path) -> Result<Root, SandboxError> {
+        let err = |source| SandboxError::Rootfs {
+            path: path.to_path_buf(),
+            source,
+        };
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|e| err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+        let fd = nix::fcntl::open(
+            &canonical,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err)?;
+        Ok(Root {
+            path: canonical,
+            fd,
+        })
+    }
+
+    fn resolve_err(&self, path: &str, source: Errno) -> SandboxError {
+        SandboxError::Resolve {
+            rootfs: self.path.clone(),
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// Where `fd` (something under the root) is, via `/proc/self/fd`.
+    fn where_is(&self, fd: &OwnedFd, path: &str) -> Result<Resolved, SandboxError> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| self.resolve_err(path, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        let rel = link
+            .strip_prefix(&self.path)
+            .map_err(|_| self.resolve_err(path, Errno::EXDEV))?;
+        Ok(Resolved {
+            in_root: format!("/{}", rel.display()),
+            host_path: link,
+        })
+    }
+
+    /// Resolves `path` inside the root, creating missing components (directories, and the
+    /// last one as `kind`) as stubs appended to `stubs`.
+    pub(crate) fn ensure(
+        &self,
+        path: &str,
+        kind: Kind,
+        stubs: &mut Vec<Stub>,
+    ) -> Result<Resolved, SandboxError> {
+        let comps: Vec<&str> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        let resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        let mut current: OwnedFd = self
+            .fd
+            .try_clone()
+            .map_err(|e| self.resolve_err(path, Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        for i in 0..comps.len() {
+            let prefix = comps[..=i].join("/");
+            let last = i + 1 == comps.len();
+            let fd = match openat2(
+                self.fd.as_fd(),
+                prefix.as_str(),
+                how(OFlag::O_PATH, resolve),
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) if comps[i] != ".." => {
+                    let name = comps[i];
+                    let want_dir = !last || kind == Kind::Dir;
+                    let before = fstat(&current).map_err(|e| self.resolve_err(path, e))?;
+                    if want_dir {
+                        mkdirat(&current, name, Mode::from_bits_truncate(0o755))
+                    } else {
+                        openat(
+                            &current,
+                            name,
+                            OFlag::O_CREAT
+                                | OFlag::O_EXCL
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_WRONLY
+                                | OFlag::O_CLOEXEC,
+                            Mode::from_bits_truncate(0o644),
+                        )
+                        .map(drop)
+                    }
+                    // EEXIST here: the name is a dangling symlink.
+                    .map_err(|e| self.resolve_err(path, e))?;
+                    let after = fstat(&current).map_err(|e| self.resolve_err(path, e))?;
+                    let st = fstatat(&current, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| self.resolve_err(path, e))?;
+                    let parent_rel = self.where_is(&current, path)?.in_root;
+                    stubs.push(Stub {
+                        parent_rel: PathBuf::from(parent_rel.trim_start_matches('/')),
+                        name: OsString::from(name),
+                        kind: if want_dir { Kind::Dir } else { Kind::File },
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                        parent_mtime_before: mtime(&before),
+                        parent_mtime_after: mtime(&after),
+                    });
+                    openat(
+                        &current,
+                        name,
+                        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| self.resolve_err(path, e))?
+                }
+                Err(e) => return Err(self.resolve_err(path, e)),
+            };
+            let st = fstat(&fd).map_err(|e| self.resolve_err(path, e))?;
+            let ft = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+            let need_dir = !last || kind == Kind::Dir;
+            if need_dir != (ft == SFlag::S_IFDIR) {
+                return Err(SandboxError::TargetType {
+                    rootfs: self.path.clone(),
+                    path: format!("/{prefix}"),
+                    found: file_kind_name(ft),
+                    wanted: if need_dir {
+                        "directory"
+                    } else {
+                        "non-directory"
+                    },
+                });
+            }
+            current = fd;
+        }
+        self.where_is(&current, path)
+    }
+
+    /// Removes `stubs` (newest first). Returns one message per stub left in place.
+    pub(crate) fn remove_stubs(&self, stubs: &mut Vec<Stub>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        while let Some(stub) = stubs.pop() {
+            if let Err(why) = self.remove_stub(&stub) {
+                warnings.push(format!(
+                    "left sandbox mountpoint stub {} in place: {why}",
+                    stub.display()
+                ));
+            }
+        }
+        warnings
+    }
+
+    fn remove_stub(&self, stub: &Stub) -> Result<(), String> {
+        // RESOLVE_NO_SYMLINKS: a parent replaced by a symlink (to the host or anywhere) is not
+        // the directory the stub was created in; remove nothing (CVE-2024-23652).
+        let parent_path: &Path = if stub.parent_rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &stub.parent_rel
+        };
+        let parent = openat2(
+            self.fd.as_fd(),
+            parent_path,
+            how(
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH,
+            ),
+        )
+        .map_err(|e| format!("parent no longer resolves without symlinks: {e}"))?;
+        let st = fstatat(&parent, stub.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| format!("{e}"))?;
+        let is_dir = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits();
+        if st.st_dev != stub.dev || st.st_ino != stub.ino || is_dir != (stub.kind == Kind::Dir) {
+            return Err("replaced by the step".to_string());
+        }
+        let pst = fstat(&parent).map_err(|e| format!("{e}"))?;
+        let flag = if is_dir {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
+        unlinkat(&parent, stub.name.as_os_str(), flag).map_err(|e| format!("{e}"))?;
+        if mtime(&pst) == stub.parent_mtime_after {
+            // The step did not change the directory otherwise: give it back its mtime.
+            let omit = TimeSpec::UTIME_OMIT;
+            let _ = futimens(&parent, &omit, &stub.parent_mtime_before);
+        }
+        Ok(())
+    }
+}
