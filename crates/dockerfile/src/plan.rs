@@ -1,0 +1,637 @@
+//! The build plan: which stages a build needs and in what order, global ARGs, `--target`,
+//! `--build-arg`, and [`StageEnv`], the one implementation of ARG/ENV scoping and word
+//! expansion shared by the engine and `kiln debug plan`.
+//!
+//! Rules (Dockerfile reference, "ARG" and "Understand how ARG and FROM interact"; BuildKit
+//! `dockerfile2llb/convert.go`):
+//! - ARGs before the first FROM are global: usable in FROM lines, and inside a stage only
+//!   after re-declaring them (`ARG NAME` with no default takes the global value).
+//! - `--build-arg` overrides an ARG's default; a declared ARG without default or build arg
+//!   is declared but unset.
+//! - ENV wins over ARG of the same name when expanding and in a RUN's environment.
+//! - Proxy args (`HTTP_PROXY` ...) given as build args are usable without declaration and
+//!   are left out of the history.
+//! - `TARGETPLATFORM` ... `BUILDVARIANT` are global ARGs set from the platforms.
+//! - Stage names are case-insensitive; a FROM or `--from` naming an earlier stage uses it;
+//!   a number in `--from` is a stage index.
+
+use crate::error::{Error, ErrorKind};
+use crate::instructions::{
+    parse_dockerfile, parse_mount, Dockerfile, FromInstr, Instruction, Spanned,
+};
+use crate::shell::{Env, ShellLex};
+
+/// The proxy build args Docker accepts without an ARG declaration (and keeps out of history).
+pub const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Whether `name` is one of [`PROXY_ARGS`].
+pub fn is_proxy_arg(name: &str) -> bool {
+    PROXY_ARGS.contains(&name)
+}
+
+/// Inputs of planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// `--target` (case-insensitive stage name); `None` = the last stage.
+    pub target: Option<String>,
+    /// `--build-arg KEY=VALUE` in order; a bare `--build-arg KEY` must be resolved from the
+    /// caller's environment before (and dropped when unset there).
+    pub build_args: Vec<(String, String)>,
+    /// Target platform, `os/arch[/variant]`, e.g. `linux/amd64`.
+    pub target_platform: String,
+    /// Build (host) platform, same format.
+    pub build_platform: String,
+}
+
+/// A stage's base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// `FROM scratch`.
+    Scratch,
+    /// An image reference, expanded with the global args.
+    Image(String),
+    /// An earlier stage, by its original index.
+    Stage(usize),
+}
+
+/// What a `COPY --from=` / `RUN --mount=from=` value refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromRef {
+    /// An earlier stage by original index.
+    Stage(usize),
+    /// An image reference.
+    Image(String),
+}
+
+/// A stage the build needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedStage {
+    /// Original 0-based index in the Dockerfile.
+    pub index: usize,
+    /// Name as written.
+    pub name: Option<String>,
+    /// Base, resolved.
+    pub base: Base,
+    /// `FROM --platform=`, expanded.
+    pub platform: Option<String>,
+    /// The FROM line.
+    pub from: FromInstr,
+    /// Instructions, unexpanded (expand them one by one with [`StageEnv::dispatch`]).
+    pub instructions: Vec<Spanned<Instruction>>,
+    /// Original indices of the stages this one reads (base, `--from`, `--mount=from=`).
+    pub deps: Vec<usize>,
+}
+
+/// The resolved build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Needed stages in dependency order (ascending original index; deps come first).
+    pub stages: Vec<PlannedStage>,
+    /// Original index of the target stage (the last element of `stages`).
+    pub target: usize,
+    /// Build args no ARG of a needed stage or the global scope declares (a warning).
+    pub unused_build_args: Vec<String>,
+    /// Global scope: predefined platform args, then global ARGs, with values (None = unset).
+    pub global_args: Vec<(String, Option<String>)>,
+    /// The build args, as given.
+    pub build_args: Vec<(String, String)>,
+    /// Escape character of the file.
+    pub escape: char,
+    /// Names of all stages of the file, by original index (for `--from` resolution).
+    pub stage_names: Vec<Option<String>>,
+}
+
+impl Plan {
+    /// The planned stage with original index `index`, if needed.
+    pub fn stage(&self, index: usize) -> Option<&PlannedStage> {
+        self.stages.iter().find(|s| s.index == index)
+    }
+
+    /// Resolves a (expanded) `--from` value used in stage `current`.
+    pub fn resolve_from(&self, current: usize, reference: &str) -> Result<FromRef, Error> {
+        resolve_ref(&self.stage_names, current, reference)
+    }
+}
+
+fn resolve_ref(names: &[Option<String>], current: usize, r: &str) -> Result<FromRef, Error> {
+    if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) {
+        return match r.parse::<usize>() {
+            Ok(i) if i < current => Ok(FromRef::Stage(i)),
+            _ => Err(Error::new(ErrorKind::BadStageRef {
+                reference: r.into(),
+                reason: if r.parse::<usize>().is_ok_and(|i| i == current) {
+                    "refers to the current stage".into()
+                } else {
+                    "no earlier stage has this index".into()
+                },
+            })),
+        };
+    }
+    let lower = r.to_lowercase();
+    for (i, n) in names.iter().enumerate() {
+        if n.as_deref().is_some_and(|n| n.to_lowercase() == lower) {
+            if i < current {
+                return Ok(FromRef::Stage(i));
+            }
+            return Err(Error::new(ErrorKind::BadStageRef {
+                reference: r.into(),
+                reason: if i == current {
+                    "refers to the current stage".into()
+                } else {
+                    "refers to a stage defined later; only earlier stages can be used".into()
+                },
+            }));
+        }
+    }
+    Ok(FromRef::Image(r.into()))
+}
+
+fn platform_args(prefix: &str, p: &str) -> Vec<(String, Option<String>)> {
+    let mut parts = p.splitn(3, '/');
+    let os = parts.next().unwrap_or("").to_string();
+    let arch = parts.next().unwrap_or("").to_string();
+    let variant = parts.next().unwrap_or("").to_string();
+    vec![
+        (format!("{prefix}PLATFORM"), Some(p.to_string())),
+        (format!("{prefix}OS"), Some(os)),
+        (format!("{prefix}ARCH"), Some(arch)),
+        (format!("{prefix}VARIANT"), Some(variant)),
+    ]
+}
+
+struct ArgEnv<'a>(&'a [(String, Option<String>)]);
+
+impl Env for ArgEnv<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+}
+
+fn set_arg(list: &mut Vec<(String, Option<String>)>, name: &str, v: Option<String>) {
+    match list.iter_mut().find(|(k, _)| k == name) {
+        Some(e) => e.1 = v,
+        None => list.push((name.to_string(), v)),
+    }
+}
+
+/// Resolves stages, target and args.
+pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
+    let escape = df.directives.escape;
+    let lex = ShellLex::new(escape);
+    let mut globals = platform_args("TARGET", &opts.target_platform);
+    globals.extend(platform_args("BUILD", &opts.build_platform));
+    let mut declared: Vec<String> = Vec::new();
+    for line in &df.global_args {
+        let mut vals = Vec::new();
+        for a in &line.value {
+            let v = match build_arg(&opts.build_args, &a.name) {
+                Some(v) => Some(v),
+                None => match &a.default {
+                    Some(d) => Some(
+                        lex.process_word(d, &ArgEnv(&globals))
+                            .map_err(|e| e.at(line.start_line, 1))?,
+                    ),
+                    None => None,
+                },
+            };
+            vals.push((a.name.clone(), v));
+            declared.push(a.name.clone());
+        }
+        for (k, v) in vals {
+            set_arg(&mut globals, &k, v);
+        }
+    }
+    let names: Vec<Option<String>> = df.stages.iter().map(|s| s.name.clone()).collect();
+    let target = match &opts.target {
+        None => df.stages.len() - 1,
+        Some(t) => match df.stages.iter().position(|s| s.matches_name(t)) {
+            Some(i) => i,
+            None => {
+                let mut e = Error::new(ErrorKind::UnknownTarget { target: t.clone() });
+                let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+                e = e.with_hint(if known.is_empty() {
+                    "the Dockerfile has no named stages".to_string()
+                } else {
+                    format!("stages are: {}", known.join(", "))
+                });
+                return Err(e);
+            }
+        },
+    };
+    // Walk from the target over dependencies (explicit stack: no recursion on input).
+    let mut planned: Vec<Option<PlannedStage>> = vec![None; df.stages.len()];
+    let mut stack = vec![target];
+    while let Some(i) = stack.pop() {
+        if planned[i].is_some() {
+            continue;
+        }
+        let st = &df.stages[i];
+        let loc = |e: Error| e.at(st.from.span.start_line, 1);
+        let image = lex
+            .process_word(&st.from.image, &ArgEnv(&globals))
+            .map_err(loc)?;
+        if image.is_empty() {
+            return Err(loc(Error::new(ErrorKind::EmptyBaseName {
+                image: st.from.image.clone(),
+            })));
+        }
+        let platform = match &st.from.platform {
+            Some(p) => Some(lex.process_word(p, &ArgEnv(&globals)).map_err(loc)?),
+            None => None,
+        };
+        let mut deps = Vec::new();
+        let base = if image.eq_ignore_ascii_case("scratch") {
+            Base::Scratch
+        } else {
+            let lower = image.to_lowercase();
+            match names[..i]
+                .iter()
+                .position(|n| n.as_deref().is_some_and(|n| n.to_lowercase() == lower))
+            {
+                Some(j) => {
+                    deps.push(j);
+                    Base::Stage(j)
+                }
+                None => {
+                    if names[i..]
+                        .iter()
+                        .any(|n| n.as_deref().is_some_and(|n| n.to_lowercase() == lower))
+                    {
+                        return Err(loc(Error::new(ErrorKind::BadStageRef {
+                            reference: image,
+                            reason: "FROM can only use a stage defined earlier".into(),
+                        })));
+                    }
+                    Base::Image(image)
+                }
+            }
+        };
+        // Expand the stage's instructions to find `--from` references.
+        let mut senv = StageEnv::from_parts(escape, &globals, &opts.build_args, &[]);
+        for ins in &st.instructions {
+            let at = |e: Error| e.at(ins.start_line, 1).through_line(ins.end_line);
+            let x = senv.dispatch(&ins.value).map_err(at)?;
+            let mut refs = Vec::new();
+            match &x {
+                Instruction::Copy(c) => refs.extend(c.from.clone()),
+                Instruction::Run(r) => refs.extend(r.mounts.iter().filter_map(|m| m.from.clone())),
+                Instruction::Arg(a) => declared.extend(a.iter().map(|d| d.name.clone())),
+                _ => {}
+            }
+            for r in refs {
+                if let FromRef::Stage(j) = resolve_ref(&names, i, &r).map_err(at)? {
+                    deps.push(j);
+                }
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        stack.extend(deps.iter().copied());
+        planned[i] = Some(PlannedStage {
+            index: i,
+            name: st.name.clone(),
+            base,
+            platform,
+            from: st.from.clone(),
+            instructions: st.instructions.clone(),
+            deps,
+        });
+    }
+    let mut unused = Vec::new();
+    for (k, _) in &opts.build_args {
+        if !declared.contains(k) && !is_proxy_arg(k) && !unused.contains(k) {
+            unused.push(k.clone());
+        }
+    }
+    Ok(Plan {
+        stages: planned.into_iter().flatten().collect(),
+        target,
+        unused_build_args: unused,
+        global_args: globals,
+        build_args: opts.build_args.clone(),
+        escape,
+        stage_names: names,
+    })
+}
+
+fn build_arg(args: &[(String, String)], name: &str) -> Option<String> {
+    args.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// ARG/ENV state of one stage while its instructions are dispatched in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageEnv {
+    escape: char,
+    env: Vec<(String, String)>,
+    args: Vec<(String, Option<String>)>,
+    globals: Vec<(String, Option<String>)>,
+    build_args: Vec<(String, String)>,
+}
+
+struct Lookup<'a>(&'a StageEnv);
+
+impl Env for Lookup<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        let s = self.0;
+        if let Some((_, v)) = s.env.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        if let Some((_, v)) = s.args.iter().find(|(k, _)| k == name) {
+            return v.clone();
+        }
+        if is_proxy_arg(name) {
+            return build_arg(&s.build_args, name);
+        }
+        None
+    }
+}
+
+impl StageEnv {
+    /// State at the start of stage `stage` (original index) of `plan`, with the base image
+    /// config's `Env` (for a stage base: that stage's final [`env`](Self::env)).
+    pub fn new(plan: &Plan, stage: usize, base_image_env: &[(String, String)]) -> StageEnv {
+        let _ = stage; // every stage starts from the same global scope
+        StageEnv::from_parts(
+            plan.escape,
+            &plan.global_args,
+            &plan.build_args,
+            base_image_env,
+        )
+    }
+
+    fn from_parts(
+        escape: char,
+        globals: &[(String, Option<String>)],
+        build_args: &[(String, String)],
+        base_env: &[(String, String)],
+    ) -> StageEnv {
+        StageEnv {
+            escape,
+            env: base_env.to_vec(),
+            args: Vec::new(),
+            globals: globals.to_vec(),
+            build_args: build_args.to_vec(),
+        }
+    }
+
+    /// The lexer for this file's escape character.
+    pub fn lexer(&self) -> ShellLex {
+        ShellLex::new(self.escape)
+    }
+
+    /// Expands one word with the current ARG/ENV state.
+    pub fn expand(&self, word: &str) -> Result<String, Error> {
+        self.lexer().process_word(word, &Lookup(self))
+    }
+
+    /// The current variables for expansion (ENV over ARG), as an [`Env`].
+    pub fn lookup(&self) -> impl Env + '_ {
+        Lookup(self)
+    }
+
+    /// Returns `ins` with every field BuildKit expands expanded, and applies ARG/ENV.
+    /// Errors carry no line: the caller adds the instruction's span.
+    pub fn dispatch(&mut self, ins: &Instruction) -> Result<Instruction, Error> {
+        let x = |w: &str| self.expand(w);
+        let xo = |w: &Option<String>| -> Result<Option<String>, Error> {
+            w.as_deref().map(|w| self.expand(w)).transpose()
+        };
+        let xs = |v: &[String]| -> Result<Vec<String>, Error> { v.iter().map(|w| x(w)).collect() };
+        let out = match ins {
+            Instruction::Env(pairs) => {
+                let mut exp = Vec::new();
+                for (k, v) in pairs {
+                    exp.push((x(k)?, x(v)?));
+                }
+                for (k, v) in &exp {
+                    match self.env.iter_mut().find(|(ek, _)| ek == k) {
+                        Some(e) => e.1 = v.clone(),
+                        None => self.env.push((k.clone(), v.clone())),
+                    }
+                }
+                Instruction::Env(exp)
+            }
+            Instruction::Label(pairs) => {
+                let mut exp = Vec::new();
+                for (k, v) in pairs {
+                    exp.push((x(k)?, x(v)?));
+                }
+                Instruction::Label(exp)
+            }
+            Instruction::Arg(decls) => {
+                let mut exp = Vec::new();
+                for d in decls {
+                    let mut d2 = d.clone();
+                    d2.default = xo(&d.default)?;
+                    exp.push(d2);
+                }
+                for d in &exp {
+                    let value = match build_arg(&self.build_args, &d.name) {
+                        Some(v) => Some(v),
+                        None => match &d.default {
+                            Some(v) => Some(v.clone()),
+                            None => self
+                                .globals
+                                .iter()
+                                .find(|(k, _)| *k == d.name)
+                                .and_then(|(_, v)| v.clone()),
+                        },
+                    };
+                    set_arg(&mut self.args, &d.name, value);
+                }
+                Instruction::Arg(exp)
+            }
+            Instruction::Workdir(w) => Instruction::Workdir(x(w)?),
+            Instruction::User(w) => Instruction::User(x(w)?),
+            Instruction::StopSignal(w) => Instruction::StopSignal(x(w)?),
+            Instruction::Expose(v) => Instruction::Expose(xs(v)?),
+            Instruction::Volume(v) => Instruction::Volume(xs(v)?),
+            Instruction::Copy(c) | Instruction::Add(c) => {
+                let mut c2 = c.clone();
+                c2.sources = xs(&c.sources)?;
+                c2.dest = x(&c.dest)?;
+                c2.from = xo(&c.from)?;
+                c2.chown = xo(&c.chown)?;
+                c2.chmod = xo(&c.chmod)?;
+                c2.checksum = xo(&c.checksum)?;
+                c2.exclude = xs(&c.exclude)?;
+                // Heredoc bodies expand variables but keep quotes (BuildKit `ExpandRaw`).
+                let raw = self.lexer().with_skip_process_quotes(true);
+                for h in &mut c2.heredocs {
+                    if h.expand {
+                        h.content = raw.process_word(&h.content, &Lookup(self))?;
+                    }
+                }
+                if matches!(ins, Instruction::Copy(_)) {
+                    Instruction::Copy(c2)
+                } else {
+                    Instruction::Add(c2)
+                }
+            }
+            Instruction::Run(r) => {
+                let mut r2 = r.clone();
+                r2.mounts = r
+                    .mounts
+                    .iter()
+                    .map(|m| parse_mount(&m.raw, &|w: &str| self.expand(w), true))
+                    .collect::<Result<_, _>>()?;
+                Instruction::Run(r2)
+            }
+            // Not expanded by the builder: CMD/ENTRYPOINT/SHELL/HEALTHCHECK/RUN text (the
+            // shell does it at run time), ONBUILD (expanded when it triggers), MAINTAINER.
+            other => other.clone(),
+        };
+        Ok(out)
+    }
+
+    /// The image config `Env` after the ENVs so far.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
+    /// Declared ARGs with values, in declaration order, not shadowed by an ENV, then proxy
+    /// build args given but not declared: what a RUN adds to its environment.
+    pub fn run_build_args(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let in_env = |k: &str| self.env.iter().any(|(e, _)| e == k);
+        for (k, v) in &self.args {
+            if let Some(v) = v {
+                if !in_env(k) {
+                    out.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        for (k, v) in &self.build_args {
+            if is_proxy_arg(k)
+                && !in_env(k)
+                && !self.args.iter().any(|(a, _)| a == k)
+                && !out.iter().any(|(o, _)| o == k)
+            {
+                out.push((
+                    k.clone(),
+                    build_arg(&self.build_args, k).unwrap_or_else(|| v.clone()),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The args docker shows in RUN history as `|N K=V ...`: declared ARGs with values,
+    /// proxy args excluded (they may hold credentials).
+    pub fn history_args(&self) -> Vec<(String, String)> {
+        self.args
+            .iter()
+            .filter(|(k, _)| !is_proxy_arg(k))
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+            .collect()
+    }
+}
+
+/// Parses, plans and expands, rendering the result for `kiln debug plan`.
+pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
+    let df = parse_dockerfile(src)?;
+    let p = plan(&df, opts)?;
+    let mut out = String::new();
+    if let Some(s) = &df.directives.syntax {
+        out.push_str(&format!("syntax: {s}\n"));
+    }
+    if df.directives.escape != '\\' {
+        out.push_str(&format!("escape: {}\n", df.directives.escape));
+    }
+    if let Some(c) = &df.directives.check {
+        out.push_str(&format!("check: {c}\n"));
+    }
+    out.push_str("global args:");
+    for (k, v) in &p.global_args {
+        match v {
+            Some(v) => out.push_str(&format!(" {k}={v:?}")),
+            None => out.push_str(&format!(" {k}(unset)")),
+        }
+    }
+    out.push('\n');
+    let mut finals: Vec<(usize, Vec<(String, String)>)> = Vec::new();
+    for st in &p.stages {
+        let name = st
+            .name
+            .as_deref()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default();
+        let base = match &st.base {
+            Base::Scratch => "scratch".to_string(),
+            Base::Image(i) => format!("image {i}"),
+            Base::Stage(j) => format!("stage {j}"),
+        };
+        out.push_str(&format!(
+            "stage {}{name}: line {}: FROM {} -> {base}",
+            st.index, st.from.span.start_line, st.from.image
+        ));
+        if let Some(pl) = &st.platform {
+            out.push_str(&format!(" platform={pl}"));
+        }
+        if !st.deps.is_empty() {
+            let d: Vec<String> = st.deps.iter().map(usize::to_string).collect();
+            out.push_str(&format!(" deps=[{}]", d.join(",")));
+        }
+        out.push('\n');
+        let base_env = match &st.base {
+            Base::Stage(j) => finals
+                .iter()
+                .find(|(i, _)| i == j)
+                .map(|(_, e)| e.clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let mut senv = StageEnv::new(&p, st.index, &base_env);
+        for ins in &st.instructions {
+            let x = senv
+                .dispatch(&ins.value)
+                .map_err(|e| e.at(ins.start_line, 1).through_line(ins.end_line))?;
+            out.push_str(&format!("  {:>4}: {x}\n", ins.start_line));
+            if let Instruction::Run(_) = x {
+                let h: Vec<String> = senv
+                    .history_args()
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                if !h.is_empty() {
+                    out.push_str(&format!("        args: |{} {}\n", h.len(), h.join(" ")));
+                }
+            }
+        }
+        let env = senv.env();
+        if !env.is_empty() {
+            let e: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!("  env: {}\n", e.join(" ")));
+        }
+        finals.push((st.index, env));
+    }
+    out.push_str(&format!("target: stage {}\n", p.target));
+    if !p.unused_build_args.is_empty() {
+        out.push_str(&format!(
+            "warning: build args not consumed: {}\n",
+            p.unused_build_args.join(", ")
+        ));
+    }
+    for (l, w) in &df.warnings {
+        out.push_str(&format!("warning: line {l}: {w}\n"));
+    }
+    Ok(out)
+}
