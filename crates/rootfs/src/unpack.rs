@@ -1,0 +1,547 @@
+//! Applying a layer tar to a rootfs: streamed, confined, with OCI whiteouts and limits.
+//!
+//! Semantics follow the OCI image-spec `layer.md` ("Applying Changesets", "Whiteouts"):
+//! `.wh.<name>` removes `<name>` from lower layers, `.wh..wh..opq` hides every lower-layer child
+//! of its directory (whether it comes before or after this layer's own entries there), and
+//! whiteout files never appear in the rootfs. Names are read as GNU tar and Go `archive/tar`
+//! read them: a PAX `path`/`linkpath` record wins over a GNU long name (CVE-2025-62518), a PAX
+//! `size` wins over the ustar size.
+
+use crate::error::{RootError, UnpackError};
+use crate::root::{Kind, Meta, Root};
+use kiln_oci::Digest;
+use sha2::Digest as _;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStringExt;
+use std::rc::Rc;
+
+/// What to do with character and block device entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevicePolicy {
+    /// Create them; where `mknod` is not permitted (unprivileged, user namespace) skip them
+    /// with a warning.
+    #[default]
+    CreateOrSkip,
+    /// Never create them; skip with a warning.
+    Skip,
+    /// Fail on the first one.
+    Refuse,
+}
+
+/// Limits and policies of [`unpack_layer`]. Ownership and ignored paths come from the [`Root`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackOptions {
+    /// Most entries in one layer.
+    pub max_entries: u64,
+    /// Largest single file.
+    pub max_entry_size: u64,
+    /// Most uncompressed bytes in the layer stream (bounds gzip bombs and metadata entries).
+    pub max_total_size: u64,
+    /// Deepest path (components).
+    pub max_depth: usize,
+    /// Device node policy.
+    pub devices: DevicePolicy,
+    /// When set, the sha256 of the uncompressed stream must equal this (the config's diffID).
+    pub expected_diff_id: Option<Digest>,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        UnpackOptions {
+            max_entries: 4_000_000,
+            max_entry_size: 64 << 30,
+            max_total_size: 256 << 30,
+            max_depth: 512,
+            devices: DevicePolicy::default(),
+            expected_diff_id: None,
+        }
+    }
+}
+
+/// What an unpack did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Entries read (extension headers not counted).
+    pub entries: u64,
+    /// Regular file bytes written.
+    pub bytes: u64,
+    /// Whiteouts and opaque whiteouts applied.
+    pub whiteouts: u64,
+    /// Device entries skipped by policy or for lack of privilege.
+    pub skipped_devices: u64,
+    /// Entries skipped because they resolved into an ignored path.
+    pub ignored: u64,
+    /// sha256 of the uncompressed layer (its diffID).
+    pub diff_id: Digest,
+    /// Size of the uncompressed layer.
+    pub uncompressed_size: u64,
+}
+
+/// Hashes, counts and bounds the uncompressed stream.
+struct Meter<R> {
+    inner: R,
+    sha: sha2::Sha256,
+    count: u64,
+    limit: u64,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Meter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if self.count > self.limit {
+            self.exceeded.set(true);
+            return Err(io::Error::other("layer size limit exceeded"));
+        }
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Wraps `reader` in the decompressor its magic bytes call for: gzip (`1f 8b`), zstd
+/// (`28 b5 2f fd`, with the `zstd` feature) or none.
+pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let mut br = BufReader::with_capacity(256 * 1024, reader);
+    let head = br.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        // MultiGzDecoder: a layer may be several concatenated gzip members (parallel writers).
+        return Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)));
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        #[cfg(feature = "zstd")]
+        return Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?));
+        #[cfg(not(feature = "zstd"))]
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "zstd-compressed layer, but kiln-rootfs was built without the `zstd` feature",
+        ));
+    }
+    Ok(Box::new(br))
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Normalises an archive name: leading `/` and `.`/empty components dropped (absolute names
+/// land inside the root, as GNU tar without `-P` does); a `..` component is a breakout.
+/// `None` for the root itself.
+fn normalize(raw: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+    let mut out = Vec::with_capacity(raw.len());
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(()),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn parse_time(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut ns: u32 = 0;
+    for (i, d) in frac.bytes().take(9).enumerate() {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        ns += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
+    }
+    Some((secs, ns))
+}
+
+const OPAQUE: &[u8] = b".wh..wh..opq";
+const WH: &[u8] = b".wh.";
+
+/// Applies the layer read from `reader` to `root`. The stream is decompressed by magic and never
+/// held in memory. On error the rootfs is partly changed: the caller discards it.
+pub fn unpack_layer(
+    root: &Root,
+    reader: impl Read,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let exceeded = Rc::new(Cell::new(false));
+    let plain = decompress(reader).map_err(UnpackError::Read)?;
+    let meter = Meter {
+        inner: plain,
+        sha: sha2::Sha256::new(),
+        count: 0,
+        limit: opts.max_total_size,
+        exceeded: exceeded.clone(),
+    };
+    let mut archive = tar::Archive::new(meter);
+    let mut stats = UnpackStats {
+        entries: 0,
+        bytes: 0,
+        whiteouts: 0,
+        skipped_devices: 0,
+        ignored: 0,
+        diff_id: Digest::of(b""),
+        uncompressed_size: 0,
+    };
+    let too_large = |e: UnpackError| {
+        if exceeded.get() {
+            UnpackError::TooLarge {
+                limit: opts.max_total_size,
+            }
+        } else {
+            e
+        }
+    };
+    // Paths created by this layer (and their ancestors): an opaque whiteout keeps them.
+    let mut created: HashSet<Vec<u8>> = HashSet::new();
+    let mut dir_times: Vec<(Vec<u8>, (i64, u32))> = Vec::new();
+    {
+        let entries = archive.entries().map_err(UnpackError::Read)?;
+        for (index, entry) in entries.enumerate() {
+            let mut entry = entry
+                .map_err(|source| UnpackError::Header {
+                    index: index as u64,
+                    source,
+                })
+                .map_err(too_large)?;
+            let r = apply_entry(
+                root,
+                &mut entry,
+                opts,
+                &mut stats,
+                &mut created,
+                &mut dir_times,
+            );
+            r.map_err(too_large)?;
+        }
+    }
+    // Directory mtimes last: creating children changed them (as Docker and containerd do).
+    for (path, t) in dir_times.iter().rev() {
+        if let Err(e) = root.set_mtime(p(path), *t) {
+            tracing::debug!(path = %show(path), error = %e, "directory mtime not restored");
+        }
+    }
+    // Drain what follows the end-of-archive blocks: the diffID covers the whole stream.
+    let mut meter = archive.into_inner();
+    io::copy(&mut meter, &mut io::sink())
+        .map_err(UnpackError::Read)
+        .map_err(too_large)?;
+    stats.uncompressed_size = meter.count;
+    let hex = hex::encode(meter.sha.finalize());
+    stats.diff_id = Digest::from_hex(&hex).unwrap_or_else(|_| unreachable!());
+    if let Some(want) = &opts.expected_diff_id {
+        if *want != stats.diff_id {
+            return Err(UnpackError::DiffIdMismatch {
+                expected: want.clone(),
+                found: stats.diff_id,
+            });
+        }
+    }
+    Ok(stats)
+}
+
+fn p(b: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(b))
+}
+
+fn record(created: &mut HashSet<Vec<u8>>, logical: &[u8]) {
+    let mut end = logical.len();
+    loop {
+        if !created.insert(logical[..end].to_vec()) {
+            break;
+        }
+        match logical[..end].iter().rposition(|&b| b == b'/') {
+            Some(i) => end = i,
+            None => break,
+        }
+    }
+}
+
+fn apply_entry<R: Read>(
+    root: &Root,
+    entry: &mut tar::Entry<'_, R>,
+    opts: &UnpackOptions,
+    stats: &mut UnpackStats,
+    created: &mut HashSet<Vec<u8>>,
+    dir_times: &mut Vec<(Vec<u8>, (i64, u32))>,
+) -> Result<(), UnpackError> {
+    // PAX records first: `path`/`linkpath` win over GNU long names (GNU tar, Go archive/tar).
+    let mut pax_path = None;
+    let mut pax_link = None;
+    let mut pax_mtime = None;
+    let mut xattrs: Vec<(OsString, Vec<u8>)> = Vec::new();
+    let mut sparse = false;
+    let raw_name = entry.path_bytes().into_owned();
+    let entry_name = show(&raw_name);
+    let pax = entry
+        .pax_extensions()
+        .map_err(|source| UnpackError::Content {
+            entry: entry_name.clone(),
+            source,
+        })?;
+    let mut forbidden = None;
+    if let Some(pax) = pax {
+        for rec in pax {
+            let rec = rec.map_err(|source| UnpackError::Content {
+                entry: entry_name.clone(),
+                source,
+            })?;
+            let key = rec.key_bytes();
+            let val = rec.value_bytes();
+            match key {
+                b"path" => pax_path = Some(val.to_vec()),
+                b"linkpath" => pax_link = Some(val.to_vec()),
+                b"mtime" => pax_mtime = parse_time(val),
+                k if k.starts_with(b"GNU.sparse.") => sparse = true,
+                k if k.starts_with(b"SCHILY.xattr.") => {
+                    let name = &k[b"SCHILY.xattr.".len()..];
+                    if name.starts_with(b"trusted.") || name.windows(9).any(|w| w == b".overlay.") {
+                        forbidden = Some(show(name));
+                    } else if name.starts_with(b"user.") || name == b"security.capability" {
+                        xattrs.push((OsString::from_vec(name.to_vec()), val.to_vec()));
+                    } else {
+                        tracing::warn!(entry = %entry_name, xattr = %show(name), "xattr not applied");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let raw_name = pax_path.unwrap_or(raw_name);
+    let entry_name = show(&raw_name);
+    if let Some(name) = forbidden {
+        return Err(UnpackError::ForbiddenXattr {
+            entry: entry_name,
+            name,
+        });
+    }
+    stats.entries += 1;
+    if stats.entries > opts.max_entries {
+        return Err(UnpackError::TooManyEntries {
+            entry: entry_name,
+            limit: opts.max_entries,
+        });
+    }
+    let etype = entry.header().entry_type();
+    if etype.is_pax_global_extensions() {
+        return Ok(());
+    }
+    let name = match normalize(&raw_name) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            // `.`, `./`, `/`: the root itself keeps its metadata (HOSTILE-INPUTS 13).
+            tracing::debug!(entry = %entry_name, "root entry skipped");
+            return Ok(());
+        }
+        Err(()) => return Err(UnpackError::Breakout { entry: entry_name }),
+    };
+    let depth = name.split(|&b| b == b'/').count();
+    if depth > opts.max_depth {
+        return Err(UnpackError::TooDeep {
+            entry: entry_name,
+            limit: opts.max_depth,
+        });
+    }
+    if name.split(|&b| b == b'/').any(|c| c.len() > 255) {
+        return Err(UnpackError::NameTooLong { entry: entry_name });
+    }
+    if sparse {
+        return Err(UnpackError::Unsupported {
+            entry: entry_name,
+            what: "PAX GNU.sparse file".into(),
+        });
+    }
+    let rootfail = |e: RootError, entry: &str| UnpackError::Root {
+        entry: entry.to_string(),
+        source: e,
+    };
+
+    // Whiteouts (OCI image-spec layer.md).
+    let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&name[..i], &name[i + 1..]),
+        None => (&name[..0], &name[..]),
+    };
+    if base == OPAQUE {
+        stats.whiteouts += 1;
+        return match root.clear_lower(dir, &|l: &[u8]| created.contains(l)) {
+            Ok(()) => Ok(()),
+            Err(RootError::NotFound { .. }) => Ok(()),
+            Err(RootError::Ignored { .. }) => {
+                stats.ignored += 1;
+                Ok(())
+            }
+            Err(e) => Err(rootfail(e, &entry_name)),
+        };
+    }
+    if let Some(victim) = base.strip_prefix(WH) {
+        if victim.starts_with(WH) {
+            // Other `.wh..wh.` names are aufs metadata (`.wh..wh.plnk`): not part of the rootfs.
+            tracing::debug!(entry = %entry_name, "aufs metadata entry skipped");
+            return Ok(());
+        }
+        if victim.is_empty() || victim == b"." || victim == b".." {
+            return Err(UnpackError::InvalidWhiteout { entry: entry_name });
+        }
+        stats.whiteouts += 1;
+        let mut target = dir.to_vec();
+        if !target.is_empty() {
+            target.push(b'/');
+        }
+        target.extend_from_slice(victim);
+        return match root.remove_all(p(&target)) {
+            Ok(()) | Err(RootError::NotFound { .. }) | Err(RootError::NotADirectory { .. }) => {
+                Ok(())
+            }
+            Err(RootError::Ignored { .. }) => {
+                stats.ignored += 1;
+                Ok(())
+            }
+            Err(e) => Err(rootfail(e, &entry_name)),
+        };
+    }
+
+    let h = entry.header();
+    let mode = h.mode().unwrap_or(0o644) & 0o7777;
+    let uid = h.uid().unwrap_or(0);
+    let gid = h.gid().unwrap_or(0);
+    let mtime = pax_mtime.unwrap_or((h.mtime().unwrap_or(0) as i64, 0));
+    let uid = u32::try_from(uid).unwrap_or(u32::MAX - 1);
+    let gid = u32::try_from(gid).unwrap_or(u32::MAX - 1);
+    let meta = Meta {
+        mode,
+        uid,
+        gid,
+        mtime: Some(mtime),
+        xattrs,
+    };
+    let size = entry.size();
+    let link = pax_link.or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+
+    let result: Result<Vec<u8>, RootError> = match etype {
+        t if t.is_dir() => {
+            let m = Meta {
+                mtime: None,
+                ..meta.clone()
+            };
+            root.mkdir(p(&name), &m).inspect(|l| {
+                dir_times.push((l.clone(), mtime));
+            })
+        }
+        t if t.is_file() || t.is_contiguous() || t.is_gnu_sparse() => {
+            if size > opts.max_entry_size {
+                return Err(UnpackError::EntryTooLarge {
+                    entry: entry_name,
+                    size,
+                    limit: opts.max_entry_size,
+                });
+            }
+            match root.write_file(p(&name), entry, &meta) {
+                Ok((n, _)) if n != size => {
+                    // tar-rs ends an entry's reader quietly at the end of the stream.
+                    return Err(UnpackError::Content {
+                        entry: entry_name,
+                        source: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("layer ends after {n} of {size} bytes of this entry"),
+                        ),
+                    });
+                }
+                Ok((n, l)) => {
+                    stats.bytes += n;
+                    Ok(l)
+                }
+                // Reading the entry's content failed (truncated stream, limit) or writing it did.
+                Err(RootError::StdIo { source, .. }) => {
+                    return Err(UnpackError::Content {
+                        entry: entry_name,
+                        source,
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        }
+        t if t.is_symlink() => {
+            let target = link.unwrap_or_default();
+            root.symlink(p(&name), p(&target)).and_then(|l| {
+                root.set_metadata(
+                    p(&l),
+                    &Meta {
+                        xattrs: Vec::new(),
+                        ..meta.clone()
+                    },
+                )?;
+                Ok(l)
+            })
+        }
+        t if t.is_hard_link() => {
+            let target = link.unwrap_or_default();
+            let norm = match normalize(&target) {
+                Ok(Some(n)) => n,
+                _ => {
+                    return Err(UnpackError::LinkBreakout {
+                        entry: entry_name,
+                        target: show(&target),
+                    })
+                }
+            };
+            root.hardlink(p(&name), p(&norm))
+        }
+        t if t.is_fifo() => root.mkfifo(p(&name), &meta),
+        t if t.is_character_special() || t.is_block_special() => {
+            let kind = if t.is_character_special() {
+                Kind::Char
+            } else {
+                Kind::Block
+            };
+            let major = h.device_major().ok().flatten().unwrap_or(0);
+            let minor = h.device_minor().ok().flatten().unwrap_or(0);
+            match opts.devices {
+                DevicePolicy::Refuse => {
+                    return Err(UnpackError::DeviceRefused { entry: entry_name })
+                }
+                DevicePolicy::Skip => {
+                    tracing::warn!(entry = %entry_name, "device node skipped by policy");
+                    stats.skipped_devices += 1;
+                    return Ok(());
+                }
+                DevicePolicy::CreateOrSkip => {
+                    match root.mknod(p(&name), kind, major.into(), minor.into(), &meta) {
+                        Err(RootError::Io {
+                            source: nix::errno::Errno::EPERM,
+                            ..
+                        }) => {
+                            tracing::warn!(entry = %entry_name, "device node skipped: mknod not permitted");
+                            stats.skipped_devices += 1;
+                            return Ok(());
+                        }
+                        other => other,
+                    }
+                }
+            }
+        }
+        other => {
+            tracing::warn!(entry = %entry_name, kind = ?other, "unsupported entry type skipped");
+            return Ok(());
+        }
+    };
+    match result {
+        Ok(logical) => {
+            record(created, &logical);
+            Ok(())
+        }
+        Err(RootError::Ignored { path, ignored }) => {
+            tracing::debug!(entry = %path, %ignored, "entry in an ignored path skipped");
+            stats.ignored += 1;
+            Ok(())
+        }
+        Err(e) => Err(rootfail(e, &entry_name)),
+    }
+}

@@ -1,0 +1,687 @@
+//! Malicious layers (../shared/HOSTILE-INPUTS.md items 1–23 and 30): each is contained or
+//! rejected as stated, with sentinels next to the rootfs checked after each.
+
+mod common;
+
+use common::{RawTar, Sandbox};
+use kiln_rootfs::{unpack_layer, DevicePolicy, Root, UnpackError, UnpackOptions};
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+
+fn apply(root: &Root, tar: &[u8]) -> Result<kiln_rootfs::UnpackStats, UnpackError> {
+    unpack_layer(root, tar, &UnpackOptions::default())
+}
+
+fn apply_opts(
+    root: &Root,
+    tar: &[u8],
+    o: &UnpackOptions,
+) -> Result<kiln_rootfs::UnpackStats, UnpackError> {
+    unpack_layer(root, tar, o)
+}
+
+#[test]
+fn item01_dotdot_entries_are_breakout_errors_naming_the_entry() {
+    for name in ["../x", "../../x", "..", "a/../../x"] {
+        let sb = Sandbox::new();
+        let tar = RawTar::new().file(name, b"evil").finish();
+        let err = apply(&sb.root(), &tar).unwrap_err();
+        assert!(matches!(err, UnpackError::Breakout { .. }), "{name}: {err}");
+        assert!(
+            err.to_string().contains(name),
+            "error does not name {name}: {err}"
+        );
+        sb.check();
+    }
+}
+
+#[test]
+fn item02_absolute_entries_land_inside_the_root() {
+    let sb = Sandbox::new();
+    let probe = format!("/tmp/kiln-probe-{}", std::process::id());
+    let tar = RawTar::new().file(&probe, b"inside").finish();
+    apply(&sb.root(), &tar).unwrap();
+    assert_eq!(fs::read(sb.rootfs.join(&probe[1..])).unwrap(), b"inside");
+    assert!(!PathBuf::from(&probe).exists(), "host {probe} was written");
+    // `/../etc/x` has a `..`: rejected.
+    let tar = RawTar::new().file("/../etc/kiln-probe-x", b"evil").finish();
+    assert!(matches!(
+        apply(&sb.root(), &tar),
+        Err(UnpackError::Breakout { .. })
+    ));
+    sb.check();
+}
+
+#[test]
+fn item03_symlink_to_outside_then_file_through_it_is_contained() {
+    let sb = Sandbox::new();
+    let depth = sb.rootfs.components().count();
+    let up = "../".repeat(depth + 2);
+    let rel_outside = format!("{up}{}", &sb.sdir()[1..]);
+    let tar = RawTar::new()
+        .symlink("l", &sb.sdir())
+        .file("l/x", b"evil")
+        .symlink("l2", &rel_outside)
+        .file("l2/y", b"evil")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    let inside = sb.rootfs.join(&sb.sdir()[1..]);
+    assert_eq!(fs::read(inside.join("x")).unwrap(), b"evil");
+    assert_eq!(fs::read(inside.join("y")).unwrap(), b"evil");
+    sb.check();
+}
+
+#[test]
+fn item04_relative_then_absolute_symlink_chain_is_contained() {
+    let sb = Sandbox::new();
+    fs::create_dir(sb.rootfs.join("inner")).unwrap();
+    let tar = RawTar::new()
+        .symlink("inner/go_up", "..")
+        .symlink("inner/go_up/escape", "../sentinel_dir")
+        .file("inner/go_up/escape/newfile", b"evil")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    assert_eq!(
+        fs::read(sb.rootfs.join("sentinel_dir/newfile")).unwrap(),
+        b"evil"
+    );
+    sb.check();
+}
+
+#[test]
+fn item05_symlink_override_path() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .file("foo/tmp/f", b"first")
+        .symlink("foo", "/")
+        .file("foo/tmp/f", b"final")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    assert_eq!(fs::read(sb.rootfs.join("tmp/f")).unwrap(), b"final");
+    assert!(fs::symlink_metadata(sb.rootfs.join("foo"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    sb.check();
+}
+
+#[test]
+fn item06_directory_override_symlink_across_layers() {
+    let sb = Sandbox::new();
+    let lower = RawTar::new().dir("d", 0o755).file("d/old", b"x").finish();
+    apply(&sb.root(), &lower).unwrap();
+    let upper = RawTar::new()
+        .symlink("d", &sb.sdir())
+        .file("d/passwd", b"evil")
+        .finish();
+    apply(&sb.root(), &upper).unwrap();
+    assert_eq!(
+        fs::read(sb.rootfs.join(&sb.sdir()[1..]).join("passwd")).unwrap(),
+        b"evil"
+    );
+    sb.check();
+}
+
+#[test]
+fn item07_hardlinks_link_rootfs_inodes_or_fail() {
+    let sb = Sandbox::new();
+    let base = RawTar::new().file("etc/passwd", b"root").finish();
+    apply(&sb.root(), &base).unwrap();
+    let tar = RawTar::new().hardlink("h", "/etc/passwd").finish();
+    apply(&sb.root(), &tar).unwrap();
+    let h = fs::metadata(sb.rootfs.join("h")).unwrap();
+    let p = fs::metadata(sb.rootfs.join("etc/passwd")).unwrap();
+    assert_eq!((h.dev(), h.ino()), (p.dev(), p.ino()));
+    let tar = RawTar::new()
+        .hardlink("h2", "../../../../etc/passwd")
+        .finish();
+    assert!(matches!(
+        apply(&sb.root(), &tar),
+        Err(UnpackError::LinkBreakout { .. })
+    ));
+    // Through a symlink that points outside: resolved inside the root.
+    let tar = RawTar::new()
+        .symlink("d1", &format!("../../{}", &sb.sdir()[1..]))
+        .hardlink("h3", "d1/file")
+        .finish();
+    match apply(&sb.root(), &tar) {
+        Err(UnpackError::Root { .. }) => {}
+        other => panic!("hard link through an outside symlink: {other:?}"),
+    }
+    assert!(!sb.rootfs.join("h3").exists());
+    sb.check();
+}
+
+#[test]
+fn item08_cve_2021_32760_hardlink_to_symlink_then_chmod() {
+    let sb = Sandbox::new();
+    let target = sb.sentinel.to_str().unwrap().to_string();
+    let tar = RawTar::new()
+        .symlink("s", &target)
+        .hardlink("h", "s")
+        .raw(b"h", b'2', 0o777, 0, target.as_bytes(), b"")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    let root = sb.root();
+    root.set_metadata("h", &kiln_rootfs::Meta::with_mode(0o777))
+        .unwrap();
+    root.set_metadata("s", &kiln_rootfs::Meta::with_mode(0o777))
+        .unwrap();
+    sb.check();
+}
+
+#[test]
+fn item09_hardlink_to_sibling_with_same_prefix_is_rejected() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .hardlink("x", "../rootfs-evil/secret")
+        .finish();
+    assert!(matches!(
+        apply(&sb.root(), &tar),
+        Err(UnpackError::LinkBreakout { .. })
+    ));
+    sb.check();
+}
+
+#[test]
+fn item10_rustsec_2018_0002_link_then_file_replaces_the_link() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .symlink("x", sb.sentinel.to_str().unwrap())
+        .file("x", b"overwrite?")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    let m = fs::symlink_metadata(sb.rootfs.join("x")).unwrap();
+    assert!(m.is_file());
+    assert_eq!(fs::read(sb.rootfs.join("x")).unwrap(), b"overwrite?");
+    sb.check();
+}
+
+#[test]
+fn item11_cve_2026_33056_symlink_then_directory_entry() {
+    for dname in ["foo", "foo/."] {
+        let sb = Sandbox::new();
+        let tar = RawTar::new()
+            .symlink("foo", &sb.sdir())
+            .dir(dname, 0o777)
+            .finish();
+        apply(&sb.root(), &tar).unwrap();
+        let m = fs::symlink_metadata(sb.rootfs.join("foo")).unwrap();
+        assert!(m.is_dir(), "{dname}: foo should now be a directory");
+        assert_eq!(m.mode() & 0o7777, 0o777);
+        sb.check();
+    }
+}
+
+#[test]
+fn item12_tar_rs_238_symlink_dotdot_then_deep_path() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .symlink("symlink", "..")
+        .file("symlink/exploit/foo/bar", b"x")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    assert!(sb.rootfs.join("exploit/foo/bar").is_file());
+    sb.check();
+}
+
+#[test]
+fn item13_root_entries_are_ignored_and_dotdot_rejected() {
+    for (name, flag) in [
+        (".", b'2'),
+        ("./", b'1'),
+        ("", b'0'),
+        (".", b'0'),
+        ("./", b'5'),
+    ] {
+        let sb = Sandbox::new();
+        fs::set_permissions(&sb.rootfs, fs::Permissions::from_mode(0o755)).unwrap();
+        let tar = RawTar::new()
+            .raw(name.as_bytes(), flag, 0o700, 0, b"/", b"")
+            .finish();
+        apply(&sb.root(), &tar).unwrap();
+        let m = fs::symlink_metadata(&sb.rootfs).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.mode() & 0o7777, 0o755, "{name:?} {flag}");
+        sb.check();
+    }
+    for flag in [b'0', b'1', b'2'] {
+        let sb = Sandbox::new();
+        let tar = RawTar::new().raw(b"..", flag, 0o700, 0, b"x", b"").finish();
+        assert!(apply(&sb.root(), &tar).is_err());
+        sb.check();
+    }
+}
+
+#[test]
+fn item14_invalid_whiteouts_are_errors_and_remove_nothing() {
+    for name in [".wh.", ".wh..", ".wh...", "etc/.wh.."] {
+        let sb = Sandbox::new();
+        fs::create_dir(sb.rootfs.join("etc")).unwrap();
+        fs::write(sb.rootfs.join("etc/keep"), b"k").unwrap();
+        let tar = RawTar::new().file(name, b"").finish();
+        let err = apply(&sb.root(), &tar).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::InvalidWhiteout { .. }),
+            "{name}: {err}"
+        );
+        assert!(sb.rootfs.join("etc/keep").exists());
+        sb.check();
+    }
+}
+
+#[test]
+fn item15_whiteout_through_lower_symlink_stays_inside() {
+    let sb = Sandbox::new();
+    let lower = RawTar::new()
+        .file("etc/x", b"x")
+        .symlink("l", "/etc")
+        .symlink("l2", &sb.sdir())
+        .finish();
+    apply(&sb.root(), &lower).unwrap();
+    let upper = RawTar::new()
+        .file("l/.wh.x", b"")
+        .file("l2/.wh.file", b"")
+        .finish();
+    apply(&sb.root(), &upper).unwrap();
+    assert!(!sb.rootfs.join("etc/x").exists());
+    assert!(!sb.rootfs.join("l/.wh.x").exists());
+    sb.check();
+}
+
+#[test]
+fn item16_whiteout_of_symlink_to_dir_removes_only_the_link() {
+    let sb = Sandbox::new();
+    let lower = RawTar::new()
+        .file("etc/keep", b"k")
+        .symlink("localetc", "/etc")
+        .finish();
+    apply(&sb.root(), &lower).unwrap();
+    let upper = RawTar::new().file(".wh.localetc", b"").finish();
+    apply(&sb.root(), &upper).unwrap();
+    assert!(fs::symlink_metadata(sb.rootfs.join("localetc")).is_err());
+    assert_eq!(fs::read(sb.rootfs.join("etc/keep")).unwrap(), b"k");
+    sb.check();
+}
+
+#[test]
+fn item17_ggcr_1897_opaque_whiteout_before_and_after_same_layer_entries() {
+    for opaque_first in [true, false] {
+        let sb = Sandbox::new();
+        let lower = RawTar::new()
+            .file("a/old", b"o")
+            .file("a/b/old", b"o")
+            .file("keep/x", b"k")
+            .finish();
+        apply(&sb.root(), &lower).unwrap();
+        let mut t = RawTar::new();
+        if opaque_first {
+            t.file("a/.wh..wh..opq", b"").file("a/b/new", b"n");
+        } else {
+            t.file("a/b/new", b"n").file("a/.wh..wh..opq", b"");
+        }
+        apply(&sb.root(), &t.finish()).unwrap();
+        assert!(
+            !sb.rootfs.join("a/old").exists(),
+            "opaque_first={opaque_first}"
+        );
+        assert!(
+            !sb.rootfs.join("a/b/old").exists(),
+            "opaque_first={opaque_first}"
+        );
+        assert_eq!(fs::read(sb.rootfs.join("a/b/new")).unwrap(), b"n");
+        assert!(!sb.rootfs.join("a/.wh..wh..opq").exists());
+        assert!(sb.rootfs.join("keep/x").exists());
+        sb.check();
+    }
+}
+
+#[test]
+fn item18_opaque_whiteout_under_symlink_to_outside_is_contained() {
+    let sb = Sandbox::new();
+    let lower = RawTar::new().symlink("a", &sb.sdir()).finish();
+    apply(&sb.root(), &lower).unwrap();
+    let upper = RawTar::new().file("a/.wh..wh..opq", b"").finish();
+    apply(&sb.root(), &upper).unwrap();
+    sb.check();
+}
+
+#[test]
+fn item19_devices_follow_policy_and_fifos_are_created() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .raw(b"dev/null", b'3', 0o666, 0, b"", b"")
+        .raw(b"run/fifo", b'6', 0o600, 0, b"", b"")
+        .finish();
+    let mut o = UnpackOptions {
+        devices: DevicePolicy::Skip,
+        ..UnpackOptions::default()
+    };
+    let st = apply_opts(&sb.root(), &tar, &o).unwrap();
+    assert_eq!(st.skipped_devices, 1);
+    assert!(!sb.rootfs.join("dev/null").exists());
+    assert!(fs::symlink_metadata(sb.rootfs.join("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    o.devices = DevicePolicy::Refuse;
+    assert!(matches!(
+        apply_opts(&sb.root(), &tar, &o),
+        Err(UnpackError::DeviceRefused { .. })
+    ));
+    o.devices = DevicePolicy::CreateOrSkip;
+    let st = apply_opts(&sb.root(), &tar, &o).unwrap();
+    match fs::symlink_metadata(sb.rootfs.join("dev/null")) {
+        Ok(m) => assert!(m.file_type().is_char_device()),
+        Err(_) => {
+            assert_eq!(st.skipped_devices, 1);
+            println!("skipped: mknod not permitted here; device skipped with a warning");
+        }
+    }
+    sb.check();
+}
+
+#[test]
+fn item20_setuid_survives_chown_and_forbidden_xattrs_are_rejected() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .pax(&[("SCHILY.xattr.user.note", b"hello")])
+        .file_mode("usr/bin/su", b"#!", 0o4755)
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    let m = fs::metadata(sb.rootfs.join("usr/bin/su")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o4755);
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(m.uid(), 0);
+    }
+    let v = rustix::fs::lgetxattr(
+        sb.rootfs.join("usr/bin/su"),
+        "user.note",
+        &mut [0u8; 64][..],
+    );
+    match v {
+        Ok(n) => assert_eq!(n, 5),
+        Err(e) => println!("skipped: user xattrs not supported here ({e})"),
+    }
+    for bad in ["trusted.overlay.opaque", "user.overlay.opaque", "trusted.x"] {
+        let key = format!("SCHILY.xattr.{bad}");
+        let tar = RawTar::new()
+            .pax(&[(key.as_str(), b"y")])
+            .dir("d", 0o755)
+            .finish();
+        let err = apply(&sb.root(), &tar).unwrap_err();
+        assert!(
+            matches!(err, UnpackError::ForbiddenXattr { .. }),
+            "{bad}: {err}"
+        );
+    }
+    if nix::unistd::geteuid().is_root() {
+        // security.capability: v2 cap_net_bind_service, as setcap writes it.
+        let cap: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let tar = RawTar::new()
+            .pax(&[("SCHILY.xattr.security.capability", &cap)])
+            .file_mode("bin/ping", b"x", 0o755)
+            .finish();
+        apply(&sb.root(), &tar).unwrap();
+        let n = rustix::fs::lgetxattr(
+            sb.rootfs.join("bin/ping"),
+            "security.capability",
+            &mut [0u8; 64][..],
+        )
+        .unwrap();
+        assert_eq!(n, 20);
+    } else {
+        println!("skipped: security.capability needs root");
+    }
+    sb.check();
+}
+
+/// Lists `tar` with GNU tar (name per line); `None` when GNU tar is not installed.
+fn gnu_tar_list(tar: &[u8]) -> Option<Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("l.tar");
+    fs::write(&p, tar).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&p)
+        .output()
+        .ok()?;
+    if !String::from_utf8_lossy(
+        &std::process::Command::new("tar")
+            .arg("--version")
+            .output()
+            .ok()?
+            .stdout,
+    )
+    .contains("GNU tar")
+    {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_end_matches('/').to_string())
+            .collect(),
+    )
+}
+
+fn our_list(tar: &[u8]) -> Vec<String> {
+    let sb = Sandbox::new();
+    apply(&sb.root(), tar).unwrap();
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(&sb.rootfs)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            out.push(
+                e.path()
+                    .strip_prefix(&sb.rootfs)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    sb.check();
+    out
+}
+
+#[test]
+fn item21_cve_2025_62518_pax_size_and_pax_path_win_like_gnu_tar() {
+    // PAX size 1024 with a ustar size of 0: the data holds a hidden header.
+    let inner = RawTar::new().file("smuggled", b"evil").buf.clone();
+    let mut data = inner.clone();
+    data.resize(1024, 0);
+    let mut t = RawTar::new();
+    t.pax(&[("size", b"1024")]);
+    t.raw(b"outer", b'0', 0o644, 0, b"", &data);
+    t.file("after", b"a");
+    let tar = t.finish();
+    let ours = our_list(&tar);
+    assert_eq!(ours, ["after", "outer"]);
+    match gnu_tar_list(&tar) {
+        Some(mut gnu) => {
+            gnu.sort();
+            assert_eq!(ours, gnu);
+        }
+        None => println!("skipped: GNU tar not installed for the cross-check"),
+    }
+    // PAX path followed by a GNU long name: the PAX record wins (GNU tar and Go agree).
+    let long = "g".repeat(120);
+    let mut t = RawTar::new();
+    t.pax(&[("path", b"from-pax")]);
+    t.gnu_longname(long.as_bytes());
+    t.file("short", b"x");
+    let tar = t.finish();
+    let ours = our_list(&tar);
+    assert_eq!(ours, ["from-pax"]);
+    match gnu_tar_list(&tar) {
+        Some(gnu) => assert_eq!(ours, gnu),
+        None => println!("skipped: GNU tar not installed for the cross-check"),
+    }
+}
+
+#[test]
+fn item22_truncated_huge_entry_is_a_clear_error() {
+    let sb = Sandbox::new();
+    let mut t = RawTar::new();
+    // 8 GiB does not fit the 11 octal digits of ustar: declared with a PAX size record.
+    t.pax(&[("size", b"8589934592")]);
+    t.raw(b"big", b'0', 0o644, 0, b"", b"only a little");
+    let tar = t.buf.clone();
+    let err = apply(&sb.root(), &tar).unwrap_err();
+    assert!(matches!(err, UnpackError::Content { .. }), "{err}");
+    assert!(err.to_string().contains("big"));
+    sb.check();
+}
+
+#[test]
+fn item22_gzip_bomb_hits_the_size_limit() {
+    use std::io::Write;
+    let sb = Sandbox::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut h = RawTar::new();
+    h.raw(b"zeros", b'0', 0o644, 256 << 20, b"", b"");
+    gz.write_all(&h.buf).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        gz.write_all(&chunk).unwrap();
+    }
+    gz.write_all(&[0u8; 1024]).unwrap();
+    let blob = gz.finish().unwrap();
+    assert!(blob.len() < 8 << 20, "bomb of {} bytes", blob.len());
+    let o = UnpackOptions {
+        max_total_size: 32 << 20,
+        ..UnpackOptions::default()
+    };
+    let err = apply_opts(&sb.root(), &blob, &o).unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    let o = UnpackOptions {
+        max_entry_size: 1 << 20,
+        ..UnpackOptions::default()
+    };
+    let err = apply_opts(&sb.root(), &blob, &o).unwrap_err();
+    assert!(matches!(err, UnpackError::EntryTooLarge { .. }), "{err}");
+    sb.check();
+}
+
+#[test]
+fn item22_entry_count_depth_and_name_length_limits() {
+    let sb = Sandbox::new();
+    let mut t = RawTar::new();
+    for i in 0..101 {
+        t.file(&format!("f{i}"), b"");
+    }
+    let o = UnpackOptions {
+        max_entries: 100,
+        ..UnpackOptions::default()
+    };
+    let err = apply_opts(&sb.root(), &t.finish(), &o).unwrap_err();
+    assert!(matches!(err, UnpackError::TooManyEntries { .. }), "{err}");
+
+    let deep = "a/".repeat(10_000) + "f";
+    let tar = RawTar::new()
+        .pax(&[("path", deep.as_bytes())])
+        .file("x", b"")
+        .finish();
+    let err = apply(&sb.root(), &tar).unwrap_err();
+    assert!(matches!(err, UnpackError::TooDeep { .. }), "{err}");
+
+    let long = format!("d/{}", "n".repeat(256));
+    let tar = RawTar::new()
+        .pax(&[("path", long.as_bytes())])
+        .file("x", b"")
+        .finish();
+    let err = apply(&sb.root(), &tar).unwrap_err();
+    assert!(matches!(err, UnpackError::NameTooLong { .. }), "{err}");
+    sb.check();
+}
+
+#[test]
+fn item23_diff_id_mismatch_fails() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new().file("f", b"x").finish();
+    let st = apply(&sb.root(), &tar).unwrap();
+    assert_eq!(st.diff_id, kiln_oci::Digest::of(&tar));
+    let o = UnpackOptions {
+        expected_diff_id: Some(kiln_oci::Digest::of(b"something else")),
+        ..UnpackOptions::default()
+    };
+    let err = apply_opts(&sb.root(), &tar, &o).unwrap_err();
+    assert!(matches!(err, UnpackError::DiffIdMismatch { .. }), "{err}");
+    sb.check();
+}
+
+#[test]
+fn item30_ignore_list_applies_to_the_resolved_parent() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.rootfs.join("kiln")).unwrap();
+    fs::write(sb.rootfs.join("kiln/executor"), b"builder").unwrap();
+    fs::create_dir_all(sb.rootfs.join("proc")).unwrap();
+    let root = Root::open(&sb.rootfs).unwrap().with_ignore(&[
+        PathBuf::from("/kiln"),
+        PathBuf::from("/proc"),
+        PathBuf::from("/var/run/secrets"),
+    ]);
+    let tar = RawTar::new()
+        .symlink("x", "/kiln")
+        .file("x/executor", b"evil")
+        .file("proc/1/environ", b"evil")
+        .file("var/run/secrets/token", b"evil")
+        .file(".wh.kiln", b"")
+        .file("ok", b"fine")
+        .finish();
+    let st = apply(&root, &tar).unwrap();
+    assert_eq!(st.ignored, 4);
+    assert_eq!(
+        fs::read(sb.rootfs.join("kiln/executor")).unwrap(),
+        b"builder"
+    );
+    assert!(!sb.rootfs.join("proc/1").exists());
+    assert!(!sb.rootfs.join("var/run/secrets/token").exists());
+    assert_eq!(fs::read(sb.rootfs.join("ok")).unwrap(), b"fine");
+    sb.check();
+}
+
+#[test]
+fn symlink_loop_is_eloop_not_a_hang() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .symlink("a", "b")
+        .symlink("b", "a")
+        .file("a/x", b"")
+        .finish();
+    let err = apply(&sb.root(), &tar).unwrap_err();
+    assert!(err.to_string().contains("symlinks"), "{err}");
+    sb.check();
+}
+
+#[test]
+fn root_api_resolves_in_root() {
+    let sb = Sandbox::new();
+    let root = sb.root();
+    root.symlink("abs", "/").unwrap();
+    root.symlink("up", "../../..").unwrap();
+    assert_eq!(root.resolve("abs/etc").unwrap(), sb.rootfs.join("etc"));
+    assert_eq!(root.resolve("up/up/etc").unwrap(), sb.rootfs.join("etc"));
+    assert_eq!(root.resolve("/../../x").unwrap(), sb.rootfs.join("x"));
+    let made = root
+        .create_dir_all("up/app/data", &kiln_rootfs::Meta::with_mode(0o750))
+        .unwrap();
+    assert_eq!(made, sb.rootfs.join("app/data"));
+    assert_eq!(fs::metadata(&made).unwrap().mode() & 0o7777, 0o750);
+    root.write_file(
+        "abs/app/f",
+        &mut &b"hi"[..],
+        &kiln_rootfs::Meta::with_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(fs::read(sb.rootfs.join("app/f")).unwrap(), b"hi");
+    root.remove_all("up/app").unwrap();
+    assert!(!sb.rootfs.join("app").exists());
+    sb.check();
+}
