@@ -443,10 +443,15 @@ impl Flags {
                 })
                 .at(n.start_line, col);
                 let names: Vec<String> = allowed.iter().map(|(k, _)| format!("--{k}")).collect();
-                e = e.with_hint(if names.is_empty() {
-                    format!("{instruction} takes no flags")
-                } else {
-                    format!("{instruction} accepts {}", names.join(", "))
+                let near = allowed
+                    .iter()
+                    .map(|(k, _)| (crate::parser::edit_distance(name, k), *k))
+                    .min()
+                    .filter(|(d, _)| *d <= 2);
+                e = e.with_hint(match near {
+                    Some((_, k)) => format!("did you mean --{k}?"),
+                    None if names.is_empty() => format!("{instruction} takes no flags"),
+                    None => format!("{instruction} accepts {}", names.join(", ")),
                 });
                 return Err(e);
             };
