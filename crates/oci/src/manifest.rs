@@ -105,6 +105,11 @@ pub fn essence(content_type: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Docker schema 1 (`...manifest.v1+json` and `...manifest.v1+prettyjws`).
+fn is_schema1(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.distribution.manifest.v1+")
+}
+
 #[derive(serde::Deserialize)]
 struct Probe {
     #[serde(rename = "schemaVersion")]
@@ -134,7 +139,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<(String, Parsed
     let probe: Probe = serde_json::from_slice(bytes).map_err(json_err("manifest"))?;
     let header = content_type
         .map(essence)
-        .filter(|t| media::is_manifest(t) || media::is_index(t) || t.contains("manifest.v1"));
+        .filter(|t| media::is_manifest(t) || media::is_index(t) || is_schema1(t));
     let media_type = match (header, probe.media_type) {
         (Some(h), _) => h,
         (None, Some(m)) => m,
@@ -145,7 +150,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<(String, Parsed
         }
         (None, None) => return Err(ManifestError::UnsupportedMediaType(String::new())),
     };
-    if probe.schema_version == Some(1) || media_type.contains("manifest.v1+") {
+    if probe.schema_version == Some(1) || is_schema1(&media_type) {
         return Err(ManifestError::Schema1);
     }
     let parsed = if media::is_index(&media_type) {
@@ -273,6 +278,20 @@ mod tests {
         let orig: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(again, orig);
         assert_eq!(descriptor_digest(m.config()).unwrap().to_string(), D1);
+    }
+
+    #[test]
+    fn oci_manifest_is_not_schema1() {
+        let text = docker_manifest()
+            .replace(media::DOCKER_MANIFEST, media::OCI_MANIFEST)
+            .replace(media::DOCKER_CONFIG, media::OCI_CONFIG);
+        let (mt, p) = parse(text.as_bytes(), Some(media::OCI_MANIFEST)).unwrap();
+        assert_eq!(mt, media::OCI_MANIFEST);
+        assert!(matches!(p, Parsed::Image(_)));
+        assert!(matches!(
+            parse(text.as_bytes(), Some(media::DOCKER_MANIFEST_V1_SIGNED)),
+            Err(ManifestError::Schema1)
+        ));
     }
 
     #[test]
