@@ -10,9 +10,11 @@
 
 mod error;
 mod root;
+mod snapshot;
 mod unpack;
 mod xattr;
 
 pub use error::{DiffError, RootError, UnpackError};
 pub use root::{IdMap, Kind, Meta, Ownership, Root, MAX_SYMLINK_HOPS};
+pub use snapshot::{write_layer, Change, ChangeSet, Index, SnapshotMode, WriteStats};
 pub use unpack::{decompress, unpack_layer, DevicePolicy, UnpackOptions, UnpackStats};

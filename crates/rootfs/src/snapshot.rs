@@ -1,0 +1,621 @@
+//! The snapshot differ: an index of the rootfs, what changed since, and writing that as a layer.
+//!
+//! Cost follows what changed, not what exists: a walk compares `lstat` metadata with the index
+//! and reads content only for files whose metadata moved (`full` mode), so a touched but
+//! identical file is not re-added. Deletions become `.wh.<name>` whiteouts (only the topmost
+//! deleted path); a directory whose inode changed (removed and re-created) becomes the directory
+//! entry plus an opaque whiteout with all its current children, as an overlay upper dir would
+//! show it; a directory replaced by a file or symlink is just the new entry (applying it removes
+//! the old tree). Entries are sorted by their archive name.
+
+use crate::error::{DiffError, RootError};
+use crate::root::{Kind, Root};
+use kiln_oci::{DeviceKind, EntryMeta, LayerWriter};
+use sha2::Digest as _;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// How the differ decides that a file changed (Kaniko's `--snapshot-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// Type, mode, owner, xattrs, link target and content (hashed only when size, mtime, ctime
+    /// or inode moved). Touched-but-identical files are not re-added.
+    #[default]
+    Full,
+    /// mtime, size, mode, uid and gid (no content reads).
+    Redo,
+    /// mtime only.
+    Time,
+}
+
+/// Kept xattrs of an entry, sorted by name.
+type Xattrs = Box<[(OsString, Vec<u8>)]>;
+/// A path relative to the root, as bytes.
+type Key = Box<[u8]>;
+
+/// One indexed entry (compact: no path, no allocation unless it has a link target or xattrs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    ino: u64,
+    rdev: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    link: Option<Box<[u8]>>,
+    xattrs: Option<Xattrs>,
+    hash: Option<[u8; 32]>,
+}
+
+impl Node {
+    fn kind(&self) -> Kind {
+        Kind::of_mode(self.mode)
+    }
+}
+
+/// The index of a rootfs: path → metadata (and content hash in `full` mode).
+#[derive(Debug, Clone)]
+pub struct Index {
+    entries: BTreeMap<Box<[u8]>, Node>,
+    ignore: Vec<Vec<u8>>,
+    mode: SnapshotMode,
+}
+
+/// One change of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// The entry at this path (relative to the root) as it is now.
+    Entry(PathBuf),
+    /// The path was deleted (`dir/.wh.name`).
+    Whiteout(PathBuf),
+    /// The directory's lower-layer children are hidden (`dir/.wh..wh..opq`).
+    Opaque(PathBuf),
+}
+
+impl Change {
+    /// The path the change is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Change::Entry(p) | Change::Whiteout(p) | Change::Opaque(p) => p,
+        }
+    }
+
+    /// The archive name this change is written as: the sort key of a change set.
+    pub fn tar_name(&self) -> Vec<u8> {
+        let b = self.path().as_os_str().as_bytes();
+        match self {
+            Change::Entry(_) => b.to_vec(),
+            Change::Opaque(_) => [b, b"/.wh..wh..opq"].concat(),
+            Change::Whiteout(_) => match b.iter().rposition(|&c| c == b'/') {
+                Some(i) => [&b[..=i], b".wh.", &b[i + 1..]].concat(),
+                None => [b".wh.", b].concat(),
+            },
+        }
+    }
+}
+
+/// What changed, sorted by archive name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    changes: Vec<Change>,
+}
+
+impl ChangeSet {
+    /// Builds a sorted, de-duplicated change set.
+    pub fn new(mut changes: Vec<Change>) -> ChangeSet {
+        changes.sort_by_cached_key(Change::tar_name);
+        changes.dedup();
+        ChangeSet { changes }
+    }
+
+    /// The changes, in archive order.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The change set of an instruction that names its outputs (COPY, ADD, WORKDIR): each
+    /// path (resolved inside the root, last component not followed), everything below it when
+    /// it is a directory, and its parent directories, as Docker and Kaniko include them.
+    pub fn from_paths(root: &Root, paths: &[PathBuf]) -> Result<ChangeSet, DiffError> {
+        let mut out = BTreeSet::new();
+        for p in paths {
+            let rel = root.resolve_nofollow(p).map_err(|source| DiffError::Root {
+                path: p.display().to_string(),
+                source,
+            })?;
+            if rel.as_os_str().is_empty() {
+                // The root itself: everything.
+                for (path, _) in walk(root, &[], false)? {
+                    out.insert(path);
+                }
+                continue;
+            }
+            let mut anc = rel.parent();
+            while let Some(a) = anc.filter(|a| !a.as_os_str().is_empty()) {
+                out.insert(a.as_os_str().as_bytes().to_vec().into_boxed_slice());
+                anc = a.parent();
+            }
+            let st = root.lstat(&rel).map_err(|source| DiffError::Root {
+                path: rel.display().to_string(),
+                source,
+            })?;
+            out.insert(rel.as_os_str().as_bytes().to_vec().into_boxed_slice());
+            if Kind::of_mode(st.st_mode) == Kind::Dir {
+                let host = root.path().join(&rel);
+                for e in walkdir::WalkDir::new(&host).min_depth(1) {
+                    let e = e.map_err(|e| DiffError::Walk {
+                        path: host.clone(),
+                        source: e.into(),
+                    })?;
+                    let sub = e.path().strip_prefix(root.path()).unwrap_or(e.path());
+                    out.insert(sub.as_os_str().as_bytes().to_vec().into_boxed_slice());
+                }
+            }
+        }
+        Ok(ChangeSet::new(
+            out.into_iter()
+                .map(|p| Change::Entry(PathBuf::from(OsString::from_vec(p.into_vec()))))
+                .collect(),
+        ))
+    }
+}
+
+fn rel_bytes(root: &Path, p: &Path) -> Box<[u8]> {
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .as_os_str()
+        .as_bytes()
+        .to_vec()
+        .into_boxed_slice()
+}
+
+fn ignored(ignore: &[Vec<u8>], rel: &[u8]) -> bool {
+    ignore
+        .iter()
+        .any(|ig| rel.starts_with(ig) && (rel.len() == ig.len() || rel[ig.len()] == b'/'))
+}
+
+fn keep_xattr(name: &OsStr) -> bool {
+    let n = name.as_bytes();
+    (n.starts_with(b"user.") && !n.starts_with(b"user.overlay.")) || n == b"security.capability"
+}
+
+fn read_xattrs(path: &Path) -> Result<Option<Xattrs>, DiffError> {
+    let x = crate::xattr::list(path).map_err(|source| DiffError::Walk {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let x: Vec<_> = x.into_iter().filter(|(k, _)| keep_xattr(k)).collect();
+    Ok((!x.is_empty()).then(|| x.into_boxed_slice()))
+}
+
+fn hash_file(root: &Root, rel: &[u8]) -> Result<[u8; 32], DiffError> {
+    let p = Path::new(OsStr::from_bytes(rel));
+    let mut f = root.open_file(p).map_err(|source| DiffError::Root {
+        path: p.display().to_string(),
+        source,
+    })?;
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| DiffError::Hash {
+            path: p.display().to_string(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    Ok(sha.finalize().into())
+}
+
+/// Walks the rootfs (not following symlinks, skipping ignored paths) into unsorted nodes.
+fn walk(root: &Root, ignore: &[Vec<u8>], with_xattrs: bool) -> Result<Vec<(Key, Node)>, DiffError> {
+    let base = root.path().to_path_buf();
+    let mut out = Vec::new();
+    let it = walkdir::WalkDir::new(&base)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| !ignored(ignore, &rel_bytes(&base, e.path())));
+    for e in it {
+        let e = e.map_err(|e| DiffError::Walk {
+            path: e.path().map_or_else(|| base.clone(), Path::to_path_buf),
+            source: e.into(),
+        })?;
+        let rel = rel_bytes(&base, e.path());
+        let md = e.metadata().map_err(|err| DiffError::Walk {
+            path: e.path().to_path_buf(),
+            source: err.into(),
+        })?;
+        let link = if md.file_type().is_symlink() {
+            let t = std::fs::read_link(e.path()).map_err(|source| DiffError::Walk {
+                path: e.path().to_path_buf(),
+                source,
+            })?;
+            Some(t.into_os_string().into_vec().into_boxed_slice())
+        } else {
+            None
+        };
+        let xattrs = if with_xattrs {
+            read_xattrs(e.path())?
+        } else {
+            None
+        };
+        out.push((
+            rel,
+            Node {
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                size: md.size(),
+                ino: md.ino(),
+                rdev: md.rdev(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                ctime: (md.ctime(), md.ctime_nsec()),
+                link,
+                xattrs,
+                hash: None,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut end = p.len();
+    std::iter::from_fn(move || {
+        let i = p[..end].iter().rposition(|&b| b == b'/')?;
+        end = i;
+        Some(&p[..i])
+    })
+}
+
+impl Index {
+    /// Indexes the rootfs. `ignore` lists paths inside the root never snapshotted (`/proc`,
+    /// `/sys`, `/dev`, mounted files, `--ignore-path`). In `full` mode, regular files are
+    /// hashed now (once per stage), so a later touched-but-identical file is recognised.
+    pub fn scan(root: &Root, ignore: &[PathBuf], mode: SnapshotMode) -> Result<Index, DiffError> {
+        let ignore: Vec<Vec<u8>> = ignore
+            .iter()
+            .map(|p| {
+                let b = p.as_os_str().as_bytes();
+                let b = b.strip_prefix(b"/").unwrap_or(b);
+                b.strip_suffix(b"/").unwrap_or(b).to_vec()
+            })
+            .filter(|b| !b.is_empty())
+            .collect();
+        let mut nodes = walk(root, &ignore, true)?;
+        if mode == SnapshotMode::Full {
+            for (rel, n) in &mut nodes {
+                if n.kind() == Kind::File {
+                    n.hash = Some(hash_file(root, rel)?);
+                }
+            }
+        }
+        Ok(Index {
+            entries: nodes.into_iter().collect(),
+            ignore,
+            mode,
+        })
+    }
+
+    /// Number of indexed paths.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the rootfs was empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The snapshot mode.
+    pub fn mode(&self) -> SnapshotMode {
+        self.mode
+    }
+
+    /// Walks the rootfs, returns what changed since the index was taken (or last diffed) and
+    /// updates the index to the current state.
+    pub fn diff(&mut self, root: &Root) -> Result<ChangeSet, DiffError> {
+        let mut new: BTreeMap<Box<[u8]>, Node> =
+            walk(root, &self.ignore, false)?.into_iter().collect();
+        let mut changes = Vec::new();
+        let mut opaque: HashSet<Box<[u8]>> = HashSet::new();
+        let mut replaced: HashSet<Box<[u8]>> = HashSet::new();
+        for (path, n) in new.iter_mut() {
+            let under_opaque = ancestors(path).any(|a| opaque.contains(a));
+            let old = if under_opaque {
+                None
+            } else {
+                self.entries.get(path)
+            };
+            let entry = || Change::Entry(PathBuf::from(OsString::from_vec(path.to_vec())));
+            let Some(o) = old else {
+                n.xattrs = read_xattrs(&root.path().join(OsStr::from_bytes(path)))?;
+                if self.mode == SnapshotMode::Full && n.kind() == Kind::File {
+                    n.hash = Some(hash_file(root, path)?);
+                }
+                changes.push(entry());
+                continue;
+            };
+            if o.kind() != n.kind() {
+                n.xattrs = read_xattrs(&root.path().join(OsStr::from_bytes(path)))?;
+                if self.mode == SnapshotMode::Full && n.kind() == Kind::File {
+                    n.hash = Some(hash_file(root, path)?);
+                }
+                if o.kind() == Kind::Dir {
+                    replaced.insert(path.clone());
+                }
+                changes.push(entry());
+                continue;
+            }
+            let same_stat =
+                o.size == n.size && o.mtime == n.mtime && o.ctime == n.ctime && o.ino == n.ino;
+            if same_stat && o.mode == n.mode && o.uid == n.uid && o.gid == n.gid {
+                // Nothing moved: carry what the index knew.
+                n.xattrs = o.xattrs.clone();
+                n.hash = o.hash;
+                continue;
+            }
+            // ctime moved: xattrs may have changed.
+            n.xattrs = if o.ctime == n.ctime {
+                o.xattrs.clone()
+            } else {
+                read_xattrs(&root.path().join(OsStr::from_bytes(path)))?
+            };
+            if n.kind() == Kind::Dir && o.ino != n.ino {
+                let prefix = [&path[..], b"/"].concat();
+                let had_children = self
+                    .entries
+                    .range::<[u8], _>((
+                        std::ops::Bound::Excluded(&prefix[..]),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(&prefix));
+                if had_children {
+                    opaque.insert(path.clone());
+                    changes.push(entry());
+                    changes.push(Change::Opaque(PathBuf::from(OsString::from_vec(
+                        path.to_vec(),
+                    ))));
+                    continue;
+                }
+            }
+            let meta_changed = o.mode != n.mode
+                || o.uid != n.uid
+                || o.gid != n.gid
+                || o.link != n.link
+                || o.rdev != n.rdev
+                || o.xattrs != n.xattrs;
+            let changed = match self.mode {
+                SnapshotMode::Time => o.mtime != n.mtime || o.link != n.link,
+                SnapshotMode::Redo => {
+                    o.mtime != n.mtime
+                        || o.size != n.size
+                        || o.mode != n.mode
+                        || o.uid != n.uid
+                        || o.gid != n.gid
+                        || o.link != n.link
+                }
+                SnapshotMode::Full => {
+                    if n.kind() == Kind::File {
+                        if same_stat {
+                            n.hash = o.hash;
+                        } else {
+                            n.hash = Some(hash_file(root, path)?);
+                        }
+                        meta_changed || o.size != n.size || n.hash != o.hash || o.hash.is_none()
+                    } else {
+                        meta_changed
+                    }
+                }
+            };
+            if self.mode == SnapshotMode::Full && n.kind() == Kind::File && n.hash.is_none() {
+                n.hash = Some(hash_file(root, path)?);
+            }
+            if changed {
+                changes.push(entry());
+            }
+        }
+        let mut deleted: HashSet<Box<[u8]>> = HashSet::new();
+        for (path, o) in &self.entries {
+            if new.contains_key(path) {
+                continue;
+            }
+            if ancestors(path)
+                .any(|a| deleted.contains(a) || replaced.contains(a) || opaque.contains(a))
+            {
+                if o.kind() == Kind::Dir {
+                    deleted.insert(path.clone());
+                }
+                continue;
+            }
+            if o.kind() == Kind::Dir {
+                deleted.insert(path.clone());
+            }
+            changes.push(Change::Whiteout(PathBuf::from(OsString::from_vec(
+                path.to_vec(),
+            ))));
+        }
+        self.entries = new;
+        Ok(ChangeSet::new(changes))
+    }
+
+    /// Brings the index up to date for paths an instruction wrote itself (after
+    /// [`ChangeSet::from_paths`]), so the next walk does not report them again.
+    pub fn record(&mut self, root: &Root, changes: &ChangeSet) -> Result<(), DiffError> {
+        for c in changes.changes() {
+            let rel = c.path().as_os_str().as_bytes();
+            match c {
+                Change::Entry(p) => {
+                    let host = root.path().join(p);
+                    let md = match std::fs::symlink_metadata(&host) {
+                        Ok(m) => m,
+                        Err(_) => {
+                            self.entries.remove(rel);
+                            continue;
+                        }
+                    };
+                    let link = if md.file_type().is_symlink() {
+                        std::fs::read_link(&host)
+                            .ok()
+                            .map(|t| t.into_os_string().into_vec().into_boxed_slice())
+                    } else {
+                        None
+                    };
+                    let mut n = Node {
+                        mode: md.mode(),
+                        uid: md.uid(),
+                        gid: md.gid(),
+                        size: md.size(),
+                        ino: md.ino(),
+                        rdev: md.rdev(),
+                        mtime: (md.mtime(), md.mtime_nsec()),
+                        ctime: (md.ctime(), md.ctime_nsec()),
+                        link,
+                        xattrs: read_xattrs(&host)?,
+                        hash: None,
+                    };
+                    if self.mode == SnapshotMode::Full && n.kind() == Kind::File {
+                        n.hash = Some(hash_file(root, rel)?);
+                    }
+                    self.entries.insert(rel.to_vec().into_boxed_slice(), n);
+                }
+                Change::Whiteout(_) | Change::Opaque(_) => {
+                    let prefix = [rel, b"/"].concat();
+                    let doomed: Vec<Box<[u8]>> = self
+                        .entries
+                        .keys()
+                        .filter(|k| {
+                            (matches!(c, Change::Whiteout(_)) && &k[..] == rel)
+                                || k.starts_with(&prefix)
+                        })
+                        .cloned()
+                        .collect();
+                    for k in doomed {
+                        self.entries.remove(&k);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`write_layer`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Entries written (whiteouts included).
+    pub entries: u64,
+    /// Regular-file content bytes.
+    pub bytes: u64,
+    /// Entries written as hard links to an earlier entry of the layer.
+    pub hardlinks: u64,
+}
+
+fn root_err(p: &Path) -> impl FnOnce(RootError) -> DiffError + '_ {
+    move |source| DiffError::Root {
+        path: p.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `changes` into `layer`, streaming file contents from the rootfs (through [`Root`],
+/// never following a last symlink). Files with several links inside one layer are written once
+/// and then as hard links to the first path. Xattrs written: `user.*` (not `user.overlay.*`)
+/// and `security.capability`.
+pub fn write_layer(
+    root: &Root,
+    changes: &ChangeSet,
+    layer: &mut LayerWriter,
+) -> Result<WriteStats, DiffError> {
+    let mut stats = WriteStats::default();
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    for c in changes.changes() {
+        stats.entries += 1;
+        let p = c.path();
+        match c {
+            Change::Whiteout(_) => layer.append_whiteout(p)?,
+            Change::Opaque(_) => layer.append_opaque(p)?,
+            Change::Entry(_) => {
+                let st = root.lstat(p).map_err(root_err(p))?;
+                let kind = Kind::of_mode(st.st_mode);
+                let xattrs = if kind == Kind::Symlink {
+                    Vec::new()
+                } else {
+                    root.xattrs(p)
+                        .map_err(root_err(p))?
+                        .into_iter()
+                        .filter(|(k, _)| keep_xattr(k))
+                        .map(|(k, v)| (k.to_string_lossy().into_owned(), v))
+                        .collect()
+                };
+                let meta = EntryMeta {
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid.into(),
+                    gid: st.st_gid.into(),
+                    mtime: st.st_mtime,
+                    xattrs,
+                };
+                match kind {
+                    Kind::Dir => layer.append_dir(p, &meta)?,
+                    Kind::File => {
+                        if st.st_nlink > 1 {
+                            let key = (st.st_dev, st.st_ino);
+                            if let Some(first) = links.get(&key) {
+                                layer.append_hardlink(p, &meta, first)?;
+                                stats.hardlinks += 1;
+                                continue;
+                            }
+                            links.insert(key, p.to_path_buf());
+                        }
+                        let mut f = root.open_file(p).map_err(root_err(p))?;
+                        let size = st.st_size as u64;
+                        layer.append_file(p, &meta, &mut f, size)?;
+                        stats.bytes += size;
+                    }
+                    Kind::Symlink => {
+                        let t = root.read_link(p).map_err(root_err(p))?;
+                        layer.append_symlink(p, &meta, &t)?;
+                    }
+                    Kind::Fifo => layer.append_fifo(p, &meta)?,
+                    Kind::Char | Kind::Block => {
+                        let dk = if kind == Kind::Char {
+                            DeviceKind::Char
+                        } else {
+                            DeviceKind::Block
+                        };
+                        let major = nix::sys::stat::major(st.st_rdev) as u32;
+                        let minor = nix::sys::stat::minor(st.st_rdev) as u32;
+                        layer.append_device(p, &meta, dk, major, minor)?;
+                    }
+                    Kind::Socket => {
+                        // Sockets cannot be archived (tar has no type for them); Docker skips them.
+                        stats.entries -= 1;
+                        tracing::debug!(path = %p.display(), "socket skipped");
+                    }
+                }
+            }
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,424 @@
+//! Round trips: snapshot a change, write it as a layer, apply the layer on a copy of the old
+//! rootfs: the result equals the new rootfs (type, mode, owner, size, content, link target,
+//! xattrs; not timestamps).
+
+use kiln_oci::{BlobStore, Compression, LayerOptions, LayerWriter};
+use kiln_rootfs::{
+    unpack_layer, write_layer, Change, ChangeSet, Index, Root, SnapshotMode, UnpackOptions,
+};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+type Tree = Vec<(
+    Vec<u8>,
+    u32,
+    u32,
+    u32,
+    u64,
+    Vec<u8>,
+    Option<PathBuf>,
+    Vec<(std::ffi::OsString, Vec<u8>)>,
+)>;
+
+fn user_xattrs(p: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    let n = rustix::fs::llistxattr(p, &mut names[..]).unwrap_or(0);
+    let mut out = Vec::new();
+    for name in names[..n]
+        .split(|&b| b == 0)
+        .filter(|n| n.starts_with(b"user."))
+    {
+        let mut v = vec![0u8; 4096];
+        let len = rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut v[..]).unwrap();
+        out.push((OsStr::from_bytes(name).to_owned(), v[..len].to_vec()));
+    }
+    out.sort();
+    out
+}
+
+fn tree(root: &Path) -> Tree {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let content = if m.is_file() {
+            fs::read(e.path()).unwrap()
+        } else {
+            Vec::new()
+        };
+        let link = m
+            .file_type()
+            .is_symlink()
+            .then(|| fs::read_link(e.path()).unwrap());
+        out.push((
+            rel,
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            if m.is_dir() { 0 } else { m.size() },
+            content,
+            link,
+            user_xattrs(e.path()),
+        ));
+    }
+    out
+}
+
+struct Case {
+    _tmp: tempfile::TempDir,
+    new: PathBuf,
+    old: PathBuf,
+    store: BlobStore,
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+impl Case {
+    fn new(setup: impl FnOnce(&Path)) -> Case {
+        let tmp = tempfile::tempdir().unwrap();
+        let new = tmp.path().join("new");
+        fs::create_dir(&new).unwrap();
+        setup(&new);
+        let old = tmp.path().join("old");
+        copy_tree(&new, &old);
+        let store = BlobStore::open(tmp.path().join("store")).unwrap();
+        Case {
+            _tmp: tmp,
+            new,
+            old,
+            store,
+        }
+    }
+
+    /// Scans, mutates, diffs, writes, applies on the old copy and compares. Returns the
+    /// change set.
+    fn run(&self, mode: SnapshotMode, mutate: impl FnOnce(&Path)) -> ChangeSet {
+        let root = Root::open(&self.new).unwrap();
+        let mut index = Index::scan(&root, &[], mode).unwrap();
+        mutate(&self.new);
+        let cs = index.diff(&root).unwrap();
+        self.apply(&root, &cs);
+        // The index now matches: a second diff finds nothing.
+        assert!(
+            index.diff(&root).unwrap().is_empty(),
+            "second diff not empty"
+        );
+        cs
+    }
+
+    fn apply(&self, root: &Root, cs: &ChangeSet) {
+        let mut w = LayerWriter::new(
+            &self.store,
+            Compression::Gzip { level: 1 },
+            LayerOptions::default(),
+        )
+        .unwrap();
+        write_layer(root, cs, &mut w).unwrap();
+        let info = w.finish().unwrap();
+        let blob = fs::File::open(self.store.path(&info.digest)).unwrap();
+        let old = Root::open(&self.old).unwrap();
+        let st = unpack_layer(&old, blob, &UnpackOptions::default()).unwrap();
+        assert_eq!(st.diff_id, info.diff_id);
+        let (a, b) = (tree(&self.new), tree(&self.old));
+        if a != b {
+            let names = |t: &Tree| {
+                t.iter()
+                    .map(|e| String::from_utf8_lossy(&e.0).into_owned())
+                    .collect::<Vec<_>>()
+            };
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(
+                    (
+                        String::from_utf8_lossy(&x.0),
+                        x.1,
+                        x.2,
+                        x.3,
+                        x.4,
+                        &x.6,
+                        &x.7
+                    ),
+                    (
+                        String::from_utf8_lossy(&y.0),
+                        y.1,
+                        y.2,
+                        y.3,
+                        y.4,
+                        &y.6,
+                        &y.7
+                    ),
+                    "first difference; changes {cs:?}"
+                );
+            }
+            assert_eq!(names(&a), names(&b), "changes {cs:?}");
+            panic!("trees differ in content; changes {cs:?}");
+        }
+    }
+}
+
+fn base(p: &Path) {
+    fs::create_dir_all(p.join("etc")).unwrap();
+    fs::write(p.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+    fs::write(p.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
+    fs::create_dir_all(p.join("usr/lib/app")).unwrap();
+    for i in 0..20 {
+        fs::write(p.join(format!("usr/lib/app/m{i}")), vec![i as u8; 1000 + i]).unwrap();
+    }
+    fs::create_dir_all(p.join("var/cache/apt")).unwrap();
+    fs::write(p.join("var/cache/apt/pkg.bin"), b"cache").unwrap();
+    symlink("/usr/lib", p.join("lib")).unwrap();
+}
+
+fn paths(cs: &ChangeSet) -> Vec<String> {
+    cs.changes()
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.tar_name()).into_owned())
+        .collect()
+}
+
+#[test]
+fn add_modify_delete_file() {
+    let c = Case::new(base);
+    let cs = c.run(SnapshotMode::Full, |p| {
+        fs::write(p.join("etc/new"), b"added").unwrap();
+        fs::write(p.join("etc/hosts"), b"10.0.0.1 other\n").unwrap();
+        fs::remove_file(p.join("usr/lib/app/m3")).unwrap();
+    });
+    let names = paths(&cs);
+    assert!(names.contains(&"etc/new".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"usr/lib/app/.wh.m3".to_string()),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains("passwd")), "{names:?}");
+}
+
+#[test]
+fn touched_but_identical_is_not_readded_in_full_mode() {
+    let c = Case::new(base);
+    let cs = c.run(SnapshotMode::Full, |p| {
+        let data = fs::read(p.join("etc/passwd")).unwrap();
+        fs::write(p.join("etc/passwd"), data).unwrap();
+    });
+    assert!(
+        !paths(&cs).iter().any(|n| n.contains("passwd")),
+        "{:?}",
+        paths(&cs)
+    );
+    // In redo/time modes the new mtime makes it a change.
+    let c = Case::new(base);
+    let cs = c.run(SnapshotMode::Time, |p| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let data = fs::read(p.join("etc/passwd")).unwrap();
+        fs::write(p.join("etc/passwd"), data).unwrap();
+    });
+    assert!(
+        paths(&cs).contains(&"etc/passwd".to_string()),
+        "{:?}",
+        paths(&cs)
+    );
+}
+
+#[test]
+fn chmod_setuid_and_chown() {
+    let c = Case::new(base);
+    let is_root = nix::unistd::geteuid().is_root();
+    c.run(SnapshotMode::Full, |p| {
+        fs::set_permissions(p.join("etc/hosts"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(p.join("su"), b"binary").unwrap();
+        if is_root {
+            std::os::unix::fs::lchown(p.join("su"), Some(0), Some(0)).unwrap();
+            std::os::unix::fs::lchown(p.join("etc/passwd"), Some(1000), Some(1000)).unwrap();
+        }
+        fs::set_permissions(p.join("su"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::set_permissions(p.join("usr/lib/app"), fs::Permissions::from_mode(0o1777)).unwrap();
+    });
+    if !is_root {
+        println!("skipped: chown part needs root");
+    }
+}
+
+#[test]
+fn delete_dir_is_one_whiteout() {
+    let c = Case::new(base);
+    let cs = c.run(SnapshotMode::Full, |p| {
+        fs::remove_dir_all(p.join("usr/lib/app")).unwrap()
+    });
+    assert_eq!(paths(&cs), ["usr/lib/.wh.app"]);
+}
+
+#[test]
+fn dir_recreated_wholesale_becomes_opaque() {
+    let c = Case::new(base);
+    let cs = c.run(SnapshotMode::Full, |p| {
+        fs::rename(p.join("var/cache/apt"), p.join("var/apt-old")).unwrap();
+        fs::create_dir(p.join("var/cache/apt")).unwrap();
+        fs::write(p.join("var/cache/apt/fresh"), b"f").unwrap();
+        fs::remove_dir_all(p.join("var/apt-old")).unwrap();
+    });
+    let names = paths(&cs);
+    assert!(
+        names.contains(&"var/cache/apt/.wh..wh..opq".to_string())
+            || names.contains(&"var/cache/apt/.wh.pkg.bin".to_string()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn replace_dir_by_file_and_by_symlink() {
+    let c = Case::new(base);
+    c.run(SnapshotMode::Full, |p| {
+        fs::remove_dir_all(p.join("usr/lib/app")).unwrap();
+        fs::write(p.join("usr/lib/app"), b"now a file").unwrap();
+        fs::remove_dir_all(p.join("var/cache")).unwrap();
+        symlink("/tmp", p.join("var/cache")).unwrap();
+        fs::remove_file(p.join("lib")).unwrap();
+        fs::create_dir(p.join("lib")).unwrap();
+        fs::write(p.join("lib/x"), b"x").unwrap();
+    });
+}
+
+#[test]
+fn hardlinks_within_a_layer_are_links() {
+    let c = Case::new(base);
+    let root_new = c.new.clone();
+    c.run(SnapshotMode::Full, |p| {
+        fs::write(p.join("usr/a"), b"shared").unwrap();
+        fs::hard_link(p.join("usr/a"), p.join("usr/b")).unwrap();
+        fs::hard_link(p.join("usr/a"), p.join("etc/c")).unwrap();
+    });
+    let ino = |r: &Path, n: &str| fs::metadata(r.join(n)).unwrap().ino();
+    assert_eq!(ino(&root_new, "usr/a"), ino(&root_new, "usr/b"));
+    assert_eq!(ino(&c.old, "usr/a"), ino(&c.old, "usr/b"));
+    assert_eq!(ino(&c.old, "usr/a"), ino(&c.old, "etc/c"));
+}
+
+#[test]
+fn user_xattrs_round_trip() {
+    let c = Case::new(base);
+    let probe = c.new.join("etc/passwd");
+    if let Err(e) =
+        rustix::fs::lsetxattr(&probe, "user.probe", b"1", rustix::fs::XattrFlags::empty())
+    {
+        println!("skipped: user xattrs unsupported here ({e})");
+        return;
+    }
+    rustix::fs::lremovexattr(&probe, "user.probe").unwrap();
+    c.run(SnapshotMode::Full, |p| {
+        rustix::fs::lsetxattr(
+            p.join("etc/hosts"),
+            "user.mime_type",
+            b"text/plain",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        fs::write(p.join("etc/tagged"), b"t").unwrap();
+        rustix::fs::lsetxattr(
+            p.join("etc/tagged"),
+            "user.k",
+            b"v\0bin",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    });
+}
+
+#[test]
+fn empty_dirs_long_and_non_utf8_names() {
+    let c = Case::new(base);
+    c.run(SnapshotMode::Full, |p| {
+        fs::create_dir_all(p.join("empty/nested")).unwrap();
+        let long = "l".repeat(150);
+        fs::write(p.join(&long), b"long name").unwrap();
+        let mut deep = p.to_path_buf();
+        for i in 0..6 {
+            deep.push(format!("{}{i}", "d".repeat(60)));
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f"), b"deep").unwrap();
+        fs::write(p.join(OsStr::from_bytes(b"bad\xff\xfename")), b"latin").unwrap();
+        symlink(format!("/{}", "t".repeat(200)), p.join("longlink")).unwrap();
+    });
+}
+
+#[test]
+fn redo_mode_sees_metadata_changes() {
+    let c = Case::new(base);
+    let cs = c.run(SnapshotMode::Redo, |p| {
+        fs::write(p.join("etc/hosts"), b"different length content\n").unwrap();
+        fs::set_permissions(p.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    });
+    let names = paths(&cs);
+    assert!(
+        names.contains(&"etc/hosts".to_string()) && names.contains(&"etc/passwd".to_string()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn from_paths_includes_parents_and_subtree() {
+    let c = Case::new(base);
+    let root = Root::open(&c.new).unwrap();
+    let mut index = Index::scan(&root, &[], SnapshotMode::Full).unwrap();
+    fs::create_dir_all(c.new.join("app/src")).unwrap();
+    fs::write(c.new.join("app/src/main.rs"), b"fn main() {}").unwrap();
+    // COPY dest through the `lib -> /usr/lib` symlink: resolved inside the root.
+    fs::write(c.new.join("usr/lib/copied"), b"c").unwrap();
+    let cs = ChangeSet::from_paths(
+        &root,
+        &[PathBuf::from("/app"), PathBuf::from("/lib/copied")],
+    )
+    .unwrap();
+    assert_eq!(
+        paths(&cs),
+        [
+            "app",
+            "app/src",
+            "app/src/main.rs",
+            "usr",
+            "usr/lib",
+            "usr/lib/copied"
+        ]
+    );
+    c.apply(&root, &cs);
+    index.record(&root, &cs).unwrap();
+    let rest = index.diff(&root).unwrap();
+    // Only parent directory mtimes may remain; no file is reported twice.
+    assert!(rest.changes().iter().all(|ch| matches!(ch, Change::Entry(p) if fs::symlink_metadata(c.new.join(p)).unwrap().is_dir())), "{rest:?}");
+}
+
+#[test]
+fn ignore_list_is_not_snapshotted() {
+    let c = Case::new(base);
+    let root = Root::open(&c.new).unwrap();
+    fs::create_dir_all(c.new.join("proc")).unwrap();
+    let mut index = Index::scan(
+        &root,
+        &[PathBuf::from("/proc"), PathBuf::from("/etc/hosts")],
+        SnapshotMode::Full,
+    )
+    .unwrap();
+    fs::write(c.new.join("proc/cpuinfo"), b"x").unwrap();
+    fs::write(c.new.join("etc/hosts"), b"changed by the sandbox").unwrap();
+    fs::write(c.new.join("etc/real"), b"r").unwrap();
+    let cs = index.diff(&root).unwrap();
+    assert_eq!(paths(&cs), ["etc/real"]);
+}
