@@ -35,6 +35,8 @@ pub struct Client {
     bases: Mutex<HashMap<(String, Direction), String>>,
     auth: Mutex<HashMap<String, HostAuth>>,
     tokens: TokenCache,
+    /// Serialises token fetches so parallel blob transfers share one token per scope.
+    token_fetch: Mutex<()>,
     creds_cache: Mutex<HashMap<String, Option<Credential>>>,
 }
 
@@ -369,6 +371,7 @@ impl Client {
             bases: Mutex::new(HashMap::new()),
             auth: Mutex::new(HashMap::new()),
             tokens: TokenCache::default(),
+            token_fetch: Mutex::new(()),
             creds_cache: Mutex::new(HashMap::new()),
         }
     }
@@ -464,6 +467,15 @@ impl Client {
                 }
                 let base = format!("{scheme}://{}", ctx.host);
                 match http.get(format!("{base}/v2/")).send() {
+                    // Go's TLS servers answer plain HTTP with 400 ("Client sent an HTTP
+                    // request to an HTTPS server"): the https error is the real one.
+                    Ok(resp)
+                        if scheme == "http"
+                            && resp.status() == StatusCode::BAD_REQUEST
+                            && last_err.is_some() =>
+                    {
+                        break 'attempts;
+                    }
                     Ok(resp) => {
                         if resp.status() == StatusCode::UNAUTHORIZED {
                             self.learn_challenge(&ctx.host, resp.headers());
@@ -525,6 +537,10 @@ impl Client {
                 }),
             },
             Some(HostAuth::Bearer { realm, service }) => {
+                if let Some(t) = self.tokens.get(&ctx.host, &ctx.scope) {
+                    return Ok(Some(format!("Bearer {}", t.expose())));
+                }
+                let _one_at_a_time = self.token_fetch.lock();
                 if let Some(t) = self.tokens.get(&ctx.host, &ctx.scope) {
                     return Ok(Some(format!("Bearer {}", t.expose())));
                 }

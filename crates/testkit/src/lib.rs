@@ -22,8 +22,10 @@ pub mod token;
 
 pub use image::{push_busybox, push_busybox_docker, push_multiplatform, ImageInfo};
 
+pub use proxy::{Fault, FaultProxy, RecordingServer};
 pub use registry::{Registry, RegistryOptions};
 pub use tls::TestCa;
+pub use token::{TokenPolicy, TokenServer};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
