@@ -266,10 +266,14 @@ impl Client {
                 )));
             }
             std::thread::sleep(self.cfg.retry.backoff(failures - 1));
-            let (resp, attempts) = self.execute(ctx, &Req::new(Method::GET, location.clone()))?;
-            if resp.status() != StatusCode::NO_CONTENT && !resp.status().is_success() {
-                let st = resp.status().as_u16();
-                return Err(ctx.status_err(st, error_body(resp), attempts));
+            let (resp, _) = self.execute(ctx, &Req::new(Method::GET, location.clone()))?;
+            if !resp.status().is_success() {
+                // Distribution refuses a session whose `_state` is older than what it stored
+                // (the answer to the last PATCH was lost): start over in a new session.
+                tracing::info!(%digest, status = resp.status().as_u16(), "upload session lost; restarting the upload");
+                location = self.start_upload(ctx, base)?;
+                offset = 0;
+                continue;
             }
             if let Ok(l) = self.upload_location(ctx, base, &resp) {
                 location = l;

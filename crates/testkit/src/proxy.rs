@@ -13,11 +13,17 @@ use std::sync::{Arc, Mutex};
 /// What to do to a matching request.
 #[derive(Debug, Clone)]
 pub enum Fault {
+    /// Forward unchanged (to let the first N matching requests through).
+    Pass,
     /// Answer with this status and headers (e.g. 503, or 429 with `Retry-After`) without
     /// forwarding.
     Status(u16, Vec<(String, String)>),
+    /// Answer with this status and a registry error body `{"errors":[{"code": CODE}]}`.
+    ErrorCode(u16, String),
     /// Forward, then send the headers and only the first N body bytes, and close.
     ResetAfter(usize),
+    /// Forward (the upstream processes the request), then close without answering.
+    DropResponse,
     /// Forward, then send the body with one extra byte (and a matching Content-Length).
     ExtraByte,
     /// Forward, then send the body one byte short with a Content-Length one byte shorter.
@@ -158,6 +164,12 @@ fn handle(st: &State, mut req: Request, stream: &mut TcpStream) -> Action {
             r.headers = headers.clone();
             return Action::Respond(r);
         }
+        Some(Fault::ErrorCode(status, code)) => {
+            let body = format!("{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"injected\"}}]}}");
+            return Action::Respond(
+                Response::new(*status, body).with_header("Content-Type", "application/json"),
+            );
+        }
         Some(Fault::Redirect(to)) => {
             let loc = to.replace("{path}", &req.target);
             return Action::Respond(Response::new(307, Vec::new()).with_header("Location", &loc));
@@ -173,6 +185,7 @@ fn handle(st: &State, mut req: Request, stream: &mut TcpStream) -> Action {
     };
     let head_only = req.method == "HEAD";
     match fault {
+        Some(Fault::DropResponse) => Action::Close,
         Some(Fault::ResetAfter(n)) => {
             let mut headers = resp.headers.clone();
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
