@@ -205,16 +205,15 @@ fn read_xattrs(path: &Path) -> Result<Option<Xattrs>, DiffError> {
     Ok((!x.is_empty()).then(|| x.into_boxed_slice()))
 }
 
-fn hash_file(root: &Root, rel: &[u8]) -> Result<[u8; 32], DiffError> {
+fn hash_file(root: &Root, rel: &[u8], buf: &mut [u8]) -> Result<[u8; 32], DiffError> {
     let p = Path::new(OsStr::from_bytes(rel));
     let mut f = root.open_file(p).map_err(|source| DiffError::Root {
         path: p.display().to_string(),
         source,
     })?;
     let mut sha = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf).map_err(|source| DiffError::Hash {
+        let n = f.read(buf).map_err(|source| DiffError::Hash {
             path: p.display().to_string(),
             source,
         })?;
@@ -303,10 +302,11 @@ impl Index {
             .filter(|b| !b.is_empty())
             .collect();
         let mut nodes = walk(root, &ignore, true)?;
+        let mut buf = vec![0u8; 256 * 1024];
         if mode == SnapshotMode::Full {
             for (rel, n) in &mut nodes {
                 if n.kind() == Kind::File {
-                    n.hash = Some(hash_file(root, rel)?);
+                    n.hash = Some(hash_file(root, rel, &mut buf)?);
                 }
             }
         }
@@ -338,6 +338,7 @@ impl Index {
         let mut new: BTreeMap<Box<[u8]>, Node> =
             walk(root, &self.ignore, false)?.into_iter().collect();
         let mut changes = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
         let mut opaque: HashSet<Box<[u8]>> = HashSet::new();
         let mut replaced: HashSet<Box<[u8]>> = HashSet::new();
         for (path, n) in new.iter_mut() {
@@ -351,7 +352,7 @@ impl Index {
             let Some(o) = old else {
                 n.xattrs = read_xattrs(&root.path().join(OsStr::from_bytes(path)))?;
                 if self.mode == SnapshotMode::Full && n.kind() == Kind::File {
-                    n.hash = Some(hash_file(root, path)?);
+                    n.hash = Some(hash_file(root, path, &mut buf)?);
                 }
                 changes.push(entry());
                 continue;
@@ -359,7 +360,7 @@ impl Index {
             if o.kind() != n.kind() {
                 n.xattrs = read_xattrs(&root.path().join(OsStr::from_bytes(path)))?;
                 if self.mode == SnapshotMode::Full && n.kind() == Kind::File {
-                    n.hash = Some(hash_file(root, path)?);
+                    n.hash = Some(hash_file(root, path, &mut buf)?);
                 }
                 if o.kind() == Kind::Dir {
                     replaced.insert(path.clone());
@@ -421,7 +422,7 @@ impl Index {
                         if same_stat {
                             n.hash = o.hash;
                         } else {
-                            n.hash = Some(hash_file(root, path)?);
+                            n.hash = Some(hash_file(root, path, &mut buf)?);
                         }
                         meta_changed || o.size != n.size || n.hash != o.hash || o.hash.is_none()
                     } else {
@@ -430,7 +431,7 @@ impl Index {
                 }
             };
             if self.mode == SnapshotMode::Full && n.kind() == Kind::File && n.hash.is_none() {
-                n.hash = Some(hash_file(root, path)?);
+                n.hash = Some(hash_file(root, path, &mut buf)?);
             }
             if changed {
                 changes.push(entry());
@@ -463,6 +464,7 @@ impl Index {
     /// Brings the index up to date for paths an instruction wrote itself (after
     /// [`ChangeSet::from_paths`]), so the next walk does not report them again.
     pub fn record(&mut self, root: &Root, changes: &ChangeSet) -> Result<(), DiffError> {
+        let mut buf = vec![0u8; 256 * 1024];
         for c in changes.changes() {
             let rel = c.path().as_os_str().as_bytes();
             match c {
@@ -496,7 +498,7 @@ impl Index {
                         hash: None,
                     };
                     if self.mode == SnapshotMode::Full && n.kind() == Kind::File {
-                        n.hash = Some(hash_file(root, rel)?);
+                        n.hash = Some(hash_file(root, rel, &mut buf)?);
                     }
                     self.entries.insert(rel.to_vec().into_boxed_slice(), n);
                 }
@@ -548,72 +550,118 @@ pub fn write_layer(
     changes: &ChangeSet,
     layer: &mut LayerWriter,
 ) -> Result<WriteStats, DiffError> {
+    use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
     let mut stats = WriteStats::default();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    // Entries come sorted, so siblings follow each other: resolve each parent directory once.
+    let mut cached: Option<(Vec<u8>, crate::root::Parent)> = None;
     for c in changes.changes() {
         stats.entries += 1;
         let p = c.path();
-        match c {
-            Change::Whiteout(_) => layer.append_whiteout(p)?,
-            Change::Opaque(_) => layer.append_opaque(p)?,
-            Change::Entry(_) => {
-                let st = root.lstat(p).map_err(root_err(p))?;
-                let kind = Kind::of_mode(st.st_mode);
-                let xattrs = if kind == Kind::Symlink {
-                    Vec::new()
-                } else {
-                    root.xattrs(p)
-                        .map_err(root_err(p))?
-                        .into_iter()
-                        .filter(|(k, _)| keep_xattr(k))
-                        .map(|(k, v)| (k.to_string_lossy().into_owned(), v))
+        let entry = match c {
+            Change::Whiteout(_) => {
+                layer.append_whiteout(p)?;
+                continue;
+            }
+            Change::Opaque(_) => {
+                layer.append_opaque(p)?;
+                continue;
+            }
+            Change::Entry(_) => p,
+        };
+        let bytes = entry.as_os_str().as_bytes();
+        let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&bytes[..i], &bytes[i + 1..]),
+            None => (&bytes[..0], bytes),
+        };
+        let parent = match &mut cached {
+            Some((d, par)) if d.as_slice() == dir && !name.is_empty() && name != b".." => {
+                par.name = name.to_vec();
+                par
+            }
+            _ => {
+                let par = root.parent(bytes, None).map_err(root_err(p))?;
+                &mut cached.insert((dir.to_vec(), par)).1
+            }
+        };
+        let io = |source: nix::Error| DiffError::Root {
+            path: p.display().to_string(),
+            source: RootError::Io {
+                op: "snapshot",
+                path: p.display().to_string(),
+                source,
+            },
+        };
+        let st = fstatat(
+            &parent.fd,
+            parent.name.as_slice(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(io)?;
+        let kind = Kind::of_mode(st.st_mode);
+        let xattrs = if kind == Kind::Symlink {
+            Vec::new()
+        } else {
+            let host = root.path().join(OsStr::from_bytes(&parent.logical()));
+            read_xattrs(&host)?
+                .map(|x| {
+                    x.iter()
+                        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.clone()))
                         .collect()
-                };
-                let meta = EntryMeta {
-                    mode: st.st_mode & 0o7777,
-                    uid: st.st_uid.into(),
-                    gid: st.st_gid.into(),
-                    mtime: st.st_mtime,
-                    xattrs,
-                };
-                match kind {
-                    Kind::Dir => layer.append_dir(p, &meta)?,
-                    Kind::File => {
-                        if st.st_nlink > 1 {
-                            let key = (st.st_dev, st.st_ino);
-                            if let Some(first) = links.get(&key) {
-                                layer.append_hardlink(p, &meta, first)?;
-                                stats.hardlinks += 1;
-                                continue;
-                            }
-                            links.insert(key, p.to_path_buf());
-                        }
-                        let mut f = root.open_file(p).map_err(root_err(p))?;
-                        let size = st.st_size as u64;
-                        layer.append_file(p, &meta, &mut f, size)?;
-                        stats.bytes += size;
+                })
+                .unwrap_or_default()
+        };
+        let meta = EntryMeta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid.into(),
+            gid: st.st_gid.into(),
+            mtime: st.st_mtime,
+            xattrs,
+        };
+        match kind {
+            Kind::Dir => layer.append_dir(p, &meta)?,
+            Kind::File => {
+                if st.st_nlink > 1 {
+                    let key = (st.st_dev, st.st_ino);
+                    if let Some(first) = links.get(&key) {
+                        layer.append_hardlink(p, &meta, first)?;
+                        stats.hardlinks += 1;
+                        continue;
                     }
-                    Kind::Symlink => {
-                        let t = root.read_link(p).map_err(root_err(p))?;
-                        layer.append_symlink(p, &meta, &t)?;
-                    }
-                    Kind::Fifo => layer.append_fifo(p, &meta)?,
-                    Kind::Char | Kind::Block => {
-                        let dk = if kind == Kind::Char {
-                            DeviceKind::Char
-                        } else {
-                            DeviceKind::Block
-                        };
-                        let major = nix::sys::stat::major(st.st_rdev) as u32;
-                        let minor = nix::sys::stat::minor(st.st_rdev) as u32;
-                        layer.append_device(p, &meta, dk, major, minor)?;
-                    }
-                    Kind::Socket => {
-                        // Sockets cannot be archived (tar has no type for them); Docker skips them.
-                        stats.entries -= 1;
-                        tracing::debug!(path = %p.display(), "socket skipped");
-                    }
+                    links.insert(key, p.to_path_buf());
                 }
+                let fd = openat(
+                    &parent.fd,
+                    parent.name.as_slice(),
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(io)?;
+                let mut f = std::fs::File::from(fd);
+                let size = st.st_size as u64;
+                layer.append_file(p, &meta, &mut f, size)?;
+                stats.bytes += size;
+            }
+            Kind::Symlink => {
+                let t = readlinkat(&parent.fd, parent.name.as_slice()).map_err(io)?;
+                layer.append_symlink(p, &meta, Path::new(&t))?;
+            }
+            Kind::Fifo => layer.append_fifo(p, &meta)?,
+            Kind::Char | Kind::Block => {
+                let dk = if kind == Kind::Char {
+                    DeviceKind::Char
+                } else {
+                    DeviceKind::Block
+                };
+                let major = nix::sys::stat::major(st.st_rdev) as u32;
+                let minor = nix::sys::stat::minor(st.st_rdev) as u32;
+                layer.append_device(p, &meta, dk, major, minor)?;
+            }
+            Kind::Socket => {
+                // Sockets cannot be archived (tar has no type for them); Docker skips them.
+                stats.entries -= 1;
+                tracing::debug!(path = %p.display(), "socket skipped");
             }
         }
     }
