@@ -1,1 +1,86 @@
-fn main() {}
+//! kiln's binary: flag parsing, logging and exit codes. Everything else is in the libraries.
+//!
+//! Invoked under the name `executor` (e.g. `/kaniko/executor` in the CI image), it behaves as
+//! Kaniko's executor: the arguments are `kiln build`'s.
+
+mod flags;
+mod render;
+mod run;
+
+use clap::Parser;
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = executor_args(std::env::args_os().collect());
+    let cli = flags::Cli::parse_from(args);
+    match run::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(run::exit_code(&e))
+        }
+    }
+}
+
+/// Kaniko compatibility: `executor [flags]` means `kiln build [flags]`, and `executor version`
+/// means `kiln version`.
+fn executor_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if invoked_as == "executor" {
+        let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+        if first.as_deref() != Some("version") {
+            args.insert(1, OsString::from("build"));
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strs(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn executor_name_means_build() {
+        assert_eq!(
+            executor_args(strs(&["/kaniko/executor", "-d", "x"])),
+            strs(&["/kaniko/executor", "build", "-d", "x"])
+        );
+        assert_eq!(
+            executor_args(strs(&["/kaniko/executor", "version"])),
+            strs(&["/kaniko/executor", "version"])
+        );
+        assert_eq!(
+            executor_args(strs(&["kiln", "build"])),
+            strs(&["kiln", "build"])
+        );
+    }
+
+    #[test]
+    fn go_style_booleans_parse() {
+        let cli = flags::Cli::try_parse_from(strs(&[
+            "kiln",
+            "build",
+            "--cache=true",
+            "--no-push",
+            "--cache-run-layers=false",
+            "-d",
+            "a",
+            "--destination=b",
+        ]))
+        .unwrap();
+        let flags::Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert!(b.cache && b.no_push && !b.cache_run_layers);
+        assert_eq!(b.destinations, vec!["a", "b"]);
+    }
+}

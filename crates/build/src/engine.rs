@@ -1,0 +1,1115 @@
+//! The build loop: plan → stages → instructions → layers → image → outputs.
+
+use crate::context::Context;
+use crate::error::BuildError;
+use crate::image::{self, Assembled, LayerRecord};
+use crate::instructions::{chmod::Chmod, copy, metadata, run, workdir};
+use crate::options::BuildOptions;
+use crate::output::{Event, Output};
+use crate::snapshot::{self, LayerSettings};
+use kiln_dockerfile::{
+    parse_dockerfile, plan, Base, FromRef, Healthcheck, Instruction, Plan, PlannedStage, Spanned,
+    StageEnv,
+};
+use kiln_oci::config::{self as cfg, History, ImageConfig};
+use kiln_oci::media::ImageFormat;
+use kiln_oci::platform::Platform;
+use kiln_oci::reference::Reference;
+use kiln_oci::{BlobStore, Digest};
+use kiln_rootfs::{ChangeSet, Index, Ownership, Root};
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+/// What a successful build produced.
+#[derive(Debug)]
+pub struct BuildOutcome {
+    /// The image (manifest, config, layers in the blob store).
+    pub image: Assembled,
+    /// References pushed, with the manifest digest.
+    pub pushed: Vec<(String, Digest)>,
+}
+
+/// A finished stage.
+struct StageResult {
+    root: PathBuf,
+    config: ImageConfig,
+    layers: Vec<LayerRecord>,
+    format: ImageFormat,
+}
+
+/// What one instruction did to the file system.
+enum FsEffect {
+    /// Nothing: a metadata-only step.
+    None,
+    /// Exactly these paths (relative, symlink-free) were written.
+    Paths(Vec<PathBuf>),
+    /// Unknown (RUN): the snapshotter must compare the tree with the stage index.
+    Unknown,
+}
+
+/// The outcome of dispatching one instruction.
+struct StepOutcome {
+    fs: FsEffect,
+    created_by: String,
+}
+
+/// Removes the build's working directory when the build ends, however it ends.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            if let Err(e) = remove_tree(&self.0) {
+                tracing::warn!(path = %self.0.display(), error = %e, "could not remove build directory");
+            }
+        }
+    }
+}
+
+/// Removes a tree kiln created, making directories writable first (a layer may have made them
+/// read-only, and an unprivileged owner could not otherwise delete their entries).
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        if entry.file_type().is_dir() {
+            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+    fs::remove_dir_all(path)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian, UTC.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Everything shared by the stages of one build.
+struct Builder<'a> {
+    opts: &'a BuildOptions,
+    out: &'a dyn Output,
+    file: String,
+    plan: Plan,
+    platform: Platform,
+    store: BlobStore,
+    work: PathBuf,
+    context: Context,
+    client: Option<kiln_registry::Client>,
+    created: String,
+    settings: LayerSettings,
+    privileged: bool,
+    ignore: Vec<PathBuf>,
+    /// Where base layers came from, so a push can mount them instead of uploading.
+    sources: HashMap<Digest, Reference>,
+}
+
+/// Builds the image `opts` describes and writes it to every requested output.
+pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, BuildError> {
+    let started = Instant::now();
+    let file = opts.dockerfile.display().to_string();
+    let src = fs::read(&opts.dockerfile).map_err(|source| BuildError::Io {
+        what: "reading the Dockerfile",
+        path: opts.dockerfile.clone(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&src).into_owned();
+    let render = |e: kiln_dockerfile::Error| BuildError::Dockerfile {
+        message: e.render(&file, &text),
+    };
+    let df = parse_dockerfile(&src).map_err(render)?;
+    for (line, w) in &df.warnings {
+        out.event(Event::Warning(&format!("{file}:{line}: {w}")));
+    }
+    let plan_opts = crate::plan_options(
+        opts.target.clone(),
+        opts.build_args.clone(),
+        opts.platform.as_deref(),
+    )?;
+    let platform: Platform =
+        plan_opts
+            .target_platform
+            .parse()
+            .map_err(|e: kiln_oci::platform::PlatformError| BuildError::Option {
+                flag: "--custom-platform",
+                message: e.to_string(),
+            })?;
+    let plan = plan(&df, &plan_opts).map_err(render)?;
+    for a in &plan.unused_build_args {
+        out.event(Event::Warning(&format!(
+            "build argument {a} was given but no ARG in the stages built declares it"
+        )));
+    }
+    let store = BlobStore::open(&opts.state_dir)?;
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let work = opts
+        .state_dir
+        .join("builds")
+        .join(format!("{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&work).map_err(|source| BuildError::Io {
+        what: "creating the build directory",
+        path: work.clone(),
+        source,
+    })?;
+    let _cleanup = WorkDir(work.clone());
+    let context = Context::open(&opts.context, &opts.dockerfile)?;
+    let created = if opts.reproducible {
+        "1970-01-01T00:00:00Z".to_string()
+    } else {
+        rfc3339(SystemTime::now())
+    };
+    let mut b = Builder {
+        opts,
+        out,
+        file,
+        plan,
+        platform,
+        store,
+        work,
+        context,
+        client: None,
+        created,
+        settings: LayerSettings {
+            compression: opts.compression,
+            reproducible: opts.reproducible,
+        },
+        privileged: nix_is_root(),
+        ignore: snapshot::ignore_list(opts),
+        sources: HashMap::new(),
+    };
+    b.check_push_permission()?;
+
+    let stages = b.plan.stages.clone();
+    let mut results: HashMap<usize, StageResult> = HashMap::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let r = b.run_stage(stage, i + 1, stages.len(), &results)?;
+        results.insert(stage.index, r);
+    }
+    let target = b.plan.target;
+    let final_stage = results
+        .remove(&target)
+        .ok_or_else(|| BuildError::Unsupported {
+            what: format!("target stage {target} was not built"),
+            line: None,
+        })?;
+    b.finish(final_stage, started)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+impl Builder<'_> {
+    fn client(&mut self) -> &kiln_registry::Client {
+        let opts = self.opts;
+        self.client.get_or_insert_with(|| {
+            kiln_registry::Client::new(opts.registry.clone(), opts.credentials.clone())
+        })
+    }
+
+    fn parse_ref(&self, s: &str) -> Result<Reference, BuildError> {
+        s.parse::<Reference>().map_err(|e| BuildError::Reference {
+            reference: s.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Kaniko's up-front probe: a denied push is found before the build spends its time.
+    fn check_push_permission(&mut self) -> Result<(), BuildError> {
+        if !self.opts.push || self.opts.skip_push_permission_check {
+            return Ok(());
+        }
+        let refs = self
+            .opts
+            .destinations
+            .iter()
+            .map(|d| self.parse_ref(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in refs {
+            self.client().check_push_permission(&r)?;
+        }
+        Ok(())
+    }
+
+    fn step_error(&self, ins: &Spanned<Instruction>, message: String) -> BuildError {
+        BuildError::Step {
+            file: self.file.clone(),
+            line: ins.start_line,
+            instruction: first_word(&ins.original),
+            message,
+        }
+    }
+
+    /// Unpacks `layers` (in the blob store) into a fresh rootfs at `dir`.
+    fn unpack_into(
+        &self,
+        root: &Root,
+        layers: &[LayerRecord],
+        image: &str,
+    ) -> Result<(), BuildError> {
+        for l in layers {
+            let f = self.store.open_blob(&l.digest)?;
+            let opts = kiln_rootfs::UnpackOptions {
+                expected_diff_id: Some(l.diff_id.clone()),
+                ..Default::default()
+            };
+            kiln_rootfs::unpack_layer(root, std::io::BufReader::new(f), &opts).map_err(
+                |source| BuildError::Unpack {
+                    image: image.to_string(),
+                    digest: l.digest.clone(),
+                    source: Box::new(source),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn open_root(&self, dir: &Path) -> Result<Root, BuildError> {
+        let ownership = if self.privileged {
+            Ownership::Preserve
+        } else {
+            Ownership::Skip
+        };
+        Ok(Root::open(dir)?.with_ownership(ownership))
+    }
+
+    /// The base of a stage: (config, layers, format) with its rootfs unpacked in `root`.
+    fn base(
+        &mut self,
+        stage: &PlannedStage,
+        root: &Root,
+        results: &HashMap<usize, StageResult>,
+    ) -> Result<(ImageConfig, Vec<LayerRecord>, ImageFormat), BuildError> {
+        match &stage.base {
+            Base::Scratch => Ok((
+                scratch_config(&self.platform),
+                Vec::new(),
+                self.opts.image_format.unwrap_or(ImageFormat::Oci),
+            )),
+            Base::Stage(idx) => {
+                let prev = results.get(idx).ok_or_else(|| BuildError::Unsupported {
+                    what: format!("stage {idx} is used before it was built"),
+                    line: Some(stage.from.span.start_line),
+                })?;
+                self.unpack_into(root, &prev.layers, &format!("stage {idx}"))?;
+                Ok((prev.config.clone(), prev.layers.clone(), prev.format))
+            }
+            Base::Image(name) => {
+                let reference = self.parse_ref(name)?;
+                let platform = match &stage.platform {
+                    Some(p) => p.parse::<Platform>().map_err(|e| BuildError::Step {
+                        file: self.file.clone(),
+                        line: stage.from.span.start_line,
+                        instruction: "FROM".into(),
+                        message: format!("invalid --platform {p:?}: {e}"),
+                    })?,
+                    None => self.platform.clone(),
+                };
+                self.out
+                    .event(Event::Info(&format!("pulling {reference} ({platform})")));
+                let store = self.store.clone();
+                let pulled = self.client().pull_image(&reference, &platform, &store)?;
+                let config = ImageConfig::from_slice(&pulled.config_bytes)?;
+                let layers = pulled
+                    .layers
+                    .iter()
+                    .zip(config.rootfs.diff_ids.iter())
+                    .map(|(d, diff_id)| {
+                        Ok(LayerRecord {
+                            digest: kiln_oci::manifest::descriptor_digest(d).map_err(|e| {
+                                BuildError::Reference {
+                                    reference: name.clone(),
+                                    message: e.to_string(),
+                                }
+                            })?,
+                            diff_id: diff_id.clone(),
+                            size: d.size(),
+                            media_type: d.media_type().to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, BuildError>>()?;
+                if layers.len() != pulled.layers.len() {
+                    return Err(BuildError::Reference {
+                        reference: name.clone(),
+                        message: format!(
+                            "the manifest has {} layers but the config {} diff_ids",
+                            pulled.layers.len(),
+                            config.rootfs.diff_ids.len()
+                        ),
+                    });
+                }
+                self.unpack_into(root, &layers, name)?;
+                for l in &layers {
+                    self.sources.insert(l.digest.clone(), pulled.source.clone());
+                }
+                let format = self.opts.image_format.unwrap_or_else(|| {
+                    ImageFormat::of_manifest_type(&pulled.media_type).unwrap_or(ImageFormat::Oci)
+                });
+                Ok((config, layers, format))
+            }
+        }
+    }
+
+    fn run_stage(
+        &mut self,
+        stage: &PlannedStage,
+        pos: usize,
+        total: usize,
+        results: &HashMap<usize, StageResult>,
+    ) -> Result<StageResult, BuildError> {
+        let dir = self
+            .work
+            .join(format!("stage-{}", stage.index))
+            .join("rootfs");
+        fs::create_dir_all(&dir).map_err(|source| BuildError::Io {
+            what: "creating the stage rootfs",
+            path: dir.clone(),
+            source,
+        })?;
+        let root = self.open_root(&dir)?;
+        self.out.event(Event::Step {
+            stage: pos,
+            stages: total,
+            step: 0,
+            steps: stage.instructions.len(),
+            text: &stage.from.span.original,
+        });
+        let (mut config, mut layers, format) = self.base(stage, &root, results)?;
+        // ONBUILD triggers of the base run first, then are cleared (docker semantics).
+        let triggers = config
+            .config
+            .as_mut()
+            .and_then(|c| c.on_build.take())
+            .unwrap_or_default();
+        let mut steps: Vec<Spanned<Instruction>> = Vec::new();
+        for t in &triggers {
+            let parsed =
+                kiln_dockerfile::parse_trigger(t, self.plan.escape, stage.from.span.start_line)
+                    .map_err(|e| BuildError::Step {
+                        file: self.file.clone(),
+                        line: stage.from.span.start_line,
+                        instruction: "ONBUILD".into(),
+                        message: format!("trigger {t:?} of the base image: {e}"),
+                    })?;
+            steps.push(parsed);
+        }
+        steps.extend(stage.instructions.iter().cloned());
+        let mut env = StageEnv::new(&self.plan, stage.index, &config.env_pairs());
+        let mut index: Option<Index> = None;
+        let n = steps.len();
+        for (k, ins) in steps.iter().enumerate() {
+            self.out.event(Event::Step {
+                stage: pos,
+                stages: total,
+                step: k + 1,
+                steps: n,
+                text: &ins.original,
+            });
+            let t0 = Instant::now();
+            let expanded = env
+                .dispatch(&ins.value)
+                .map_err(|e| self.step_error(ins, e.to_string()))?;
+            if matches!(expanded, Instruction::Run(_)) && index.is_none() {
+                // The stage's first RUN: index the tree as it is now (base + earlier steps).
+                index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
+            }
+            let outcome =
+                self.dispatch(ins, &expanded, &mut config, &root, &env, results, stage)?;
+            let changes = match outcome.fs {
+                FsEffect::None => ChangeSet::default(),
+                FsEffect::Paths(paths) => snapshot::from_paths(&root, &paths, index.as_mut())?,
+                FsEffect::Unknown => match index.as_mut() {
+                    Some(ix) => ix.diff(&root)?,
+                    None => ChangeSet::default(),
+                },
+            };
+            let layer = snapshot::write(&root, &changes, &self.store, &self.settings)?;
+            let size = layer.as_ref().map(|l| l.size);
+            config.history.push(History {
+                created: Some(self.created.clone()),
+                created_by: Some(outcome.created_by),
+                comment: Some("buildkit.dockerfile.v0".into()),
+                empty_layer: layer.is_none(),
+                ..History::default()
+            });
+            if let Some(l) = layer {
+                config.rootfs.diff_ids.push(l.diff_id.clone());
+                layers.push(l);
+            }
+            self.out.event(Event::StepDone {
+                elapsed: t0.elapsed(),
+                layer_size: size,
+            });
+        }
+        Ok(StageResult {
+            root: dir,
+            config,
+            layers,
+            format,
+        })
+    }
+
+    /// The one `match` over instructions.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        ins: &Spanned<Instruction>,
+        expanded: &Instruction,
+        config: &mut ImageConfig,
+        root: &Root,
+        env: &StageEnv,
+        results: &HashMap<usize, StageResult>,
+        stage: &PlannedStage,
+    ) -> Result<StepOutcome, BuildError> {
+        let meta_only = |created_by: String| StepOutcome {
+            fs: FsEffect::None,
+            created_by,
+        };
+        let bad = |m: String| self.step_error(ins, m);
+        Ok(match expanded {
+            Instruction::Env(pairs) => meta_only(metadata::env(config, pairs)),
+            Instruction::Label(pairs) => meta_only(metadata::label(config, pairs)),
+            Instruction::User(u) => meta_only(metadata::user(config, u)),
+            Instruction::Expose(ports) => meta_only(metadata::expose(config, ports).map_err(bad)?),
+            Instruction::Volume(paths) => meta_only(metadata::volume(config, paths).map_err(bad)?),
+            Instruction::Cmd(cl) => {
+                let argv = command_argv(config, cl);
+                meta_only(metadata::cmd(config, argv))
+            }
+            Instruction::Entrypoint(cl) => {
+                let argv = command_argv(config, cl);
+                meta_only(metadata::entrypoint(config, argv))
+            }
+            Instruction::Shell(argv) => meta_only(metadata::shell(config, argv.clone())),
+            Instruction::StopSignal(s) => meta_only(metadata::stopsignal(config, s).map_err(bad)?),
+            Instruction::Maintainer(m) => meta_only(metadata::maintainer(config, m)),
+            Instruction::Onbuild(t) => meta_only(metadata::onbuild(config, t)),
+            Instruction::Healthcheck(h) => meta_only(match h {
+                Healthcheck::None => metadata::healthcheck(
+                    config,
+                    cfg::Healthcheck {
+                        test: Some(vec!["NONE".into()]),
+                        ..Default::default()
+                    },
+                ),
+                Healthcheck::Cmd {
+                    cmd,
+                    interval,
+                    timeout,
+                    start_period,
+                    start_interval,
+                    retries,
+                } => {
+                    let test = match cmd {
+                        kiln_dockerfile::CommandLine::Exec(v) => {
+                            let mut t = vec!["CMD".to_string()];
+                            t.extend(v.iter().cloned());
+                            t
+                        }
+                        kiln_dockerfile::CommandLine::Shell(s) => {
+                            vec!["CMD-SHELL".to_string(), s.clone()]
+                        }
+                    };
+                    let ns = |d: &Option<std::time::Duration>| {
+                        d.map(|d| d.as_nanos() as i64).unwrap_or(0)
+                    };
+                    metadata::healthcheck(
+                        config,
+                        cfg::Healthcheck {
+                            test: Some(test),
+                            interval: ns(interval),
+                            timeout: ns(timeout),
+                            start_period: ns(start_period),
+                            start_interval: ns(start_interval),
+                            retries: retries.map(i64::from).unwrap_or(0),
+                        },
+                    )
+                }
+            }),
+            Instruction::Arg(decls) => {
+                let text: Vec<String> = decls
+                    .iter()
+                    .map(|d| match &d.default {
+                        Some(v) => format!("{}={v}", d.name),
+                        None => d.name.clone(),
+                    })
+                    .collect();
+                meta_only(format!("ARG {}", text.join(" ")))
+            }
+            Instruction::Workdir(dir) => {
+                let owner = self.current_owner(config, root).map_err(&bad)?;
+                let (created_by, created) =
+                    workdir::workdir(config, root, dir, owner).map_err(|e| bad(e.to_string()))?;
+                StepOutcome {
+                    fs: FsEffect::Paths(created.into_iter().collect()),
+                    created_by,
+                }
+            }
+            Instruction::Copy(args) | Instruction::Add(args) => {
+                let is_add = matches!(expanded, Instruction::Add(_));
+                self.copy(ins, args, is_add, config, root, results, stage)?
+            }
+            Instruction::Run(r) => self.run(ins, r, config, root, env, results, stage)?,
+        })
+    }
+
+    /// The uid:gid of the current USER (for WORKDIR ownership), resolved in the rootfs.
+    fn current_owner(&self, config: &ImageConfig, root: &Root) -> Result<(u32, u32), String> {
+        match config.config.as_ref().and_then(|c| c.user.as_deref()) {
+            None | Some("") => Ok((0, 0)),
+            Some(u) => kiln_sandbox::resolve_user(root.path(), u)
+                .map(|r| (r.uid, r.gid))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &mut self,
+        ins: &Spanned<Instruction>,
+        args: &kiln_dockerfile::CopyArgs,
+        is_add: bool,
+        config: &ImageConfig,
+        root: &Root,
+        results: &HashMap<usize, StageResult>,
+        stage: &PlannedStage,
+    ) -> Result<StepOutcome, BuildError> {
+        let name = if is_add { "ADD" } else { "COPY" };
+        let bad = |m: String| self.step_error(ins, m);
+        if args.parents {
+            return Err(BuildError::Unsupported {
+                what: format!("{name} --parents"),
+                line: Some(ins.start_line),
+            });
+        }
+        if is_add {
+            if let Some(src) = args
+                .sources
+                .iter()
+                .find(|s| s.contains("://") || s.starts_with("git@"))
+            {
+                return Err(BuildError::Unsupported {
+                    what: format!("ADD from a URL ({src})"),
+                    line: Some(ins.start_line),
+                });
+            }
+            if args.checksum.is_some() {
+                return Err(BuildError::Unsupported {
+                    what: "ADD --checksum".into(),
+                    line: Some(ins.start_line),
+                });
+            }
+        }
+        let owner = match &args.chown {
+            Some(spec) => {
+                let r = kiln_sandbox::resolve_user(root.path(), spec)
+                    .map_err(|e| bad(format!("--chown={spec}: {e}")))?;
+                Some((r.uid, r.gid))
+            }
+            None => None,
+        };
+        let chmod = args
+            .chmod
+            .as_deref()
+            .map(Chmod::parse)
+            .transpose()
+            .map_err(&bad)?;
+        let workdir = config
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .unwrap_or_else(|| "/".into());
+        let spec = copy::CopySpec {
+            sources: args.sources.clone(),
+            heredocs: args
+                .heredocs
+                .iter()
+                .map(|h| (h.name.clone(), h.content.clone()))
+                .collect(),
+            dest: args.dest.clone(),
+            workdir: &workdir,
+            owner,
+            chmod,
+            exclude: args.exclude.clone(),
+        };
+        let copy_err = |source| BuildError::Copy {
+            file: self.file.clone(),
+            line: ins.start_line,
+            instruction: name.into(),
+            source,
+        };
+        let written = match &args.from {
+            None => {
+                if is_add {
+                    if let Some(archive) = self.local_archive(&args.sources) {
+                        return Err(BuildError::Unsupported {
+                            what: format!("ADD of a local archive ({archive}): extraction"),
+                            line: Some(ins.start_line),
+                        });
+                    }
+                }
+                copy::copy(root, &copy::Source::Context(&self.context), &spec).map_err(copy_err)?
+            }
+            Some(from) => {
+                let from_root = match self
+                    .plan
+                    .resolve_from(stage.index, from)
+                    .map_err(|e| bad(e.to_string()))?
+                {
+                    FromRef::Stage(idx) => {
+                        let r = results.get(&idx).ok_or_else(|| {
+                            bad(format!("--from={from}: stage {idx} was not built"))
+                        })?;
+                        self.open_root(&r.root)?
+                    }
+                    FromRef::Image(image) => {
+                        return Err(BuildError::Unsupported {
+                            what: format!("{name} --from=<image> ({image})"),
+                            line: Some(ins.start_line),
+                        });
+                    }
+                };
+                copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
+            }
+        };
+        let mut text = format!("{name} ");
+        if let Some(f) = &args.from {
+            text.push_str(&format!("--from={f} "));
+        }
+        if let Some(c) = &args.chown {
+            text.push_str(&format!("--chown={c} "));
+        }
+        if let Some(c) = &args.chmod {
+            text.push_str(&format!("--chmod={c} "));
+        }
+        let mut words = args.sources.clone();
+        words.extend(args.heredocs.iter().map(|h| format!("<<{}", h.name)));
+        words.push(args.dest.clone());
+        text.push_str(&words.join(" "));
+        text.push_str(" # buildkit");
+        Ok(StepOutcome {
+            fs: FsEffect::Paths(written),
+            created_by: text,
+        })
+    }
+
+    /// The first local source that looks like an archive ADD would extract.
+    fn local_archive(&self, sources: &[String]) -> Option<String> {
+        sources
+            .iter()
+            .find(|s| {
+                let lower = s.to_ascii_lowercase();
+                [
+                    ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst",
+                ]
+                .iter()
+                .any(|ext| lower.ends_with(ext))
+            })
+            .cloned()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        ins: &Spanned<Instruction>,
+        r: &kiln_dockerfile::RunInstr,
+        config: &ImageConfig,
+        root: &Root,
+        env: &StageEnv,
+        results: &HashMap<usize, StageResult>,
+        stage: &PlannedStage,
+    ) -> Result<StepOutcome, BuildError> {
+        let bad = |m: String| self.step_error(ins, m);
+        let scratch = self
+            .work
+            .join(format!("run-{}-{}", stage.index, ins.start_line));
+        fs::create_dir_all(&scratch).map_err(|source| BuildError::Io {
+            what: "creating the step's scratch directory",
+            path: scratch.clone(),
+            source,
+        })?;
+        let _scratch_cleanup = WorkDir(scratch.clone());
+        let shell = metadata::shell_of(config);
+        let argv = run::argv(r, &shell, &scratch).map_err(|e| bad(e.to_string()))?;
+        // Environment: config Env, then build args in scope that ENV does not set.
+        let mut envv = config.env_pairs();
+        for (k, v) in env.run_build_args() {
+            if !envv.iter().any(|(ek, _)| ek == &k) {
+                envv.push((k, v));
+            }
+        }
+        let user_spec = config
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "0".into());
+        let user = kiln_sandbox::resolve_user(root.path(), &user_spec)
+            .map_err(|e| bad(format!("USER {user_spec}: {e}")))?;
+        let cwd = config
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into());
+        let cache_root = self.opts.state_dir.join("cache-mounts");
+        let context_root = self.context.root().to_path_buf();
+        let resolve_context = |src: &str| -> Result<PathBuf, String> {
+            let ctx_root = Root::open(&context_root).map_err(|e| e.to_string())?;
+            ctx_root
+                .resolve(crate::context::clean_rel(src))
+                .map_err(|e| e.to_string())
+        };
+        let plan = &self.plan;
+        let resolve_from = |from: &str, src: &str| -> Result<PathBuf, String> {
+            match plan
+                .resolve_from(stage.index, from)
+                .map_err(|e| e.to_string())?
+            {
+                FromRef::Stage(idx) => {
+                    let r = results
+                        .get(&idx)
+                        .ok_or_else(|| format!("from={from}: stage {idx} was not built"))?;
+                    Root::open(&r.root)
+                        .and_then(|root| root.resolve(crate::context::clean_rel(src)))
+                        .map_err(|e| e.to_string())
+                }
+                FromRef::Image(image) => Err(format!("not supported yet: from=<image> ({image})")),
+            }
+        };
+        let mc = run::MountContext {
+            scratch: &scratch,
+            cache_root: &cache_root,
+            secrets: &self.opts.secrets,
+            resolve_from: &resolve_from,
+            resolve_context: &resolve_context,
+            workdir: &cwd,
+        };
+        fs::create_dir_all(&cache_root).map_err(|source| BuildError::Io {
+            what: "creating the cache-mount directory",
+            path: cache_root.clone(),
+            source,
+        })?;
+        let mut mounts = run::mounts(&r.mounts, &mc).map_err(|e| bad(e.to_string()))?;
+        if argv.first().is_some_and(|a| a.starts_with("/.kiln-run/")) {
+            mounts.push(kiln_sandbox::Mount::Bind {
+                source: scratch.join("heredoc-script"),
+                target: argv[0].clone(),
+                readonly: true,
+            });
+        }
+        let isolation = self.isolation()?;
+        let mut spec = kiln_sandbox::RunSpec::new(root.path(), argv.clone());
+        spec.env = envv;
+        spec.cwd = cwd;
+        spec.user = kiln_sandbox::User {
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids.clone(),
+        };
+        spec.mounts = mounts;
+        spec.network = match r.network {
+            Some(kiln_dockerfile::Network::None) => kiln_sandbox::Network::None,
+            _ => kiln_sandbox::Network::Host,
+        };
+        spec.isolation = isolation;
+        let mut stdout = OutputWriter {
+            out: self.out,
+            stderr: false,
+        };
+        let mut stderr = OutputWriter {
+            out: self.out,
+            stderr: true,
+        };
+        let outcome = kiln_sandbox::run(
+            &spec,
+            kiln_sandbox::Output::Writer(&mut stdout),
+            kiln_sandbox::Output::Writer(&mut stderr),
+        )
+        .map_err(|source| BuildError::Sandbox {
+            file: self.file.clone(),
+            line: ins.start_line,
+            source,
+        })?;
+        for w in &outcome.warnings {
+            self.out.event(Event::Warning(w));
+        }
+        if !outcome.status.success() {
+            return Err(BuildError::RunFailed {
+                file: self.file.clone(),
+                line: ins.start_line,
+                command: ins
+                    .original
+                    .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                    .trim()
+                    .to_string(),
+                code: outcome.status.code(),
+            });
+        }
+        Ok(StepOutcome {
+            fs: FsEffect::Unknown,
+            created_by: run::history(&argv, &env.history_args()),
+        })
+    }
+
+    fn isolation(&self) -> Result<kiln_sandbox::Isolation, BuildError> {
+        match self.opts.isolation.as_deref() {
+            Some("userns") => Ok(kiln_sandbox::Isolation::Userns),
+            Some("chroot") => Ok(kiln_sandbox::Isolation::Chroot),
+            Some("container") => Err(BuildError::Unsupported {
+                what: "--isolation=container (building on the live root file system)".into(),
+                line: None,
+            }),
+            Some(other) => Err(BuildError::Option {
+                flag: "--isolation",
+                message: format!("{other:?}: use userns, chroot or container"),
+            }),
+            None => {
+                let d = kiln_sandbox::detect(Path::new("/proc")).map_err(|source| {
+                    BuildError::Option {
+                        flag: "--isolation",
+                        message: format!("no RUN isolation works here: {source}"),
+                    }
+                })?;
+                if d.isolation == kiln_sandbox::Isolation::Container {
+                    return Err(BuildError::Unsupported {
+                        what: format!(
+                            "RUN needs --isolation=container here ({}), which builds on the live root file system",
+                            d.reason
+                        ),
+                        line: None,
+                    });
+                }
+                Ok(d.isolation)
+            }
+        }
+    }
+
+    fn finish(self, stage: StageResult, started: Instant) -> Result<BuildOutcome, BuildError> {
+        let mut config = stage.config;
+        if !self.opts.labels.is_empty() {
+            let labels = config
+                .config_mut()
+                .labels
+                .get_or_insert_with(Default::default);
+            for (k, v) in &self.opts.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        config.created = Some(self.created.clone());
+        config.architecture = self.platform.architecture().to_string();
+        config.os = self.platform.os().to_string();
+        config.variant = self.platform.variant().map(str::to_string);
+        if self.opts.reproducible {
+            for h in &mut config.history {
+                h.created = Some(self.created.clone());
+            }
+        }
+        let format = self.opts.image_format.unwrap_or(stage.format);
+        let assembled = image::assemble(
+            &self.store,
+            &config,
+            &stage.layers,
+            format,
+            &self.opts.annotations,
+        )?;
+        let dests = &self.opts.destinations;
+        if let Some(dir) = &self.opts.oci_layout_path {
+            let name = dests
+                .first()
+                .and_then(|d| d.parse::<Reference>().ok())
+                .and_then(|r| r.tag().map(str::to_string))
+                .unwrap_or_else(|| "latest".into());
+            image::write_oci_layout(dir, &self.store, &assembled, Some(&name))?;
+            self.out.event(Event::Info(&format!(
+                "wrote OCI layout {} (tag {name})",
+                dir.display()
+            )));
+        }
+        if let Some(path) = &self.opts.tar_path {
+            let tags: Vec<String> = if dests.is_empty() {
+                vec!["image:latest".into()]
+            } else {
+                dests
+                    .iter()
+                    .filter_map(|d| d.parse::<Reference>().ok())
+                    .map(|r| format!("{}:{}", r.name(), r.tag().unwrap_or("latest")))
+                    .collect()
+            };
+            image::write_tarball(path, &self.store, &assembled, &tags)?;
+            self.out.event(Event::Info(&format!(
+                "wrote docker-archive {}",
+                path.display()
+            )));
+        }
+        let mut pushed = Vec::new();
+        let mut b = self;
+        if b.opts.push && !b.opts.destinations.is_empty() {
+            let refs = b
+                .opts
+                .destinations
+                .iter()
+                .map(|d| b.parse_ref(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sources = std::mem::take(&mut b.sources);
+            let store = b.store.clone();
+            let report = b.client().push_image_with_sources(
+                &refs,
+                &assembled.manifest_bytes,
+                &assembled.manifest_media_type,
+                &store,
+                &sources,
+            )?;
+            let digest = report
+                .digest
+                .unwrap_or_else(|| assembled.manifest_digest.clone());
+            for r in &refs {
+                b.out.event(Event::Info(&format!(
+                    "pushed {r}@{digest} ({} blobs uploaded, {} mounted, {} already there)",
+                    report.uploaded, report.mounted, report.existed
+                )));
+                pushed.push((r.to_string(), digest.clone()));
+            }
+        }
+        write_digest_files(b.opts, &assembled)?;
+        b.out.event(Event::Summary {
+            digest: &assembled.manifest_digest.to_string(),
+            size: assembled.size(),
+            layers: assembled.layers.len(),
+            elapsed: started.elapsed(),
+        });
+        Ok(BuildOutcome {
+            image: assembled,
+            pushed,
+        })
+    }
+}
+
+fn write_digest_files(opts: &BuildOptions, image: &Assembled) -> Result<(), BuildError> {
+    let write = |path: &Path, text: String| {
+        fs::write(path, text).map_err(|source| BuildError::Io {
+            what: "writing the digest file",
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let digest = image.manifest_digest.to_string();
+    if let Some(p) = &opts.digest_file {
+        write(p, digest.clone())?;
+    }
+    let refs: Vec<Reference> = opts
+        .destinations
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .collect();
+    if let Some(p) = &opts.image_name_with_digest_file {
+        let lines: Vec<String> = refs
+            .iter()
+            .map(|r| format!("{}@{digest}\n", r.name()))
+            .collect();
+        write(p, lines.concat())?;
+    }
+    if let Some(p) = &opts.image_name_tag_with_digest_file {
+        let lines: Vec<String> = refs
+            .iter()
+            .map(|r| format!("{}:{}@{digest}\n", r.name(), r.tag().unwrap_or("latest")))
+            .collect();
+        write(p, lines.concat())?;
+    }
+    Ok(())
+}
+
+fn command_argv(config: &ImageConfig, cl: &kiln_dockerfile::CommandLine) -> Vec<String> {
+    match cl {
+        kiln_dockerfile::CommandLine::Exec(v) => metadata::command_argv(config, Some(v), ""),
+        kiln_dockerfile::CommandLine::Shell(s) => metadata::command_argv(config, None, s),
+    }
+}
+
+fn first_word(s: &str) -> String {
+    s.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
+}
+
+/// The config of `FROM scratch`, as BuildKit makes it (`emptyImage`): the platform, the default
+/// `PATH` and `WorkingDir` `/`.
+fn scratch_config(platform: &Platform) -> ImageConfig {
+    let mut c = ImageConfig {
+        architecture: platform.architecture().to_string(),
+        os: platform.os().to_string(),
+        variant: platform.variant().map(str::to_string),
+        ..ImageConfig::default()
+    };
+    c.set_env("PATH", kiln_sandbox::DEFAULT_PATH);
+    c.config_mut().working_dir = Some("/".into());
+    c
+}
+
+/// Forwards a RUN's output to the build's output sink.
+struct OutputWriter<'a> {
+    out: &'a dyn Output,
+    stderr: bool,
+}
+
+impl std::io::Write for OutputWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.event(Event::RunOutput {
+            stderr: self.stderr,
+            bytes: buf,
+        });
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn scratch_is_buildkit_empty_image() {
+        let c = scratch_config(&"linux/amd64".parse().unwrap());
+        assert_eq!(c.env_pairs()[0].0, "PATH");
+        assert_eq!(c.config.unwrap().working_dir.as_deref(), Some("/"));
+    }
+}

@@ -1,0 +1,284 @@
+//! COPY and ADD: files from the build context, another stage, or a heredoc into the rootfs.
+//!
+//! Semantics follow BuildKit: a relative destination is relative to WORKDIR; the destination is
+//! a directory when it ends in `/`, when there are several sources, or when it already is a
+//! directory; a source directory contributes its *contents*; owners are 0:0 unless `--chown`;
+//! modes come from the source unless `--chmod`; mtimes are kept. Every write goes through
+//! [`kiln_rootfs::Root`], so a destination path through a symlink stays inside the rootfs.
+
+use super::chmod::Chmod;
+use crate::context::{clean_rel, Context};
+use kiln_rootfs::{Meta, Root};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where COPY reads from.
+pub enum Source<'a> {
+    /// The build context (`.dockerignore` applied).
+    Context(&'a Context),
+    /// Another stage's (or image's) root file system, resolved inside that root.
+    Root(&'a Root),
+}
+
+/// An expanded COPY/ADD.
+pub struct CopySpec<'a> {
+    pub sources: Vec<String>,
+    /// Heredoc sources: (file name, content).
+    pub heredocs: Vec<(String, String)>,
+    pub dest: String,
+    pub workdir: &'a str,
+    pub owner: Option<(u32, u32)>,
+    pub chmod: Option<Chmod>,
+    pub exclude: Vec<String>,
+}
+
+/// Why a COPY failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("source not found: {0}")]
+    NotFound(String),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Context(#[from] crate::context::ContextError),
+    #[error(transparent)]
+    Rootfs(#[from] kiln_rootfs::RootError),
+    #[error("invalid --exclude pattern {0:?}")]
+    BadExclude(String),
+}
+
+/// The absolute destination path of a COPY (WORKDIR applied), cleaned, and whether the
+/// instruction spelled it as a directory.
+pub fn dest_path(dest: &str, workdir: &str) -> (PathBuf, bool) {
+    let as_dir = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let joined = if dest.starts_with('/') {
+        dest.to_string()
+    } else {
+        format!("{}/{}", workdir.trim_end_matches('/'), dest)
+    };
+    (clean_rel(&joined), as_dir)
+}
+
+fn excluded(rel: &Path, patterns: &[String]) -> Result<bool, CopyError> {
+    if patterns.is_empty() {
+        return Ok(false);
+    }
+    let s = rel.to_string_lossy();
+    for p in patterns {
+        let comps_p: Vec<&str> = p.trim_matches('/').split('/').collect();
+        let comps_s: Vec<&str> = s.split('/').collect();
+        // A pattern matches a path or any of its ancestors (Docker's exclude semantics).
+        if comps_s.len() >= comps_p.len() {
+            let mut all = true;
+            for (pp, ss) in comps_p.iter().zip(comps_s.iter()) {
+                if !crate::context::glob_match(pp, ss)
+                    .map_err(|_| CopyError::BadExclude(p.clone()))?
+                {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Runs the copy; returns every path written in the rootfs (relative), for the snapshot.
+pub fn copy(
+    root: &Root,
+    source: &Source<'_>,
+    spec: &CopySpec<'_>,
+) -> Result<Vec<PathBuf>, CopyError> {
+    let (dest, spelled_dir) = dest_path(&spec.dest, spec.workdir);
+    // Sources as (context-or-root-relative path, host path safe to read).
+    let mut matched: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for s in &spec.sources {
+        let found: Vec<(PathBuf, PathBuf)> = match source {
+            Source::Context(ctx) => ctx
+                .expand(s)?
+                .into_iter()
+                .map(|rel| {
+                    let abs = ctx.root().join(&rel);
+                    (rel, abs)
+                })
+                .collect(),
+            Source::Root(r) => {
+                let plain = Context::plain(r.path());
+                let mut v = Vec::new();
+                for rel in plain.expand(s)? {
+                    // Resolve inside the stage's root: a symlink such as `/rootlink -> /`
+                    // stays inside it (CVE-2024-1753).
+                    match r.resolve(&rel) {
+                        Ok(abs) if fs::symlink_metadata(&abs).is_ok() => v.push((rel, abs)),
+                        Ok(_) | Err(kiln_rootfs::RootError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                v
+            }
+        };
+        if found.is_empty() {
+            return Err(CopyError::NotFound(s.clone()));
+        }
+        matched.extend(found);
+    }
+    let n_items = matched.len() + spec.heredocs.len();
+    let dest_exists_as_dir = match root.resolve(&dest) {
+        Ok(p) => fs::metadata(p).is_ok_and(|m| m.is_dir()),
+        Err(_) => false,
+    };
+    let dest_is_dir = spelled_dir
+        || n_items > 1
+        || spec.sources.iter().any(|s| s.contains(['*', '?', '[']))
+        || dest_exists_as_dir;
+    let owner = spec.owner.unwrap_or((0, 0));
+    let mut written = Vec::new();
+    let parent_meta = Meta::with_mode(0o755);
+    if dest_is_dir {
+        if !dest.as_os_str().is_empty() {
+            if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                root.create_dir_all(parent, &parent_meta)?;
+            }
+            if !dest_exists_as_dir {
+                root.mkdir(&dest, &meta(0o755, owner, None))?;
+                written.push(dest.clone());
+            }
+        }
+    } else if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        root.create_dir_all(parent, &parent_meta)?;
+    }
+    for (name, content) in &spec.heredocs {
+        let target = if dest_is_dir {
+            dest.join(name)
+        } else {
+            dest.clone()
+        };
+        let mode = spec.chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false));
+        root.write_file(&target, &mut content.as_bytes(), &meta(mode, owner, None))?;
+        written.push(target);
+    }
+    for (rel, abs) in matched {
+        let m = fs::symlink_metadata(&abs).map_err(|e| CopyError::Read {
+            path: abs.clone(),
+            source: e,
+        })?;
+        if m.is_dir() {
+            // A directory contributes its contents.
+            let walker = match source {
+                Source::Context(ctx) => ctx.walk(&rel)?,
+                Source::Root(_) => Context::plain(&abs).walk(Path::new(""))?,
+            };
+            let base = match source {
+                Source::Context(_) => rel.clone(),
+                Source::Root(_) => PathBuf::new(),
+            };
+            let src_root = match source {
+                Source::Context(ctx) => ctx.root().to_path_buf(),
+                Source::Root(_) => abs.clone(),
+            };
+            for e in walker {
+                let sub = e.strip_prefix(&base).unwrap_or(&e).to_path_buf();
+                if sub.as_os_str().is_empty() {
+                    continue;
+                }
+                if excluded(&sub, &spec.exclude)? {
+                    continue;
+                }
+                let target = dest.join(&sub);
+                copy_entry(root, &src_root.join(&e), &target, spec, owner)?;
+                written.push(target);
+            }
+        } else {
+            if excluded(&rel, &spec.exclude)? {
+                continue;
+            }
+            let target = if dest_is_dir {
+                dest.join(rel.file_name().unwrap_or(rel.as_os_str()))
+            } else {
+                dest.clone()
+            };
+            copy_entry(root, &abs, &target, spec, owner)?;
+            written.push(target);
+        }
+    }
+    Ok(written)
+}
+
+fn meta(mode: u32, owner: (u32, u32), mtime: Option<(i64, u32)>) -> Meta {
+    Meta {
+        mode,
+        uid: owner.0,
+        gid: owner.1,
+        mtime,
+        xattrs: Vec::new(),
+    }
+}
+
+/// Copies one entry (no recursion) from a host path already known to be safe to read (inside
+/// the context, or resolved inside a stage root) to `target` in `root`.
+fn copy_entry(
+    root: &Root,
+    src: &Path,
+    target: &Path,
+    spec: &CopySpec<'_>,
+    owner: (u32, u32),
+) -> Result<(), CopyError> {
+    let read_err = |e| CopyError::Read {
+        path: src.to_path_buf(),
+        source: e,
+    };
+    let m = fs::symlink_metadata(src).map_err(read_err)?;
+    let src_mode = m.permissions().mode() & 0o7777;
+    let mode = spec
+        .chmod
+        .as_ref()
+        .map_or(src_mode, |c| c.apply(src_mode, m.is_dir()));
+    let mtime = Some((m.mtime(), m.mtime_nsec() as u32));
+    let ft = m.file_type();
+    if ft.is_dir() {
+        root.mkdir(target, &meta(mode, owner, mtime))?;
+    } else if ft.is_symlink() {
+        let link = fs::read_link(src).map_err(read_err)?;
+        root.symlink(target, &link)?;
+        root.set_metadata(target, &meta(0o777, owner, mtime))?;
+    } else if ft.is_file() {
+        let mut f = fs::File::open(src).map_err(read_err)?;
+        root.write_file(target, &mut f, &meta(mode, owner, mtime))?;
+    } else {
+        // FIFOs, sockets and devices in a context are not copied by docker either.
+        tracing::warn!(path = %src.display(), "skipping special file in COPY source");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert_eq!(
+            dest_path("./", "/srv/app"),
+            (PathBuf::from("srv/app"), true)
+        );
+        assert_eq!(dest_path("x", "/"), (PathBuf::from("x"), false));
+        assert_eq!(dest_path("/a/b/", "/w"), (PathBuf::from("a/b"), true));
+        assert_eq!(dest_path("../../x", "/w"), (PathBuf::from("x"), false));
+    }
+
+    #[test]
+    fn exclude_matches_ancestors() {
+        let pats = vec!["*.tmp".to_string(), "build".to_string()];
+        assert!(excluded(Path::new("a.tmp"), &pats).unwrap());
+        assert!(excluded(Path::new("build/x.o"), &pats).unwrap());
+        assert!(!excluded(Path::new("src/a.rs"), &pats).unwrap());
+    }
+}

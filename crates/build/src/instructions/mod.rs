@@ -1,0 +1,8 @@
+//! One module per kind of instruction; `engine.rs` dispatches with one `match`.
+//! Config-only instructions share `metadata.rs` (each is a few lines).
+
+pub mod chmod;
+pub mod copy;
+pub mod metadata;
+pub mod run;
+pub mod workdir;

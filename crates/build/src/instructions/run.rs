@@ -1,0 +1,371 @@
+//! RUN: a command in the sandbox, against the stage's rootfs.
+//!
+//! The process gets the image config's environment plus the build args in scope (ENV wins on a
+//! name clash), the config's USER and WORKDIR, the stage's SHELL for shell form, and heredoc
+//! bodies as BuildKit passes them: a lone `RUN <<EOF` runs its body as the script (`#!` bodies
+//! are executed as a file), any other heredoc is handed to the shell inline so that it does the
+//! redirections itself. `--mount`s become sandbox mounts; secrets are written to a private file
+//! outside the rootfs, mounted read-only, and removed after the step.
+
+use crate::options::{SecretFrom, SecretSource};
+use kiln_dockerfile::{CommandLine, Heredoc, MountSpec, MountType, RunInstr};
+use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a RUN could not be set up (the command's own failure is an exit status, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum RunSetupError {
+    #[error("secret {id:?} is required but was not given (use --secret id={id},src=FILE)")]
+    MissingSecret { id: String },
+    #[error("reading secret {id:?}: {source}")]
+    SecretRead {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--mount: {0}")]
+    Mount(String),
+    #[error("preparing mount {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+}
+
+/// The argv of a RUN given the stage's shell.
+pub fn argv(
+    run: &RunInstr,
+    shell: &[String],
+    scratch: &Path,
+) -> Result<Vec<String>, RunSetupError> {
+    match &run.cmd {
+        CommandLine::Exec(v) => Ok(v.clone()),
+        CommandLine::Shell(text) => {
+            if run.heredocs.is_empty() {
+                let mut v = shell.to_vec();
+                v.push(text.clone());
+                return Ok(v);
+            }
+            let only = run.heredocs.len() == 1 && is_lone_heredoc(text, &run.heredocs[0]);
+            if only {
+                let body = run.heredocs[0].chomped();
+                if body.starts_with("#!") {
+                    // Run the body as an executable file, as BuildKit does for shebang scripts.
+                    let path = scratch.join("heredoc-script");
+                    write_private(&path, body.as_bytes(), 0o755)?;
+                    return Ok(vec![format!("/.kiln-run/{}", "heredoc-script")]);
+                }
+                let mut v = shell.to_vec();
+                v.push(body);
+                return Ok(v);
+            }
+            let mut script = text.clone();
+            script.push('\n');
+            for h in &run.heredocs {
+                script.push_str(&h.content);
+                if !h.content.is_empty() && !h.content.ends_with('\n') {
+                    script.push('\n');
+                }
+                script.push_str(&h.name);
+                script.push('\n');
+            }
+            let mut v = shell.to_vec();
+            v.push(script);
+            Ok(v)
+        }
+    }
+}
+
+fn is_lone_heredoc(text: &str, h: &Heredoc) -> bool {
+    let t = text.trim();
+    let rest = t
+        .strip_prefix("<<-")
+        .or_else(|| t.strip_prefix("<<"))
+        .unwrap_or("");
+    rest.trim_matches(['"', '\'']) == h.name
+}
+
+fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RunSetupError> {
+    let io = |source| RunSetupError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut f, bytes).map_err(io)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io)?;
+    Ok(())
+}
+
+/// Everything a RUN's mounts need from the engine.
+pub struct MountContext<'a> {
+    /// Per-step private directory outside the rootfs (secrets, scripts); removed afterwards.
+    pub scratch: &'a Path,
+    /// Persistent directory for `type=cache` mounts.
+    pub cache_root: &'a Path,
+    pub secrets: &'a [SecretSource],
+    /// Resolves `from=` of a bind mount to the host path of `source` inside that stage's root.
+    pub resolve_from: &'a dyn Fn(&str, &str) -> Result<PathBuf, String>,
+    /// Resolves `source` inside the build context.
+    pub resolve_context: &'a dyn Fn(&str) -> Result<PathBuf, String>,
+    /// The step's workdir (relative mount targets are relative to it).
+    pub workdir: &'a str,
+}
+
+fn abs_target(target: &str, workdir: &str) -> String {
+    if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("{}/{}", workdir.trim_end_matches('/'), target)
+    }
+}
+
+/// The sandbox mounts for a RUN's `--mount` flags.
+pub fn mounts(
+    specs: &[MountSpec],
+    mc: &MountContext<'_>,
+) -> Result<Vec<kiln_sandbox::Mount>, RunSetupError> {
+    let mut out = Vec::new();
+    for (i, m) in specs.iter().enumerate() {
+        match m.kind {
+            MountType::Secret => {
+                let id =
+                    m.id.clone()
+                        .or_else(|| {
+                            m.target
+                                .as_deref()
+                                .and_then(|t| t.rsplit('/').next())
+                                .map(str::to_string)
+                        })
+                        .ok_or_else(|| {
+                            RunSetupError::Mount("type=secret needs id= or target=".into())
+                        })?;
+                if m.env.is_some() && m.target.is_none() {
+                    return Err(RunSetupError::Unsupported(
+                        "--mount=type=secret,env= (secrets as environment variables)".into(),
+                    ));
+                }
+                let Some(src) = mc.secrets.iter().find(|s| s.id == id) else {
+                    if m.required {
+                        return Err(RunSetupError::MissingSecret { id });
+                    }
+                    continue;
+                };
+                let bytes = match &src.source {
+                    SecretFrom::File(p) => {
+                        fs::read(p).map_err(|source| RunSetupError::SecretRead {
+                            id: id.clone(),
+                            source,
+                        })?
+                    }
+                    SecretFrom::Env(var) => match std::env::var_os(var) {
+                        Some(v) => std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
+                        None if m.required => return Err(RunSetupError::MissingSecret { id }),
+                        None => continue,
+                    },
+                };
+                let path = mc.scratch.join(format!("secret-{i}"));
+                write_private(&path, &bytes, m.mode.unwrap_or(0o400))?;
+                if m.uid.is_some() || m.gid.is_some() {
+                    let _ = nix_chown(&path, m.uid, m.gid);
+                }
+                let target = m
+                    .target
+                    .clone()
+                    .unwrap_or_else(|| format!("/run/secrets/{id}"));
+                out.push(kiln_sandbox::Mount::Bind {
+                    source: path,
+                    target: abs_target(&target, mc.workdir),
+                    readonly: true,
+                });
+            }
+            MountType::Cache => {
+                let target = m
+                    .target
+                    .clone()
+                    .ok_or_else(|| RunSetupError::Mount("type=cache needs target=".into()))?;
+                let target = abs_target(&target, mc.workdir);
+                if m.from.is_some() {
+                    return Err(RunSetupError::Unsupported(
+                        "--mount=type=cache,from=".into(),
+                    ));
+                }
+                // The id was validated by the parser (no `..`, no `/` escapes); hash it to a
+                // fixed-length directory name so it can never form a path.
+                let id = m.id.clone().unwrap_or_else(|| target.clone());
+                let dir = mc
+                    .cache_root
+                    .join(kiln_oci::Digest::of(id.as_bytes()).hex());
+                if !dir.exists() {
+                    fs::create_dir_all(&dir).map_err(|source| RunSetupError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))
+                        .map_err(|source| RunSetupError::Io {
+                            path: dir.clone(),
+                            source,
+                        })?;
+                    let _ = nix_chown(&dir, m.uid.or(Some(0)), m.gid.or(Some(0)));
+                }
+                out.push(kiln_sandbox::Mount::Bind {
+                    source: dir,
+                    target,
+                    readonly: m.readonly,
+                });
+            }
+            MountType::Bind => {
+                let target = m
+                    .target
+                    .clone()
+                    .ok_or_else(|| RunSetupError::Mount("type=bind needs target=".into()))?;
+                if !m.readonly
+                    && m.raw.split(',').any(|kv| {
+                        kv == "rw"
+                            || kv == "readwrite"
+                            || kv == "readonly=false"
+                            || kv == "ro=false"
+                    })
+                {
+                    return Err(RunSetupError::Unsupported(
+                        "--mount=type=bind,rw (writable bind mounts whose writes are discarded)"
+                            .into(),
+                    ));
+                }
+                let source = m.source.clone().unwrap_or_else(|| "/".into());
+                let host = match &m.from {
+                    Some(from) => (mc.resolve_from)(from, &source),
+                    None => (mc.resolve_context)(&source),
+                }
+                .map_err(RunSetupError::Mount)?;
+                out.push(kiln_sandbox::Mount::Bind {
+                    source: host,
+                    target: abs_target(&target, mc.workdir),
+                    readonly: true,
+                });
+            }
+            MountType::Tmpfs => {
+                let target = m
+                    .target
+                    .clone()
+                    .ok_or_else(|| RunSetupError::Mount("type=tmpfs needs target=".into()))?;
+                out.push(kiln_sandbox::Mount::Tmpfs {
+                    target: abs_target(&target, mc.workdir),
+                    size: m.size,
+                });
+            }
+            MountType::Ssh => {
+                return Err(RunSetupError::Unsupported("--mount=type=ssh".into()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn nix_chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> std::io::Result<()> {
+    std::os::unix::fs::chown(path, uid, gid)
+}
+
+/// BuildKit's history text for a RUN: `RUN [|N K=V…] <argv joined> # buildkit`.
+pub fn history(argv: &[String], history_args: &[(String, String)]) -> String {
+    let mut s = String::from("RUN ");
+    if !history_args.is_empty() {
+        s.push_str(&format!("|{} ", history_args.len()));
+        for (k, v) in history_args {
+            s.push_str(&format!("{k}={v} "));
+        }
+    }
+    s.push_str(&argv.join(" "));
+    s.push_str(" # buildkit");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heredoc(name: &str, content: &str) -> Heredoc {
+        Heredoc {
+            name: name.into(),
+            content: content.into(),
+            expand: true,
+            chomp: false,
+            file_descriptor: 0,
+        }
+    }
+
+    fn run(cmd: CommandLine, heredocs: Vec<Heredoc>) -> RunInstr {
+        RunInstr {
+            cmd,
+            heredocs,
+            mounts: vec![],
+            network: None,
+            security: None,
+        }
+    }
+
+    #[test]
+    fn shell_and_exec_forms() {
+        let sh = vec!["/bin/sh".to_string(), "-c".to_string()];
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(
+            argv(
+                &run(CommandLine::Shell("echo hi".into()), vec![]),
+                &sh,
+                tmp.path()
+            )
+            .unwrap(),
+            vec!["/bin/sh", "-c", "echo hi"]
+        );
+        assert_eq!(
+            argv(
+                &run(CommandLine::Exec(vec!["a".into()]), vec![]),
+                &sh,
+                tmp.path()
+            )
+            .unwrap(),
+            vec!["a"]
+        );
+    }
+
+    #[test]
+    fn heredoc_forms() {
+        let sh = vec!["/bin/sh".to_string(), "-c".to_string()];
+        let tmp = tempfile::tempdir().unwrap();
+        let lone = run(
+            CommandLine::Shell("<<EOF".into()),
+            vec![heredoc("EOF", "echo a\necho b\n")],
+        );
+        assert_eq!(
+            argv(&lone, &sh, tmp.path()).unwrap(),
+            vec!["/bin/sh", "-c", "echo a\necho b\n"]
+        );
+        let inline = run(
+            CommandLine::Shell("cat <<EOF > /f".into()),
+            vec![heredoc("EOF", "x\n")],
+        );
+        assert_eq!(
+            argv(&inline, &sh, tmp.path()).unwrap(),
+            vec!["/bin/sh", "-c", "cat <<EOF > /f\nx\nEOF\n"]
+        );
+    }
+
+    #[test]
+    fn history_text() {
+        assert_eq!(
+            history(
+                &["/bin/sh".into(), "-c".into(), "make".into()],
+                &[("A".into(), "1".into())]
+            ),
+            "RUN |1 A=1 /bin/sh -c make # buildkit"
+        );
+    }
+}

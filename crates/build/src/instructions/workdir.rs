@@ -1,0 +1,72 @@
+//! WORKDIR: sets the working directory and creates it (owned by the current USER, as BuildKit
+//! does) when it does not exist yet.
+
+use kiln_oci::config::ImageConfig;
+use kiln_rootfs::{Meta, Root, RootError};
+use std::path::PathBuf;
+
+/// The new absolute working directory: `dir` if absolute, else relative to the current one.
+pub fn resolve(config: &ImageConfig, dir: &str) -> String {
+    let current = config
+        .config
+        .as_ref()
+        .and_then(|c| c.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let joined = if dir.starts_with('/') {
+        dir.to_string()
+    } else {
+        format!("{}/{}", current.trim_end_matches('/'), dir)
+    };
+    let clean = crate::context::clean_rel(&joined);
+    format!("/{}", clean.display())
+}
+
+/// Applies WORKDIR; returns the history text and the directory path if it was created.
+pub fn workdir(
+    config: &mut ImageConfig,
+    root: &Root,
+    dir: &str,
+    owner: (u32, u32),
+) -> Result<(String, Option<PathBuf>), RootError> {
+    let path = resolve(config, dir);
+    config.config_mut().working_dir = Some(path.clone());
+    let rel = PathBuf::from(path.trim_start_matches('/'));
+    let created = if rel.as_os_str().is_empty() {
+        None
+    } else {
+        match root.resolve(&rel) {
+            Ok(host) if host.is_dir() => None,
+            _ => {
+                if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    root.create_dir_all(parent, &Meta::with_mode(0o755))?;
+                }
+                let meta = Meta {
+                    mode: 0o755,
+                    uid: owner.0,
+                    gid: owner.1,
+                    ..Meta::default()
+                };
+                let logical = root.mkdir(&rel, &meta)?;
+                Some(PathBuf::from(
+                    String::from_utf8_lossy(&logical).into_owned(),
+                ))
+            }
+        }
+    };
+    Ok((format!("WORKDIR {path}"), created))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_workdirs_stack() {
+        let mut c = ImageConfig::default();
+        assert_eq!(resolve(&c, "a"), "/a");
+        c.config_mut().working_dir = Some("/srv".into());
+        assert_eq!(resolve(&c, "app/../x"), "/srv/x");
+        assert_eq!(resolve(&c, "/abs/"), "/abs");
+    }
+}

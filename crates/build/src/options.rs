@@ -1,0 +1,84 @@
+//! The build's configuration: a plain value built by the CLI and passed down (no globals).
+
+use kiln_oci::media::ImageFormat;
+use std::path::PathBuf;
+
+/// A `--secret id=…,src=…|env=…` value. Its bytes are read only when a RUN mounts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretSource {
+    pub id: String,
+    pub source: SecretFrom,
+}
+
+/// Where a secret's bytes come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretFrom {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Debug for SecretSource {
+    // Names only: never the bytes (they are not held here anyway) nor the env value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretSource({})", self.id)
+    }
+}
+
+/// Everything one build needs to know.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The build context directory (tar contexts are extracted by the caller first).
+    pub context: PathBuf,
+    /// The Dockerfile.
+    pub dockerfile: PathBuf,
+    /// kiln's state directory (stage root file systems, blob store, cache).
+    pub state_dir: PathBuf,
+    /// References to push to.
+    pub destinations: Vec<String>,
+    /// Push to the destinations.
+    pub push: bool,
+    /// `--tar-path`.
+    pub tar_path: Option<PathBuf>,
+    /// `--oci-layout-path`.
+    pub oci_layout_path: Option<PathBuf>,
+    /// `--digest-file`.
+    pub digest_file: Option<PathBuf>,
+    /// `--image-name-with-digest-file`.
+    pub image_name_with_digest_file: Option<PathBuf>,
+    /// `--image-name-tag-with-digest-file`.
+    pub image_name_tag_with_digest_file: Option<PathBuf>,
+    /// `--build-arg` values, already resolved (bare `KEY` took the environment's value).
+    pub build_args: Vec<(String, String)>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// `--label`.
+    pub labels: Vec<(String, String)>,
+    /// `--annotation` (manifest annotations).
+    pub annotations: Vec<(String, String)>,
+    /// `--custom-platform` (default: the host's).
+    pub platform: Option<String>,
+    /// `--image-format` (default: follow the base image).
+    pub image_format: Option<ImageFormat>,
+    /// `--reproducible`.
+    pub reproducible: bool,
+    /// `--snapshot-mode`.
+    pub snapshot_mode: kiln_rootfs::SnapshotMode,
+    /// `--single-snapshot`.
+    pub single_snapshot: bool,
+    /// `--ignore-path` plus `/var/run` when `--ignore-var-run`.
+    pub ignore_paths: Vec<String>,
+    /// `--isolation` (None: detect).
+    pub isolation: Option<String>,
+    /// `--secret`.
+    pub secrets: Vec<SecretSource>,
+    /// Layer compression.
+    pub compression: kiln_oci::layer::Compression,
+    /// `--cleanup`: remove the stage file systems at the end.
+    pub cleanup: bool,
+    /// Registry transport options.
+    pub registry: kiln_registry::RegistryConfig,
+    /// Where registry credentials come from.
+    pub credentials: kiln_registry::CredentialSource,
+    /// Skip the up-front push-permission probe.
+    pub skip_push_permission_check: bool,
+}

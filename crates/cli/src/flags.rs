@@ -1,0 +1,244 @@
+//! Command-line flags. `kiln build` takes Kaniko's executor flags with Kaniko's names, defaults
+//! and environment variables (../shared/KANIKO-COMPAT.md), so a pipeline can swap the image and
+//! change nothing else. Boolean flags accept Go's `--flag`, `--flag=true` and `--flag=false`.
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// kiln: build container images from Dockerfiles, with no daemon and no privileges.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile (Kaniko executor flags).
+    Build(Box<BuildFlags>),
+    /// Print kiln's version.
+    Version,
+    /// Inspect how kiln reads a Dockerfile.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Print the parsed AST in BuildKit's `Node.Dump()` notation.
+    Parse {
+        /// The Dockerfile.
+        file: PathBuf,
+    },
+    /// Print the resolved stages and expanded instructions.
+    Plan {
+        /// The Dockerfile.
+        file: PathBuf,
+        /// The stage to build.
+        #[arg(long)]
+        target: Option<String>,
+        /// KEY=VALUE (or KEY to take it from the environment).
+        #[arg(long = "build-arg")]
+        build_args: Vec<String>,
+        /// os/arch[/variant] of the image being built.
+        #[arg(long = "custom-platform")]
+        platform: Option<String>,
+    },
+}
+
+/// Kaniko executor flags (cmd/executor/cmd/root.go of v1.24.0), plus kiln's own.
+#[derive(Debug, Clone, Args)]
+pub struct BuildFlags {
+    /// Path to the Dockerfile: as given, then relative to the context.
+    #[arg(short = 'f', long, default_value = "Dockerfile")]
+    pub dockerfile: String,
+    /// Build context: a directory, `dir://DIR`, `tar://FILE` (or `tar://stdin`).
+    #[arg(short = 'c', long, default_value = "/workspace/")]
+    pub context: String,
+    /// Sub-directory of the context to use as the context.
+    #[arg(long = "context-sub-path", default_value = "")]
+    pub context_sub_path: String,
+    /// GCS bucket holding the context (Kaniko legacy; not supported).
+    #[arg(short = 'b', long, default_value = "", hide = true)]
+    pub bucket: String,
+    /// Image reference to push (repeatable).
+    #[arg(short = 'd', long = "destination")]
+    pub destinations: Vec<String>,
+    /// Build only; do not push the image.
+    #[arg(long = "no-push", env = "KANIKO_NO_PUSH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub no_push: bool,
+    /// Also write a docker-archive tarball (`docker load`-able) here.
+    #[arg(long = "tar-path", alias = "tarPath", default_value = "")]
+    pub tar_path: String,
+    /// Also write an OCI image layout directory here.
+    #[arg(long = "oci-layout-path", default_value = "")]
+    pub oci_layout_path: String,
+    /// Write the image digest to this file.
+    #[arg(long = "digest-file", default_value = "")]
+    pub digest_file: String,
+    /// Write `repo@digest` lines to this file.
+    #[arg(long = "image-name-with-digest-file", default_value = "")]
+    pub image_name_with_digest_file: String,
+    /// Write `repo:tag@digest` lines to this file.
+    #[arg(long = "image-name-tag-with-digest-file", default_value = "")]
+    pub image_name_tag_with_digest_file: String,
+    /// KEY=VALUE build argument; bare KEY takes the value from the environment (repeatable).
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// The stage to build (name or index).
+    #[arg(long, default_value = "")]
+    pub target: String,
+    /// key=value label added to the image (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// key=value annotation added to the manifest (repeatable).
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+    /// os/arch[/variant] of the image (picks base images from indexes; no emulation).
+    #[arg(long = "custom-platform", alias = "customPlatform", default_value = "")]
+    pub custom_platform: String,
+    /// Media types of the image: `oci` or `docker` (default: follow the base image).
+    #[arg(long = "image-format", default_value = "")]
+    pub image_format: String,
+    /// A build secret: id=ID[,src=FILE][,env=VAR] (repeatable).
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+
+    /// Use the layer cache.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub cache: bool,
+    /// Where cache layers go (default: `<destination repo>/cache`; `oci:/path` for a layout).
+    #[arg(long = "cache-repo", default_value = "")]
+    pub cache_repo: String,
+    /// Local base-image cache filled by `kiln warm`.
+    #[arg(long = "cache-dir", default_value = "/cache")]
+    pub cache_dir: String,
+    /// Maximum age of a cached layer.
+    #[arg(long = "cache-ttl", default_value = "336h")]
+    pub cache_ttl: String,
+    /// Cache RUN layers.
+    #[arg(long = "cache-run-layers", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    pub cache_run_layers: bool,
+    /// Cache COPY layers.
+    #[arg(long = "cache-copy-layers", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub cache_copy_layers: bool,
+    /// Do not push cache layers.
+    #[arg(long = "no-push-cache", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub no_push_cache: bool,
+    /// Compress layers in memory to compute digests (kiln always streams; accepted for compatibility).
+    #[arg(long = "compressed-caching", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    pub compressed_caching: bool,
+    /// Layer compression: gzip or zstd.
+    #[arg(long, default_value = "gzip")]
+    pub compression: String,
+    /// Compression level (-1: the compressor's default).
+    #[arg(long = "compression-level", default_value_t = -1, allow_negative_numbers = true)]
+    pub compression_level: i32,
+
+    /// How changes are found: full (content), redo (metadata), time (mtime).
+    #[arg(long = "snapshot-mode", alias = "snapshotMode", default_value = "full")]
+    pub snapshot_mode: String,
+    /// Take one snapshot at the end: a single layer on top of the base.
+    #[arg(long = "single-snapshot", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub single_snapshot: bool,
+    /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
+    #[arg(long = "use-new-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub use_new_run: bool,
+    /// Build only the stages the target needs (always on in kiln).
+    #[arg(long = "skip-unused-stages", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub skip_unused_stages: bool,
+    /// Zero timestamps in layers, config and history.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub reproducible: bool,
+    /// Delete the build's file systems at the end.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub cleanup: bool,
+    /// Extra paths to exclude from snapshots (repeatable).
+    #[arg(long = "ignore-path")]
+    pub ignore_paths: Vec<String>,
+    /// Exclude /var/run from snapshots.
+    #[arg(long = "ignore-var-run", alias = "whitelist-var-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    pub ignore_var_run: bool,
+    /// Kaniko's work directory (kiln's state lives in --kiln-dir).
+    #[arg(long = "kaniko-dir", env = "KANIKO_DIR", default_value = "/kaniko")]
+    pub kaniko_dir: String,
+    /// kiln's state directory (rootfs, blobs, cache). Default: $XDG_CACHE_HOME/kiln, or /kiln in the executor image.
+    #[arg(long = "kiln-dir", env = "KILN_DIR")]
+    pub kiln_dir: Option<PathBuf>,
+    /// Allow building on the live root file system outside a detected container.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub force: bool,
+    /// Emit layers even for metadata-only instructions.
+    #[arg(long = "force-build-metadata", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub force_build_metadata: bool,
+    /// RUN isolation: userns, chroot or container (default: detect).
+    #[arg(long, default_value = "")]
+    pub isolation: String,
+    /// Git context options, key=value.
+    #[arg(long, default_value = "")]
+    pub git: String,
+
+    /// Push over plain HTTP.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub insecure: bool,
+    /// Pull over plain HTTP.
+    #[arg(long = "insecure-pull", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub insecure_pull: bool,
+    /// Plain HTTP for these registries (repeatable).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Push without TLS verification.
+    #[arg(long = "skip-tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub skip_tls_verify: bool,
+    /// Pull without TLS verification.
+    #[arg(long = "skip-tls-verify-pull", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub skip_tls_verify_pull: bool,
+    /// No TLS verification for these registries (repeatable).
+    #[arg(long = "skip-tls-verify-registry")]
+    pub skip_tls_verify_registries: Vec<String>,
+    /// registry=/path/ca.crt (repeatable).
+    #[arg(long = "registry-certificate")]
+    pub registry_certificates: Vec<String>,
+    /// registry=/path/cert,/path/key for mutual TLS (repeatable).
+    #[arg(long = "registry-client-cert")]
+    pub registry_client_certs: Vec<String>,
+    /// Mirror for docker.io, tried in order (repeatable).
+    #[arg(
+        long = "registry-mirror",
+        env = "KANIKO_REGISTRY_MIRROR",
+        value_delimiter = ';'
+    )]
+    pub registry_mirrors: Vec<String>,
+    /// orig=remap[;orig2=remap2] (repeatable).
+    #[arg(long = "registry-map", env = "KANIKO_REGISTRY_MAP")]
+    pub registry_maps: Vec<String>,
+    /// Fail instead of falling back to the original registry after mirrors.
+    #[arg(long = "skip-default-registry-fallback", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub skip_default_registry_fallback: bool,
+    /// Push retries.
+    #[arg(long = "push-retry", default_value_t = 0)]
+    pub push_retry: u32,
+    /// Treat immutable-tag errors as success.
+    #[arg(long = "push-ignore-immutable-tag-errors", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub push_ignore_immutable_tag_errors: bool,
+    /// Skip the up-front push-permission check.
+    #[arg(long = "skip-push-permission-check", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub skip_push_permission_check: bool,
+    /// Base image download retries.
+    #[arg(long = "image-download-retry", default_value_t = 0)]
+    pub image_download_retry: u32,
+    /// Base image extraction retries.
+    #[arg(long = "image-fs-extract-retry", default_value_t = 0)]
+    pub image_fs_extract_retry: u32,
+
+    /// Log level: trace, debug, info, warn, error, fatal, panic.
+    #[arg(short = 'v', long, default_value = "info")]
+    pub verbosity: String,
+    /// Log format: text, color or json.
+    #[arg(long = "log-format", default_value = "color")]
+    pub log_format: String,
+    /// Timestamps in log lines.
+    #[arg(long = "log-timestamp", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub log_timestamp: bool,
+}

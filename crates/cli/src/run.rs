@@ -1,0 +1,393 @@
+//! Turns flags into a build configuration and runs the command.
+
+use crate::flags::{BuildFlags, Cli, Command, DebugCommand};
+use crate::render::{Format, Renderer};
+use anyhow::{bail, Context, Result};
+use kiln_build::options::{BuildOptions, SecretFrom, SecretSource};
+use kiln_build::output::{Event, Output};
+use kiln_rootfs::SnapshotMode;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Version => {
+            println!("kiln {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug(DebugCommand::Parse { file }) => {
+            let src =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            match kiln_dockerfile::parse(&src) {
+                Ok(ast) => {
+                    print!("{}", ast.dump());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => bail!(
+                    "{}",
+                    e.render(&file.display().to_string(), &String::from_utf8_lossy(&src))
+                ),
+            }
+        }
+        Command::Debug(DebugCommand::Plan {
+            file,
+            target,
+            build_args,
+            platform,
+        }) => {
+            let src =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let opts = kiln_build::plan_options(
+                target,
+                resolve_build_args(&build_args)?,
+                platform.as_deref(),
+            )?;
+            match kiln_dockerfile::debug_plan(&src, &opts) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => bail!(
+                    "{}",
+                    e.render(&file.display().to_string(), &String::from_utf8_lossy(&src))
+                ),
+            }
+        }
+        Command::Build(flags) => build(&flags),
+    }
+}
+
+/// The process exit code for an error: a failing RUN's own status, else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<kiln_build::BuildError>()
+        .map(|b| b.exit_code())
+        .unwrap_or(1)
+        .clamp(1, 255) as u8
+}
+
+fn init_logging(flags: &BuildFlags) -> Result<()> {
+    let level = match flags.verbosity.as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" | "fatal" | "panic" => "error",
+        other => bail!(
+            "invalid --verbosity {other:?}: use trace, debug, info, warn, error, fatal or panic"
+        ),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,reqwest=warn,rustls=warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let res = match flags.log_format.as_str() {
+        "json" => builder.json().try_init(),
+        "text" => builder.with_ansi(false).try_init(),
+        "color" => builder.with_ansi(true).try_init(),
+        other => bail!("invalid --log-format {other:?}: use text, color or json"),
+    };
+    // A second init (tests) is harmless.
+    let _ = res;
+    Ok(())
+}
+
+/// `--build-arg KEY=VAL` or bare `KEY` (value from the environment; absent → skipped, as Kaniko).
+pub fn resolve_build_args(args: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => out.push((k.to_string(), v.to_string())),
+            Some(_) => bail!("invalid --build-arg {a:?}: expected KEY=VALUE or KEY"),
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    out.push((a.clone(), v));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn key_values(flag: &'static str, values: &[String]) -> Result<Vec<(String, String)>> {
+    values
+        .iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => Ok((k.to_string(), val.to_string())),
+            _ => bail!("invalid {flag} {v:?}: expected key=value"),
+        })
+        .collect()
+}
+
+fn parse_secret(spec: &str) -> Result<SecretSource> {
+    let mut id = None;
+    let mut from = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => from = Some(SecretFrom::File(PathBuf::from(v))),
+            Some(("env", v)) => from = Some(SecretFrom::Env(v.to_string())),
+            Some(("type", "file" | "env")) => {}
+            _ => bail!("invalid --secret {spec:?}: expected id=ID[,src=FILE|,env=VAR]"),
+        }
+    }
+    let Some(id) = id else {
+        bail!("invalid --secret {spec:?}: missing id=")
+    };
+    // Docker's default: a secret with no source is read from the env var or file named by id.
+    let source = from.unwrap_or_else(|| SecretFrom::Env(id.clone()));
+    Ok(SecretSource { id, source })
+}
+
+fn opt_path(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// The state directory: `--kiln-dir`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`,
+/// else `/kiln` (the executor image, where HOME may be unset).
+fn state_dir(flags: &BuildFlags) -> PathBuf {
+    if let Some(d) = &flags.kiln_dir {
+        return d.clone();
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("kiln");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty() && v != "/") {
+        return PathBuf::from(h).join(".cache").join("kiln");
+    }
+    PathBuf::from("/kiln")
+}
+
+/// Resolves `--context` to a local directory.
+fn context_dir(flags: &BuildFlags) -> Result<PathBuf> {
+    let c = flags.context.as_str();
+    let dir = if let Some(rest) = c.strip_prefix("dir://") {
+        PathBuf::from(rest)
+    } else if let Some((scheme, _)) = c.split_once("://") {
+        bail!("not supported yet: --context {scheme}:// (use a directory or dir://)")
+    } else {
+        PathBuf::from(c)
+    };
+    let dir = if flags.context_sub_path.is_empty() {
+        dir
+    } else {
+        dir.join(&flags.context_sub_path)
+    };
+    let meta = std::fs::metadata(&dir)
+        .with_context(|| format!("build context {}: not found", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("build context {}: not a directory", dir.display());
+    }
+    Ok(dir)
+}
+
+/// `--dockerfile`: as given, then relative to the context (Kaniko's order).
+fn dockerfile_path(flags: &BuildFlags, context: &Path) -> Result<PathBuf> {
+    let given = PathBuf::from(&flags.dockerfile);
+    if given.is_file() {
+        return Ok(given);
+    }
+    let in_context = context.join(&flags.dockerfile);
+    if in_context.is_file() {
+        return Ok(in_context);
+    }
+    bail!(
+        "Dockerfile {}: not found (also tried {})",
+        given.display(),
+        in_context.display()
+    )
+}
+
+/// Flags accepted for compatibility that change nothing, with the reason.
+fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
+    let mut w = Vec::new();
+    let mut say = |cond: bool, msg: &str| {
+        if cond {
+            w.push(msg.to_string());
+        }
+    };
+    say(
+        !flags.bucket.is_empty(),
+        "--bucket has no effect: GCS contexts are not supported",
+    );
+    say(
+        !flags.compressed_caching,
+        "--compressed-caching=false has no effect: kiln always streams layers with bounded memory",
+    );
+    say(
+        flags.use_new_run,
+        "--use-new-run has no effect: kiln's snapshotter always compares metadata first",
+    );
+    say(
+        flags.skip_unused_stages,
+        "--skip-unused-stages has no effect: kiln always builds only the stages the target needs",
+    );
+    say(
+        flags.force_build_metadata,
+        "--force-build-metadata has no effect: metadata-only instructions never make layers",
+    );
+    say(
+        flags.kaniko_dir != "/kaniko",
+        "--kaniko-dir has no effect: kiln keeps its state in --kiln-dir",
+    );
+    say(
+        flags.image_fs_extract_retry > 0,
+        "--image-fs-extract-retry has no effect: extraction reads verified local blobs",
+    );
+    say(
+        flags.force,
+        "--force has no effect: kiln builds in a private root file system, never on /",
+    );
+    say(
+        flags.push_ignore_immutable_tag_errors,
+        "--push-ignore-immutable-tag-errors is accepted but not implemented yet",
+    );
+    say(
+        !flags.git.is_empty(),
+        "--git has no effect: git contexts are not supported yet",
+    );
+    w
+}
+
+fn build(flags: &BuildFlags) -> Result<ExitCode> {
+    init_logging(flags)?;
+    let format = match flags.log_format.as_str() {
+        "json" => Format::Json,
+        "text" => Format::Text,
+        // Colour only for a person at a terminal; CI logs get plain text.
+        _ if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Format::Color,
+        _ => Format::Text,
+    };
+    let renderer = Renderer::new(format, flags.log_timestamp);
+    for w in no_effect_warnings(flags) {
+        renderer.event(Event::Warning(&w));
+    }
+    if flags.cache {
+        renderer.event(Event::Warning(
+            "--cache is accepted but the layer cache is not implemented yet: every step runs",
+        ));
+    }
+    if flags.destinations.is_empty() && !flags.no_push {
+        bail!("no --destination given: pass one or more, or --no-push");
+    }
+    let context = context_dir(flags)?;
+    let dockerfile = dockerfile_path(flags, &context)?;
+    let snapshot_mode = match flags.snapshot_mode.as_str() {
+        "full" => SnapshotMode::Full,
+        "redo" => SnapshotMode::Redo,
+        "time" => SnapshotMode::Time,
+        other => bail!("invalid --snapshot-mode {other:?}: use full, redo or time"),
+    };
+    let image_format = match flags.image_format.as_str() {
+        "" => None,
+        f => Some(
+            f.parse()
+                .map_err(|_| anyhow::anyhow!("invalid --image-format {f:?}: use oci or docker"))?,
+        ),
+    };
+    let compression = match (flags.compression.as_str(), flags.compression_level) {
+        ("gzip", -1) => kiln_oci::layer::Compression::default(),
+        ("gzip", l @ 0..=9) => kiln_oci::layer::Compression::Gzip { level: l as u32 },
+        ("zstd", -1) => kiln_oci::layer::Compression::Zstd { level: 3 },
+        ("zstd", l @ 1..=22) => kiln_oci::layer::Compression::Zstd { level: l },
+        (c, l) => bail!(
+            "invalid --compression {c:?} with --compression-level {l}: gzip takes 0-9, zstd 1-22"
+        ),
+    };
+    let mut ignore_paths = flags.ignore_paths.clone();
+    if flags.ignore_var_run {
+        ignore_paths.push("/var/run".into());
+    }
+    let opts = BuildOptions {
+        context,
+        dockerfile,
+        state_dir: state_dir(flags),
+        destinations: flags.destinations.clone(),
+        push: !flags.no_push,
+        tar_path: opt_path(&flags.tar_path),
+        oci_layout_path: opt_path(&flags.oci_layout_path),
+        digest_file: opt_path(&flags.digest_file),
+        image_name_with_digest_file: opt_path(&flags.image_name_with_digest_file),
+        image_name_tag_with_digest_file: opt_path(&flags.image_name_tag_with_digest_file),
+        build_args: resolve_build_args(&flags.build_args)?,
+        target: (!flags.target.is_empty()).then(|| flags.target.clone()),
+        labels: key_values("--label", &flags.labels)?,
+        annotations: key_values("--annotation", &flags.annotations)?,
+        platform: (!flags.custom_platform.is_empty()).then(|| flags.custom_platform.clone()),
+        image_format,
+        reproducible: flags.reproducible,
+        snapshot_mode,
+        single_snapshot: flags.single_snapshot,
+        ignore_paths,
+        isolation: (!flags.isolation.is_empty()).then(|| flags.isolation.clone()),
+        secrets: flags
+            .secrets
+            .iter()
+            .map(|s| parse_secret(s))
+            .collect::<Result<_>>()?,
+        compression,
+        cleanup: flags.cleanup,
+        registry: registry_options(flags)?,
+        credentials: credentials(),
+        skip_push_permission_check: flags.skip_push_permission_check,
+    };
+    let outcome = kiln_build::build(&opts, &renderer)?;
+    let _ = outcome;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The registry client's configuration from Kaniko's registry flags.
+fn registry_options(flags: &BuildFlags) -> Result<kiln_registry::RegistryConfig> {
+    let mut c = kiln_registry::RegistryConfig {
+        insecure_push: flags.insecure,
+        insecure_pull: flags.insecure_pull,
+        insecure_registries: flags.insecure_registries.clone(),
+        skip_verify_push: flags.skip_tls_verify,
+        skip_verify_pull: flags.skip_tls_verify_pull,
+        skip_verify_registries: flags.skip_tls_verify_registries.clone(),
+        mirrors: flags
+            .registry_mirrors
+            .iter()
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .collect(),
+        skip_default_fallback: flags.skip_default_registry_fallback,
+        ..Default::default()
+    };
+    for v in &flags.registry_certificates {
+        c.ca_certificates
+            .push(kiln_registry::RegistryConfig::parse_certificate_flag(v)?);
+    }
+    for v in &flags.registry_client_certs {
+        c.client_certificates
+            .push(kiln_registry::RegistryConfig::parse_client_cert_flag(v)?);
+    }
+    for v in &flags.registry_maps {
+        c.add_map_flag(v)?;
+    }
+    // Kaniko's flags default to 0 retries; kiln keeps its small default unless asked for more.
+    if flags.push_retry > 0 {
+        c.retry.push_retries = flags.push_retry;
+    }
+    if flags.image_download_retry > 0 {
+        c.retry.pull_retries = flags.image_download_retry;
+    }
+    Ok(c)
+}
+
+/// Credentials: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json` (Kaniko's executor
+/// image sets DOCKER_CONFIG=/kaniko/.docker).
+fn credentials() -> kiln_registry::CredentialSource {
+    let docker_config = std::env::var_os("DOCKER_CONFIG").map(PathBuf::from);
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    kiln_registry::CredentialSource {
+        docker_config: kiln_registry::default_docker_config_path(
+            docker_config.as_deref(),
+            home.as_deref(),
+        ),
+        ..Default::default()
+    }
+}

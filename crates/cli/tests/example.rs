@@ -1,0 +1,325 @@
+//! End to end: the README's example (examples/hello) builds into an OCI layout and a
+//! docker-archive that skopeo and umoci accept, and the flattened image holds exactly the
+//! expected files, modes and owners, with the config the Dockerfile says.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Builds the example; returns (temp dir, layout dir, tarball path).
+fn build_example() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("oci");
+    let tar = tmp.path().join("image.tar");
+    let out = kiln()
+        .arg("build")
+        .arg("-c")
+        .arg(repo_root().join("examples/hello"))
+        .arg("--no-push")
+        .arg("--oci-layout-path")
+        .arg(&layout)
+        .arg("--tar-path")
+        .arg(&tar)
+        .arg("--kiln-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--log-format=text")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (tmp, layout, tar)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+#[test]
+fn example_config_matches_the_dockerfile() {
+    let (_tmp, layout, _tar) = build_example();
+    let index = read_json(&layout.join("index.json"));
+    let manifest = read_json(&blob(
+        &layout,
+        index["manifests"][0]["digest"].as_str().unwrap(),
+    ));
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let config = read_json(&blob(
+        &layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ));
+    let c = &config["config"];
+    assert_eq!(
+        c["Env"],
+        serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "APP_HOME=/srv/app",
+            "GREETING=hello from kiln"
+        ])
+    );
+    assert_eq!(c["WorkingDir"], "/srv/app");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(c["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/usr/local/bin/run"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["--port", "8080"]));
+    assert_eq!(
+        c["Labels"],
+        serde_json::json!({"maintainer": "kiln", "org.opencontainers.image.title": "hello"})
+    );
+    assert_eq!(config["os"], "linux");
+    // One layer per filesystem-changing step: WORKDIR (creates the dir) and three COPYs.
+    let layers = manifest["layers"].as_array().unwrap();
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(layers.len(), diff_ids.len());
+    let history = config["history"].as_array().unwrap();
+    let non_empty = history
+        .iter()
+        .filter(|h| !h["empty_layer"].as_bool().unwrap_or(false))
+        .count();
+    assert_eq!(non_empty, layers.len(), "history: {history:#?}");
+    let created_by: Vec<&str> = history
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap())
+        .collect();
+    assert!(
+        created_by.iter().any(|c| c.starts_with("COPY app/ ./")),
+        "{created_by:?}"
+    );
+    assert!(
+        created_by.iter().any(|c| c.starts_with("USER 1000:1000")),
+        "{created_by:?}"
+    );
+}
+
+#[derive(Debug, PartialEq)]
+struct Entry {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    content: Option<Vec<u8>>,
+}
+
+fn flatten_tree(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    for e in walkdir(root) {
+        let rel = e.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        if rel.is_empty() {
+            continue;
+        }
+        let m = std::fs::symlink_metadata(&e).unwrap();
+        let kind = if m.is_dir() {
+            "dir"
+        } else if m.file_type().is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        };
+        out.insert(
+            format!("/{rel}"),
+            Entry {
+                kind,
+                mode: m.permissions().mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                content: m.is_file().then(|| std::fs::read(&e).unwrap()),
+            },
+        );
+    }
+    out
+}
+
+fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut v = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < v.len() {
+        let p = v[i].clone();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            for c in std::fs::read_dir(&p).unwrap() {
+                v.push(c.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    v
+}
+
+#[test]
+fn example_flattens_to_the_expected_files() {
+    if !have("umoci") {
+        println!("skipped: umoci not installed (./scripts/test.sh installs it)");
+        return;
+    }
+    let (tmp, layout, _tar) = build_example();
+    // Tag the layout for umoci: it addresses manifests by ref name.
+    let index = read_json(&layout.join("index.json"));
+    let name = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap_or("latest")
+        .to_string();
+    let bundle = tmp.path().join("bundle");
+    let rootless = running_rootless();
+    let mut cmd = Command::new("umoci");
+    cmd.arg("unpack");
+    if rootless {
+        cmd.arg("--rootless");
+    }
+    let out = cmd
+        .arg("--image")
+        .arg(format!("{}:{name}", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = flatten_tree(&bundle.join("rootfs"));
+    let ctx = repo_root().join("examples/hello");
+    let file = |rel: &str, mode: u32| Entry {
+        kind: "file",
+        mode,
+        uid: 0,
+        gid: 0,
+        content: Some(std::fs::read(ctx.join(rel)).unwrap()),
+    };
+    let dir = |mode: u32| Entry {
+        kind: "dir",
+        mode,
+        uid: 0,
+        gid: 0,
+        content: None,
+    };
+    let src_mode = |rel: &str| {
+        std::fs::metadata(ctx.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    let mut want = BTreeMap::new();
+    want.insert("/srv".to_string(), dir(0o755));
+    want.insert("/srv/app".to_string(), dir(0o755));
+    want.insert(
+        "/srv/app/config.toml".to_string(),
+        file("app/config.toml", src_mode("app/config.toml")),
+    );
+    want.insert("/srv/app/static".to_string(), dir(src_mode("app/static")));
+    want.insert(
+        "/srv/app/static/index.txt".to_string(),
+        file("app/static/index.txt", src_mode("app/static/index.txt")),
+    );
+    want.insert(
+        "/srv/app/static/robots.txt".to_string(),
+        file("app/static/robots.txt", src_mode("app/static/robots.txt")),
+    );
+    want.insert("/srv/static".to_string(), dir(0o755));
+    want.insert(
+        "/srv/static/index.txt".to_string(),
+        file("app/static/index.txt", src_mode("app/static/index.txt")),
+    );
+    want.insert(
+        "/srv/static/robots.txt".to_string(),
+        file("app/static/robots.txt", src_mode("app/static/robots.txt")),
+    );
+    want.insert("/usr".to_string(), dir(0o755));
+    want.insert("/usr/local".to_string(), dir(0o755));
+    want.insert("/usr/local/bin".to_string(), dir(0o755));
+    want.insert("/usr/local/bin/run".to_string(), file("run.sh", 0o755));
+    if rootless {
+        // --rootless maps every owner to the caller: compare modes and contents only.
+        for e in want.values_mut() {
+            e.uid = nix_uid();
+            e.gid = nix_gid();
+        }
+    }
+    assert_eq!(tree, want);
+}
+
+#[test]
+fn tarball_is_read_by_skopeo() {
+    if !have("skopeo") {
+        println!("skipped: skopeo not installed (./scripts/test.sh installs it)");
+        return;
+    }
+    let (tmp, layout, tar) = build_example();
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("docker-archive:{}", tar.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied = tmp.path().join("copied");
+    let out = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("docker-archive:{}", tar.display()))
+        .arg(format!("oci:{}:t", copied.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Same config (and so same diff_ids) after the round trip through docker-archive.
+    let cfg = |dir: &Path| {
+        let index = read_json(&dir.join("index.json"));
+        let m = read_json(&blob(
+            dir,
+            index["manifests"][0]["digest"].as_str().unwrap(),
+        ));
+        read_json(&blob(dir, m["config"]["digest"].as_str().unwrap()))
+    };
+    assert_eq!(cfg(&copied)["rootfs"], cfg(&layout)["rootfs"]);
+    assert_eq!(cfg(&copied)["config"], cfg(&layout)["config"]);
+}
+
+fn running_rootless() -> bool {
+    nix_uid() != 0
+}
+
+fn nix_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+fn nix_gid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.gid())
+        .unwrap_or(0)
+}
