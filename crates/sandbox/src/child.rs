@@ -172,6 +172,9 @@ pub(crate) struct Plan {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub gids: Vec<libc::gid_t>,
+    /// Whether to call setgroups/setresgid/setresuid (not when an unprivileged caller runs
+    /// a chroot-less step as itself).
+    pub change_ids: bool,
     pub argv: Vec<CString>,
     pub argv_ptrs: Vec<*const c_char>,
     pub envp: Vec<CString>,
@@ -524,19 +527,25 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
         libc::umask(0o022);
     }
 
+    // Raw syscalls, not the libc wrappers: glibc's setgroups/setresuid/setresgid apply the
+    // change to every thread it knows of (nptl "setxid" broadcast) and would wait forever for
+    // the parent's threads, which do not exist in a raw clone(2) child.
     // SAFETY: id-changing syscalls with plain integers and a plan-owned array.
     unsafe {
-        if setgroups_allowed {
-            if libc::setgroups(plan.gids.len(), plan.gids.as_ptr()) != 0 {
+        if !plan.change_ids {
+        } else if setgroups_allowed {
+            if libc::syscall(libc::SYS_setgroups, plan.gids.len(), plan.gids.as_ptr()) != 0 {
                 fail(msg, Step::Setgroups, 0, errno());
             }
         } else if !plan.gids.is_empty() {
             send(msg, MSG_WARN, Step::Setgroups, 0, libc::EPERM);
         }
-        if libc::setresgid(plan.gid, plan.gid, plan.gid) != 0 {
+        if plan.change_ids && libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid) != 0
+        {
             fail(msg, Step::Setgid, 0, errno());
         }
-        if libc::setresuid(plan.uid, plan.uid, plan.uid) != 0 {
+        if plan.change_ids && libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid) != 0
+        {
             fail(msg, Step::Setuid, 0, errno());
         }
     }

@@ -51,6 +51,22 @@ pub enum SandboxError {
         /// The error.
         source: std::io::Error,
     },
+    /// Reading a host file (mountinfo, cgroup...) failed.
+    #[error("reading {path}: {source}")]
+    HostFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A bind mount source is unusable.
+    #[error("bind mount source {path}: {source}")]
+    MountSource {
+        /// The host path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// A system call in the parent failed.
     #[error("{call} failed: {source}")]
     Sys {

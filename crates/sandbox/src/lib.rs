@@ -28,7 +28,9 @@ use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
-pub use detect::{detect, Detection};
+pub use detect::{
+    container_hints, container_ignore_list, detect, detect_with, is_ignored, DetectHost, Detection,
+};
 pub use error::SandboxError;
 pub use run::run;
 pub use userdb::{resolve_user, ResolvedUser, UserDbError};

@@ -26,6 +26,8 @@ use crate::userdb::file_kind_name;
 pub(crate) enum Kind {
     Dir,
     File,
+    /// A device node (chroot mode without mount rights): mode with type bits, device number.
+    Node(libc::mode_t, libc::dev_t),
 }
 
 /// A file or directory the sandbox created and must remove after the run.
@@ -151,6 +153,14 @@ impl Root {
                     let before = fstat(&current).map_err(|e| self.resolve_err(path, e))?;
                     if want_dir {
                         mkdirat(&current, name, Mode::from_bits_truncate(0o755))
+                    } else if let (true, Kind::Node(mode, rdev)) = (last, kind) {
+                        nix::sys::stat::mknodat(
+                            &current,
+                            name,
+                            SFlag::from_bits_truncate(mode & libc::S_IFMT),
+                            Mode::from_bits_truncate(mode & 0o7777),
+                            rdev,
+                        )
                     } else {
                         openat(
                             &current,

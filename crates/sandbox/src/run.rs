@@ -357,7 +357,7 @@ fn plan_mounts(
                 target,
                 readonly,
             } => {
-                let meta = std::fs::metadata(source).map_err(|e| SandboxError::Scratch {
+                let meta = std::fs::metadata(source).map_err(|e| SandboxError::MountSource {
                     path: source.clone(),
                     source: e,
                 })?;
@@ -406,6 +406,72 @@ fn plan_mounts(
         }
     }
     Ok(ops)
+}
+
+/// Chroot mode without CAP_SYS_ADMIN (a typical pod): no mounts at all. Device nodes are
+/// created with mknod(2) when CAP_MKNOD allows and the /etc files are written when absent,
+/// all as stubs removed after the step; there is no /proc.
+fn plan_static(
+    spec: &RunSpec,
+    root: &Root,
+    scratch: &Scratch,
+    caps: u64,
+    stubs: &mut Vec<Stub>,
+    excluded: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(), SandboxError> {
+    if let Some(m) = spec.mounts.first() {
+        return Err(SandboxError::Unavailable {
+            mode: "chroot",
+            reason: format!(
+                "mount {} needs CAP_SYS_ADMIN, which this process does not have",
+                m.target()
+            ),
+        });
+    }
+    warnings.push("chroot isolation without CAP_SYS_ADMIN: no /proc in the step".into());
+    let dev = root.ensure("/dev", Kind::Dir, stubs)?;
+    if caps & (1 << crate::detect::CAP_MKNOD) != 0 {
+        use std::os::unix::fs::MetadataExt;
+        for (name, _) in DEV_NODES {
+            let target = format!("/dev/{name}");
+            if std::fs::symlink_metadata(dev.host_path.join(name)).is_ok() {
+                continue;
+            }
+            match std::fs::metadata(spec.host.dev.join(name)) {
+                Ok(m) => {
+                    let r =
+                        root.ensure(&target, Kind::Node(libc::S_IFCHR | 0o666, m.rdev()), stubs)?;
+                    excluded.push(r.in_root);
+                }
+                Err(e) => warnings.push(format!("{target} not created: {e}")),
+            }
+        }
+    } else {
+        warnings.push("chroot isolation without CAP_MKNOD: no device nodes in /dev".into());
+    }
+    for name in ["hosts", "resolv.conf", "hostname"] {
+        let target = format!("/etc/{name}");
+        let before = stubs.len();
+        match root.ensure(&target, Kind::File, stubs) {
+            Ok(r) if stubs.len() > before => {
+                let content = std::fs::read(scratch.dir.join(name)).map_err(|source| {
+                    SandboxError::Scratch {
+                        path: scratch.dir.join(name),
+                        source,
+                    }
+                })?;
+                std::fs::write(&r.host_path, content).map_err(|source| SandboxError::Scratch {
+                    path: r.host_path.clone(),
+                    source,
+                })?;
+                excluded.push(r.in_root);
+            }
+            Ok(_) => {}
+            Err(e) => warnings.push(format!("{target} not provided to the step: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// A file descriptor for the child's stdio, and the parent's read end when streamed.
@@ -513,9 +579,23 @@ fn run_in(
     let env = environment(spec, root, warnings);
     let mut excluded = Vec::new();
     let ops = match spec.isolation {
-        Isolation::Userns | Isolation::Chroot => {
+        Isolation::Userns => {
             let scratch = scratch_slot.insert(Scratch::create(spec)?);
             plan_mounts(spec, root, scratch, stubs, &mut excluded, warnings)?
+        }
+        Isolation::Chroot => {
+            let scratch = scratch_slot.insert(Scratch::create(spec)?);
+            let caps = crate::detect::effective_caps(&spec.host.proc).unwrap_or(0);
+            if caps & (1 << crate::detect::CAP_SYS_ADMIN) != 0 {
+                // The child unshares a mount namespace and mounts as in userns mode.
+                plan_mounts(spec, root, scratch, stubs, &mut excluded, warnings)?
+            } else {
+                plan_static(spec, root, scratch, caps, stubs, &mut excluded, warnings)?;
+                Ops {
+                    entries: Vec::new(),
+                    descs: Vec::new(),
+                }
+            }
         }
         Isolation::Container => Ops {
             entries: Vec::new(),
@@ -553,6 +633,11 @@ fn run_in(
         uid: spec.user.uid,
         gid: spec.user.gid,
         gids: spec.user.additional_gids.clone(),
+        change_ids: spec.isolation == Isolation::Userns
+            || nix::unistd::Uid::effective().is_root()
+            || spec.user.uid != nix::unistd::Uid::effective().as_raw()
+            || spec.user.gid != nix::unistd::Gid::effective().as_raw()
+            || !spec.user.additional_gids.is_empty(),
         argv: spec
             .argv
             .iter()

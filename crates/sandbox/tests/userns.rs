@@ -55,19 +55,54 @@ fn exit_codes_and_signals_propagate() {
             ExitStatus::Code(42),
             "[{who}] {err}"
         );
-        let (res, _, err) = run_capture(&sh(r.path(), "kill -9 $$"));
-        // pid 1 of a pid namespace cannot be killed by itself: the kernel ignores signals
-        // from inside to init without a handler, so the shell survives and exits 0... unless
-        // killed; either way the status is reported faithfully.
-        let st = res.expect("run").status;
-        assert!(
-            matches!(st, ExitStatus::Code(_) | ExitStatus::Signal(9)),
-            "[{who}] {st:?} {err}"
-        );
-        let (res, _, err) = run_capture(&sh(r.path(), "sh -c 'kill -9 $$'; echo $?"));
+        // The step is pid 1 of its pid namespace (as under BuildKit): signals it sends itself
+        // without a handler are ignored by the kernel, so it survives `kill -9 $$`.
+        let (res, out, err) = run_capture(&sh(r.path(), "kill -9 $$; echo survived"));
         assert_eq!(
             res.expect("run").status,
             ExitStatus::Code(0),
+            "[{who}] {err}"
+        );
+        assert_eq!(out, "survived\n");
+        // A child killed by a signal: the shell reports 128+9.
+        let (res, _, err) = run_capture(&sh(r.path(), "sh -c 'kill -9 $$'; exit $?"));
+        assert_eq!(
+            res.expect("run").status,
+            ExitStatus::Code(137),
+            "[{who}] {err}"
+        );
+        // Death by a signal from outside is reported as such.
+        let marker = format!("95{}", std::process::id());
+        let killer = {
+            let needle = format!("sleep {marker}");
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    if let Some(p) = host_processes_with(&needle).first() {
+                        let pid: i32 = p
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .and_then(|n| n.parse().ok())
+                            .expect("pid");
+                        nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        )
+                        .expect("kill");
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                false
+            })
+        };
+        let (res, _, err) = run_capture(&sh(r.path(), &format!("exec sleep {marker}")));
+        assert!(
+            killer.join().expect("killer thread"),
+            "[{who}] sleep never seen"
+        );
+        assert_eq!(
+            res.expect("run").status,
+            ExitStatus::Signal(9),
             "[{who}] {err}"
         );
     });
@@ -309,5 +344,44 @@ fn user_and_groups() {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(r.path().join("home/app/new")).expect("workdir");
         assert_eq!((m.uid(), m.gid()), (1000, 1000), "[{who}] workdir owner");
+    });
+}
+
+#[test]
+fn multithreaded_caller_does_not_deadlock_the_child() {
+    // Regression: glibc's setgroups/setresuid broadcast to the caller's threads (nptl setxid)
+    // hung forever in the raw clone(2) child; the engine calling run() is multithreaded.
+    need_busybox!();
+    as_root_and_unprivileged("multithreaded_caller_does_not_deadlock_the_child", |who| {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let stop_rx = std::sync::Arc::new(std::sync::Mutex::new(stop_rx));
+        let idle: Vec<_> = (0..4)
+            .map(|_| {
+                let rx = stop_rx.clone();
+                std::thread::spawn(move || {
+                    let _ = rx.lock().map(|r| r.recv_timeout(Duration::from_secs(60)));
+                })
+            })
+            .collect();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let r = busybox_rootfs();
+        let path = r.path().to_path_buf();
+        std::thread::spawn(move || {
+            let (res, out, _) = run_capture(&sh(&path, "id -u"));
+            let _ = done_tx.send(res.map(|o| (o.status, out)));
+        });
+        let got = done_rx.recv_timeout(Duration::from_secs(30));
+        drop(stop_tx);
+        for t in idle {
+            t.join().expect("idle thread");
+        }
+        let (status, out) = got
+            .unwrap_or_else(|_| panic!("[{who}] run() hung"))
+            .expect("run");
+        assert_eq!(
+            (status, out.as_str()),
+            (ExitStatus::Code(0), "0\n"),
+            "[{who}]"
+        );
     });
 }

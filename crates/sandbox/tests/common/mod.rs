@@ -10,7 +10,8 @@ use kiln_sandbox::{run, Output, RunOutcome, RunSpec, SandboxError};
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const APPLETS: &[&str] = &[
     "sh", "ls", "id", "cat", "echo", "sleep", "ps", "true", "false", "env", "pwd", "hostname",
-    "mkdir", "rm", "mv", "ln", "touch", "sort", "grep", "readlink", "stat", "kill", "wc",
+    "mkdir", "rm", "mv", "ln", "touch", "sort", "grep", "readlink", "stat", "kill", "wc", "tail",
+    "cut",
 ];
 const AS_USER_ENV: &str = "KILN_SANDBOX_TEST_AS_UID";
 pub const NOBODY: u32 = 65534;

@@ -1,0 +1,102 @@
+//! chroot and container (Kaniko) modes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kiln_sandbox::{ExitStatus, Isolation, Mount, RunSpec};
+
+#[test]
+fn chroot_mode_runs_kills_leftovers_and_cleans_stubs() {
+    if !busybox_available() {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: chroot isolation needs root");
+        return;
+    }
+    let r = busybox_rootfs();
+    let marker = format!("97{}", std::process::id());
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("f"), "bound\n").expect("write");
+    let mut spec = sh(
+        r.path(),
+        &format!(
+            "sleep {marker} & echo \"$FOO\"; id -u; pwd; cat /etc/hostname; cat /m/f; \
+             test -c /dev/null && echo devnull; ls /proc/self/fd | wc -l; exit 3"
+        ),
+    );
+    spec.isolation = Isolation::Chroot;
+    spec.env = vec![("FOO".into(), "chrooted".into())];
+    spec.cwd = "/w".into();
+    spec.hostname = "chroothost".into();
+    spec.mounts = vec![Mount::Bind {
+        source: src.path().into(),
+        target: "/m".into(),
+        readonly: true,
+    }];
+    let t = Instant::now();
+    let (res, out, err) = run_capture(&spec);
+    let o = res.unwrap_or_else(|e| panic!("{e} {err}"));
+    assert_eq!(o.status, ExitStatus::Code(3), "{err}");
+    assert_eq!(
+        out, "chrooted\n0\n/w\nchroothost\nbound\ndevnull\n4\n",
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert!(
+        host_processes_with(&format!("sleep {marker}")).is_empty(),
+        "sleep survived"
+    );
+    for gone in [
+        "proc",
+        "dev",
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+        "m",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(r.path().join(gone)).is_err(),
+            "stub {gone} left"
+        );
+    }
+    // Not found, as in userns mode.
+    spec.argv = vec!["nope".into()];
+    let e = run_capture(&spec).0.expect_err("not found");
+    assert_eq!(e.exit_code(), Some(127), "{e}");
+}
+
+#[test]
+fn container_mode_runs_on_slash_and_reaps_daemons() {
+    // Explicitly asked for: the command runs on this machine's own / (harmless commands).
+    as_root_and_unprivileged("container_mode_runs_on_slash_and_reaps_daemons", |who| {
+        let marker = format!("96{}", std::process::id());
+        let mut spec = RunSpec::new(
+            "/",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("sleep {marker} & pwd; echo \"$X\"; ls /proc/self/fd | wc -l; exit 7"),
+            ],
+        );
+        spec.isolation = Isolation::Container;
+        spec.env = vec![("X".into(), "in-container".into())];
+        spec.user = kiln_sandbox::User {
+            uid: nix::unistd::Uid::effective().as_raw(),
+            gid: nix::unistd::Gid::effective().as_raw(),
+            additional_gids: vec![],
+        };
+        spec.cwd = "/tmp".into();
+        let (res, out, err) = run_capture(&spec);
+        let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+        assert_eq!(o.status, ExitStatus::Code(7), "[{who}] {err}");
+        assert_eq!(out, "/tmp\nin-container\n4\n", "[{who}] {err}");
+        assert!(o.excluded_paths.is_empty());
+        assert!(
+            host_processes_with(&format!("sleep {marker}")).is_empty(),
+            "[{who}] sleep survived"
+        );
+    });
+}

@@ -1,0 +1,209 @@
+//! Caller-requested mounts and their hostile cases (HOSTILE-INPUTS 25, 27), network none.
+
+mod common;
+
+use common::*;
+use kiln_sandbox::{ExitStatus, Mount, Network};
+
+macro_rules! need_busybox {
+    () => {
+        if !busybox_available() {
+            return;
+        }
+    };
+}
+
+#[test]
+fn bind_and_tmpfs_mounts() {
+    need_busybox!();
+    as_root_and_unprivileged("bind_and_tmpfs_mounts", |who| {
+        let r = busybox_rootfs();
+        let cache = tempfile::tempdir().expect("cache dir");
+        let ro = tempfile::tempdir().expect("ro dir");
+        std::fs::write(ro.path().join("file"), "from the context\n").expect("write");
+        let secret_dir = tempfile::tempdir().expect("secret dir");
+        let secret = secret_dir.path().join("tok");
+        std::fs::write(&secret, "s3cret").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        let mut spec = sh(
+            r.path(),
+            "echo cached > /var/cache/x/out; cat /ctx/file; \
+             echo no > /ctx/new 2>/dev/null || echo ctx-readonly; \
+             cat /run/secrets/tok; echo; stat -c %a /run/secrets/tok; \
+             echo t > /scratch/t && grep -q ' /scratch tmpfs' /proc/mounts && echo tmpfs-ok",
+        );
+        spec.mounts = vec![
+            Mount::Bind {
+                source: cache.path().into(),
+                target: "/var/cache/x".into(),
+                readonly: false,
+            },
+            Mount::Bind {
+                source: ro.path().into(),
+                target: "/ctx".into(),
+                readonly: true,
+            },
+            Mount::Bind {
+                source: secret.clone(),
+                target: "/run/secrets/tok".into(),
+                readonly: true,
+            },
+            Mount::Tmpfs {
+                target: "/scratch".into(),
+                size: Some(1 << 20),
+            },
+        ];
+        let (res, out, err) = run_capture(&spec);
+        let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+        assert_eq!(o.status, ExitStatus::Code(0), "[{who}] {err}");
+        assert_eq!(
+            out, "from the context\nctx-readonly\ns3cret\n400\ntmpfs-ok\n",
+            "[{who}] stderr: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(cache.path().join("out")).expect("cache written"),
+            "cached\n"
+        );
+        assert!(!ro.path().join("new").exists());
+        // Every stub is gone, including the parents the sandbox created.
+        for gone in ["var", "ctx", "run", "scratch"] {
+            assert!(
+                std::fs::symlink_metadata(r.path().join(gone)).is_err(),
+                "[{who}] stub /{gone} left"
+            );
+        }
+        for p in ["/var/cache/x", "/ctx", "/run/secrets/tok", "/scratch"] {
+            assert!(
+                o.excluded_paths.iter().any(|e| e == p),
+                "[{who}] {:?}",
+                o.excluded_paths
+            );
+        }
+    });
+}
+
+#[test]
+fn mount_target_through_symlink_to_root_stays_inside() {
+    // HOSTILE-INPUTS 25 (CVE-2024-1753): a target through `/rootlink -> /` resolves inside.
+    need_busybox!();
+    as_root_and_unprivileged("mount_target_through_symlink_to_root_stays_inside", |who| {
+        let r = busybox_rootfs();
+        std::os::unix::fs::symlink("/", r.path().join("rootlink")).expect("symlink");
+        std::os::unix::fs::symlink("../../../../../tmp", r.path().join("uplink")).expect("symlink");
+        let src = tempfile::tempdir().expect("src");
+        std::fs::write(src.path().join("f"), "x").expect("write");
+        let marker = format!("kiln-sbx-{}", std::process::id());
+        let mut spec = sh(r.path(), "ls /mnt-in/; ls /tmp/inside");
+        spec.mounts = vec![
+            Mount::Bind {
+                source: src.path().into(),
+                target: "/rootlink/mnt-in".into(),
+                readonly: true,
+            },
+            Mount::Bind {
+                source: src.path().into(),
+                target: format!("/uplink/{marker}/../inside"),
+                readonly: true,
+            },
+        ];
+        let (res, out, err) = run_capture(&spec);
+        let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+        assert_eq!(o.status, ExitStatus::Code(0), "[{who}] {err}");
+        assert_eq!(out, "f\nf\n", "[{who}]");
+        assert!(
+            o.excluded_paths.contains(&"/mnt-in".to_string()),
+            "{:?}",
+            o.excluded_paths
+        );
+        assert!(
+            o.excluded_paths.contains(&"/tmp/inside".to_string()),
+            "{:?}",
+            o.excluded_paths
+        );
+        // Nothing was created on the host.
+        assert!(
+            !std::path::Path::new("/mnt-in").exists(),
+            "[{who}] host /mnt-in created"
+        );
+        assert!(
+            !std::path::Path::new("/tmp").join(&marker).exists(),
+            "[{who}] host /tmp touched"
+        );
+        assert!(!r.path().join("mnt-in").exists() && !r.path().join("tmp/inside").exists());
+    });
+}
+
+#[test]
+fn stub_parent_replaced_by_host_symlink_removes_nothing_outside() {
+    // HOSTILE-INPUTS 27 (CVE-2024-23652): the step swaps the stub's parent for a symlink to
+    // a host directory holding same-named files; the cleaner must not follow it.
+    need_busybox!();
+    as_root_and_unprivileged(
+        "stub_parent_replaced_by_host_symlink_removes_nothing_outside",
+        |who| {
+            let r = busybox_rootfs();
+            let host = tempfile::tempdir().expect("host dir");
+            std::fs::create_dir_all(host.path().join("b/stub")).expect("mkdir");
+            std::fs::write(host.path().join("b/keep"), "precious").expect("write");
+            let src = tempfile::tempdir().expect("src");
+            let mut spec = sh(
+                r.path(),
+                &format!(
+                    "mv /a /a-moved && ln -s {} /a && echo swapped",
+                    host.path().display()
+                ),
+            );
+            spec.mounts = vec![Mount::Bind {
+                source: src.path().into(),
+                target: "/a/b/stub".into(),
+                readonly: false,
+            }];
+            let (res, out, err) = run_capture(&spec);
+            let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+            assert_eq!(
+                (o.status, out.as_str()),
+                (ExitStatus::Code(0), "swapped\n"),
+                "[{who}] {err}"
+            );
+            assert!(
+                host.path().join("b/stub").is_dir(),
+                "[{who}] host dir removed through the symlink"
+            );
+            assert!(host.path().join("b/keep").is_file(), "[{who}]");
+            assert!(
+                o.warnings
+                    .iter()
+                    .any(|w| w.contains("left sandbox mountpoint stub")),
+                "[{who}] {:?}",
+                o.warnings
+            );
+        },
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback() {
+    need_busybox!();
+    as_root_and_unprivileged("network_none_has_only_loopback", |who| {
+        let r = busybox_rootfs();
+        let mut spec = sh(r.path(), "cat /proc/net/dev | tail -n +3 | cut -d: -f1");
+        spec.network = Network::None;
+        let (res, out, err) = run_capture(&spec);
+        let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+        assert_eq!(o.status, ExitStatus::Code(0), "[{who}] {err}");
+        let ifaces: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(ifaces, ["lo"], "[{who}]");
+        // With the host network the step sees more than lo (when the host has more).
+        let host_ifaces = std::fs::read_to_string("/proc/net/dev")
+            .expect("net/dev")
+            .lines()
+            .count()
+            - 2;
+        let mut spec = sh(r.path(), "cat /proc/net/dev | tail -n +3 | wc -l");
+        spec.network = Network::Host;
+        let (res, out, _) = run_capture(&spec);
+        assert!(res.expect("run").status.success());
+        assert_eq!(out.trim(), host_ifaces.to_string(), "[{who}]");
+    });
+}
