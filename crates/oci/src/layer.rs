@@ -61,6 +61,8 @@ pub enum LayerError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// gzip (RFC 1952) at `level` 0..=9; header with mtime 0, no file name, OS 255 (unknown).
+    /// The deflate stream is made of independent 1 MiB chunks, each ended by a sync flush, so
+    /// chunks compress in parallel and the bytes are the same whatever the thread count.
     Gzip { level: u32 },
     /// zstd at `level` 1..=22 (needs the `zstd` feature).
     Zstd { level: i32 },
@@ -134,7 +136,7 @@ pub struct LayerInfo {
 /// The compressor stage, over the blob writer. One lives per layer: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Compressor {
-    Gzip(flate2::write::GzEncoder<BlobWriter>),
+    Gzip(ParallelGzip),
     #[cfg(feature = "zstd")]
     Zstd(zstd::stream::write::Encoder<'static, BlobWriter>),
     None(BlobWriter),
@@ -178,6 +180,120 @@ impl Write for Compressor {
     }
 }
 
+/// Size of the independently compressed gzip chunks. Fixed: it decides the output bytes.
+const GZ_CHUNK: usize = 1 << 20;
+
+type ChunkJob = std::thread::JoinHandle<io::Result<Vec<u8>>>;
+
+/// One gzip member whose deflate stream is the concatenation of independently compressed,
+/// sync-flushed chunks (the `pigz --independent` layout) and a final empty block. Chunk
+/// boundaries are fixed byte offsets of the uncompressed stream, and a chunk's deflate bytes
+/// depend only on its own bytes and the level, so any thread count yields the same blob.
+struct ParallelGzip {
+    inner: BlobWriter,
+    level: u32,
+    threads: usize,
+    chunk: Vec<u8>,
+    pending: std::collections::VecDeque<ChunkJob>,
+    crc: flate2::Crc,
+    total: u64,
+}
+
+impl ParallelGzip {
+    fn new(mut inner: BlobWriter, level: u32, threads: usize) -> io::Result<Self> {
+        // RFC 1952 header: deflate, no flags, mtime 0, XFL as zlib sets it, OS 255 (unknown).
+        let xfl = match level {
+            1 => 4,
+            9 => 2,
+            _ => 0,
+        };
+        inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff])?;
+        Ok(ParallelGzip {
+            inner,
+            level,
+            threads,
+            chunk: Vec::with_capacity(GZ_CHUNK),
+            pending: std::collections::VecDeque::new(),
+            crc: flate2::Crc::new(),
+            total: 0,
+        })
+    }
+
+    fn dispatch(&mut self) -> io::Result<()> {
+        let data = std::mem::replace(&mut self.chunk, Vec::with_capacity(GZ_CHUNK));
+        self.crc.update(&data);
+        self.total += data.len() as u64;
+        let level = self.level;
+        if self.threads <= 1 {
+            let out = deflate_chunk(&data, level)?;
+            return self.inner.write_all(&out);
+        }
+        while self.pending.len() >= self.threads {
+            self.drain_one()?;
+        }
+        self.pending
+            .push_back(std::thread::spawn(move || deflate_chunk(&data, level)));
+        Ok(())
+    }
+
+    fn drain_one(&mut self) -> io::Result<()> {
+        if let Some(job) = self.pending.pop_front() {
+            let out = job
+                .join()
+                .map_err(|_| io::Error::other("gzip compression thread panicked"))??;
+            self.inner.write_all(&out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<BlobWriter> {
+        if !self.chunk.is_empty() {
+            self.dispatch()?;
+        }
+        while !self.pending.is_empty() {
+            self.drain_one()?;
+        }
+        // A final, empty fixed-Huffman block (BFINAL=1, BTYPE=01, end-of-block), then the
+        // trailer: CRC-32 and size mod 2^32, little-endian.
+        self.inner.write_all(&[0x03, 0x00])?;
+        self.inner.write_all(&self.crc.sum().to_le_bytes())?;
+        self.inner.write_all(&(self.total as u32).to_le_bytes())?;
+        Ok(self.inner)
+    }
+}
+
+impl Write for ParallelGzip {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(GZ_CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == GZ_CHUNK {
+            self.dispatch()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Raw deflate of one chunk, ended with a sync flush (byte-aligned, not final).
+fn deflate_chunk(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(level), false);
+    let mut out = Vec::with_capacity(data.len() / 2 + 4096);
+    loop {
+        if out.capacity() - out.len() < 4096 {
+            out.reserve(out.capacity().max(64 * 1024));
+        }
+        let consumed = c.total_in() as usize;
+        c.compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync)
+            .map_err(io::Error::other)?;
+        // zlib's contract: the flush is complete when it left output space unused.
+        if c.total_in() as usize == data.len() && out.len() < out.capacity() {
+            return Ok(out);
+        }
+    }
+}
+
 const BLOCK: usize = 512;
 /// Largest value of an 8-byte octal field (7 digits + NUL).
 const MAX_OCTAL_8: u64 = 0o7777777;
@@ -195,11 +311,23 @@ pub struct LayerWriter {
 }
 
 impl LayerWriter {
-    /// Starts a layer that will be published into `store`.
+    /// Starts a layer that will be published into `store`, compressing on all cores.
     pub fn new(
         store: &BlobStore,
         compression: Compression,
         opts: LayerOptions,
+    ) -> Result<Self, LayerError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        Self::with_threads(store, compression, opts, threads)
+    }
+
+    /// Like [`LayerWriter::new`] with an explicit number of compression threads (gzip only;
+    /// the output bytes do not depend on it).
+    pub fn with_threads(
+        store: &BlobStore,
+        compression: Compression,
+        opts: LayerOptions,
+        threads: usize,
     ) -> Result<Self, LayerError> {
         let blob = store.writer()?;
         let comp = match compression {
@@ -211,10 +339,7 @@ impl LayerWriter {
                     });
                 }
                 Compressor::Gzip(
-                    flate2::GzBuilder::new()
-                        .mtime(0)
-                        .operating_system(255)
-                        .write(blob, flate2::Compression::new(level)),
+                    ParallelGzip::new(blob, level, threads.max(1)).map_err(LayerError::Finish)?,
                 )
             }
             #[cfg(feature = "zstd")]
@@ -766,6 +891,63 @@ mod tests {
         let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
         for e in ar.entries().unwrap() {
             assert_eq!(e.unwrap().header().mtime().unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn parallel_gzip_bytes_do_not_depend_on_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        // 3.5 MiB of mixed content: several chunks and a partial one.
+        let mut body = Vec::new();
+        let mut x: u32 = 1;
+        while body.len() < 3 * (1 << 20) + (1 << 19) {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            if (x >> 7) & 3 == 0 {
+                body.extend_from_slice(b"abcabcabc");
+            } else {
+                body.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        let mut infos = Vec::new();
+        for threads in [1, 2, 4] {
+            let mut w = LayerWriter::with_threads(
+                &store,
+                Compression::Gzip { level: 6 },
+                LayerOptions::default(),
+                threads,
+            )
+            .unwrap();
+            sample(&mut w);
+            w.append_file(
+                Path::new("big"),
+                &meta(0o644),
+                &mut &body[..],
+                body.len() as u64,
+            )
+            .unwrap();
+            infos.push(w.finish().unwrap());
+        }
+        assert_eq!(infos[0], infos[1]);
+        assert_eq!(infos[0], infos[2]);
+        let blob = store.read(&infos[0].digest).unwrap();
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(Digest::of(&tar), infos[0].diff_id);
+        if let Ok(out) = std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(store.path(&infos[0].digest))
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "gzip -t: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            println!("skipped: gzip(1) not installed for the cross-check");
         }
     }
 
