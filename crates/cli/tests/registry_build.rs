@@ -1,0 +1,236 @@
+//! End to end against the real Debian registry: a busybox base pulled from it, COPY, RUN
+//! (in the sandbox) with a build arg and a secret mount, deletions, and a push back to it; the
+//! pushed image is read with skopeo and flattened with umoci, and the secret is nowhere.
+
+use kiln_testkit::{push_busybox, require, Registry};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn have(tool: &str) -> bool {
+    kiln_testkit::which(tool).is_some()
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// Copies the pushed image to an OCI layout and unpacks it; returns the rootfs path.
+fn flatten(reg: &Registry, reference: &str, tmp: &Path) -> PathBuf {
+    let layout = tmp.join("pulled");
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/{reference}", reg.addr()))
+        .arg(format!("oci:{}:t", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle = tmp.join("bundle");
+    let out = Command::new("umoci")
+        .arg("unpack")
+        .args(if uid() == 0 {
+            vec![]
+        } else {
+            vec!["--rootless"]
+        })
+        .arg("--image")
+        .arg(format!("{}:t", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bundle.join("rootfs")
+}
+
+fn uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn decompress(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        if flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .is_ok()
+        {
+            return out;
+        }
+    }
+    bytes.to_vec()
+}
+
+const DOCKERFILE: &str = r#"FROM {addr}/library/busybox
+ARG GREETING=hi
+ENV APP=/app
+WORKDIR $APP
+COPY hello.txt .
+RUN echo "$GREETING from run" > /app/run.txt && mkdir -p /data && echo x > /data/x && rm /etc/group
+RUN --mount=type=secret,id=tok test "$(sha256sum < /run/secrets/tok | cut -d' ' -f1)" = "{secret_sha}" && cp /run/secrets/tok /tmp/seen && rm /tmp/seen
+RUN <<EOF
+echo heredoc > /app/heredoc.txt
+id -u >> /app/heredoc.txt
+EOF
+USER nobody
+CMD ["cat", "/app/run.txt"]
+"#;
+
+#[test]
+fn busybox_run_copy_secret_push() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    if !have("skopeo") || !have("umoci") {
+        kiln_testkit::report_skip(
+            "skopeo or umoci not installed (./scripts/test.sh installs them)",
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    let secret_value = "s3cr3t-token-value-9f8e7d";
+    write(&tmp.path().join("secrets"), "tok", secret_value);
+    write(&ctx, "hello.txt", "hello from the context\n");
+    let dockerfile = DOCKERFILE.replace("{addr}", reg.addr()).replace(
+        "{secret_sha}",
+        kiln_oci::Digest::of(secret_value.as_bytes()).hex(),
+    );
+    write(&ctx, "Dockerfile", &dockerfile);
+    let dest = "test/app:v1";
+    let out = kiln()
+        .arg("build")
+        .arg("-c")
+        .arg(&ctx)
+        .arg("-d")
+        .arg(format!("{}/{dest}", reg.addr()))
+        .args([
+            "--insecure",
+            "--insecure-pull",
+            "--build-arg",
+            "GREETING=hello",
+            "--log-format=text",
+        ])
+        .arg("--secret")
+        .arg(format!(
+            "id=tok,src={}",
+            tmp.path().join("secrets/tok").display()
+        ))
+        .arg("--kiln-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--digest-file")
+        .arg(tmp.path().join("digest"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "kiln build failed:\n{stderr}");
+    assert!(!stderr.contains(secret_value), "secret in the build output");
+
+    let digest = std::fs::read_to_string(tmp.path().join("digest")).unwrap();
+    let raw = kiln_testkit::image::skopeo_inspect_raw(&reg, dest).unwrap();
+    assert_eq!(
+        kiln_oci::Digest::of(&raw).to_string(),
+        digest,
+        "the digest file names the pushed manifest"
+    );
+
+    let rootfs = flatten(&reg, dest, tmp.path());
+    let read =
+        |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("app/run.txt"), "hello from run\n");
+    assert_eq!(read("app/hello.txt"), "hello from the context\n");
+    assert_eq!(read("app/heredoc.txt"), "heredoc\n0\n");
+    assert_eq!(read("data/x"), "x\n");
+    assert!(!rootfs.join("etc/group").exists(), "deleted file came back");
+    assert!(rootfs.join("etc/passwd").exists(), "base layer missing");
+    assert!(
+        !rootfs.join("run/secrets/tok").exists(),
+        "secret mount stub left in the image"
+    );
+
+    // The secret is in no blob of the pushed image (layers, config, manifest).
+    let blobs = tmp.path().join("pulled/blobs/sha256");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(
+            !contains(&decompress(&bytes), secret_value.as_bytes()),
+            "secret found in a blob"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} blobs checked");
+
+    let config = kiln_testkit::image::skopeo_inspect_config(&reg, dest).unwrap();
+    assert_eq!(config["config"]["User"], "nobody");
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["cat", "/app/run.txt"])
+    );
+    assert!(config["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "APP=/app"));
+    let history: Vec<String> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        history
+            .iter()
+            .any(|h| h.starts_with("RUN |1 GREETING=hello /bin/sh -c echo")),
+        "{history:#?}"
+    );
+}
+
+#[test]
+fn failing_run_exit_status_is_kilns() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox\nRUN echo before\nRUN exit 7\n",
+            reg.addr()
+        ),
+    );
+    let out = kiln()
+        .arg("build")
+        .arg("-c")
+        .arg(tmp.path())
+        .args(["--no-push", "--insecure-pull", "--log-format=text"])
+        .arg("--kiln-dir")
+        .arg(tmp.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("Dockerfile:3"),
+        "error names the line: {stderr}"
+    );
+    assert!(stderr.contains("before"), "RUN output streamed: {stderr}");
+}
