@@ -138,9 +138,25 @@ impl Ctx {
             registry: self.registry.clone(),
             repository: self.repository.clone(),
             attempts,
-            source: e.without_url(),
+            detail: error_chain(&e.without_url()),
         }
     }
+}
+
+/// An error and its causes joined with `: ` (reqwest's top-level message alone, "error
+/// sending request", does not say what went wrong).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// A request body that can be produced again for a retry.
@@ -213,12 +229,34 @@ pub fn redact(url: &Url) -> String {
     u.to_string()
 }
 
-fn origin(u: &Url) -> (String, String, Option<u16>) {
-    (
-        u.scheme().to_string(),
-        u.host_str().unwrap_or("").to_string(),
-        u.port_or_known_default(),
-    )
+/// `host[:port]` as in references (the port only when the URL names one).
+fn host_port(u: &Url) -> String {
+    let host = u.host_str().unwrap_or("");
+    match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+/// Where a redirect leads, or why it is refused: only http(s), no https → http downgrade
+/// (the next hop would see the request in clear text), no link-local (cloud metadata) host.
+pub(crate) fn redirect_target(
+    from: &Url,
+    location: &str,
+) -> Result<Url, (Option<Url>, &'static str)> {
+    let next = from
+        .join(location)
+        .map_err(|_| (None, "redirect Location is not a URL"))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err((Some(next), "not an http(s) URL"));
+    }
+    if from.scheme() == "https" && next.scheme() == "http" {
+        return Err((Some(next), "https to http downgrade"));
+    }
+    if is_link_local(&next) {
+        return Err((Some(next), "link-local address (cloud metadata)"));
+    }
+    Ok(next)
 }
 
 fn host_ip(u: &Url) -> Option<IpAddr> {
@@ -763,16 +801,15 @@ impl Client {
         req: &Req,
         authz: Option<&str>,
     ) -> Result<Response, SendError> {
-        let start = origin(&req.url);
         let mut url = req.url.clone();
         let mut method = req.method.clone();
         let mut body = req.body.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let same_origin = origin(&url) == start;
-            let host = url.host_str().unwrap_or("").to_string()
-                + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
-            // The registry's own TLS settings apply to its origin only.
-            let http = if same_origin {
+            // Credentials and the registry's TLS settings belong to the registry's host only:
+            // never to a storage host it redirects to, nor to an upload Location elsewhere.
+            let host = host_port(&url);
+            let is_registry = host == ctx.host;
+            let http = if is_registry {
                 self.http_for(&ctx.registry, ctx.dir)
             } else {
                 self.http_for(&host, ctx.dir)
@@ -781,7 +818,7 @@ impl Client {
             let mut rb = http
                 .request(method.clone(), url.clone())
                 .headers(req.headers.clone());
-            if same_origin {
+            if is_registry {
                 if let Some(a) = authz {
                     rb = rb.header(AUTHORIZATION, a);
                 }
@@ -803,30 +840,13 @@ impl Client {
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| SendError::Other(ctx.protocol("redirect without Location")))?;
-            let next = url
-                .join(loc)
-                .map_err(|_| SendError::Other(ctx.protocol("redirect Location is not a URL")))?;
-            if !matches!(next.scheme(), "http" | "https") {
-                return Err(SendError::Other(ctx.refused(
-                    "redirect to",
-                    &next,
-                    "not an http(s) URL",
-                )));
-            }
-            if url.scheme() == "https" && next.scheme() == "http" {
-                return Err(SendError::Other(ctx.refused(
-                    "redirect to",
-                    &next,
-                    "https to http downgrade",
-                )));
-            }
-            if is_link_local(&next) {
-                return Err(SendError::Other(ctx.refused(
-                    "redirect to",
-                    &next,
-                    "link-local address (cloud metadata)",
-                )));
-            }
+            let next = match redirect_target(&url, loc) {
+                Ok(n) => n,
+                Err((Some(n), reason)) => {
+                    return Err(SendError::Other(ctx.refused("redirect to", &n, reason)))
+                }
+                Err((None, reason)) => return Err(SendError::Other(ctx.protocol(reason))),
+            };
             tracing::debug!(from = %redact(&url), to = %redact(&next), "following redirect");
             if st == StatusCode::SEE_OTHER
                 || (matches!(st.as_u16(), 301 | 302) && method == Method::POST)
@@ -900,6 +920,29 @@ mod tests {
             HeaderValue::from_static("Sun, 06 Nov 1994 08:49:47 GMT"),
         );
         assert_eq!(retry_after(&h, t), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn redirect_rules() {
+        let from = Url::parse("https://reg.example/v2/a/blobs/sha256:x").unwrap();
+        let ok = redirect_target(&from, "https://s3.example/b?sig=1").unwrap();
+        assert_eq!(ok.host_str(), Some("s3.example"));
+        assert_eq!(
+            redirect_target(&from, "/other").unwrap().as_str(),
+            "https://reg.example/other"
+        );
+        for (bad, why) in [
+            ("http://s3.example/b", "downgrade"),
+            ("file:///etc/passwd", "http(s)"),
+            ("https://169.254.169.254/latest", "link-local"),
+            ("ftp://x/y", "http(s)"),
+        ] {
+            let (_, reason) = redirect_target(&from, bad).unwrap_err();
+            assert!(reason.contains(why), "{bad}: {reason}");
+        }
+        let plain = Url::parse("http://reg.local:5000/v2/").unwrap();
+        assert!(redirect_target(&plain, "http://other:9000/x").is_ok());
+        assert_eq!(host_port(&plain), "reg.local:5000");
     }
 
     #[test]

@@ -78,15 +78,15 @@ pub enum RegistryError {
         body: RegistryErrorBody,
         attempts: u32,
     },
-    #[error("{operation} {registry}/{repository}: {source} (after {attempts} attempt(s))")]
+    #[error("{operation} {registry}/{repository}: {detail} (after {attempts} attempt(s))")]
     Transport {
         operation: Operation,
         registry: String,
         repository: String,
         attempts: u32,
-        /// Always built with `reqwest::Error::without_url` (presigned URLs carry secrets).
-        #[source]
-        source: reqwest::Error,
+        /// The transport error and its causes, without the URL (presigned URLs carry
+        /// signatures in their query strings).
+        detail: String,
     },
     #[error("{operation} {registry}/{repository}: authentication failed (HTTP 401{body}); check the credentials for {registry}")]
     Unauthorized {

@@ -256,7 +256,7 @@ impl Client {
                     let st = resp.status().as_u16();
                     return Err(ctx.status_err(st, error_body(resp), attempts));
                 }
-                Err(RegistryError::Transport { source, .. }) => source.to_string(),
+                Err(RegistryError::Transport { detail, .. }) => detail,
                 Err(e) => return Err(e),
             };
             failures += 1;

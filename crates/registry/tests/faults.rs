@@ -231,6 +231,39 @@ fn extra_or_missing_byte_is_rejected_and_nothing_kept() {
 }
 
 #[test]
+fn mismatched_docker_content_digest_and_dropped_connections() {
+    let Some(s) = setup() else { return };
+    let (layer, _) = s.layer();
+    let wrong = Digest::of(b"something else").to_string();
+    s.proxy.add(
+        "GET",
+        &format!("/blobs/{layer}"),
+        1,
+        Fault::SetHeader("Docker-Content-Digest".into(), wrong.clone()),
+    );
+    let (_d, st) = store();
+    let err = s.fetch_layer(&client(), &st).unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+    assert!(!st.contains(&layer));
+    s.proxy.add(
+        "GET",
+        "/manifests/latest",
+        1,
+        Fault::SetHeader("Docker-Content-Digest".into(), wrong),
+    );
+    let err = client().pull_manifest(&s.base()).unwrap_err();
+    assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err}");
+
+    // A connection dropped before the answer is retried.
+    s.proxy
+        .add("GET", "/manifests/latest", 2, Fault::DropResponse);
+    let before = s.proxy.count("GET", "/manifests/latest");
+    let m = client().pull_manifest(&s.base()).unwrap();
+    assert_eq!(m.bytes, s.info.manifest);
+    assert_eq!(s.proxy.count("GET", "/manifests/latest") - before, 3);
+}
+
+#[test]
 fn redirect_to_another_host_carries_no_authorization() {
     let reg = require!(Registry::start_with(RegistryOptions {
         basic: Some(("bob".into(), "builder-pw".into())),

@@ -22,6 +22,8 @@ pub enum Fault {
     ErrorCode(u16, String),
     /// Forward, then send the headers and only the first N body bytes, and close.
     ResetAfter(usize),
+    /// Forward, then replace (or add) a response header.
+    SetHeader(String, String),
     /// Forward (the upstream processes the request), then close without answering.
     DropResponse,
     /// Forward, then send the body with one extra byte (and a matching Content-Length).
@@ -186,6 +188,15 @@ fn handle(st: &State, mut req: Request, stream: &mut TcpStream) -> Action {
     let head_only = req.method == "HEAD";
     match fault {
         Some(Fault::DropResponse) => Action::Close,
+        Some(Fault::SetHeader(name, value)) => {
+            resp.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+            resp.headers.push((name, value));
+            if !head_only {
+                resp.headers
+                    .retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+            }
+            Action::Respond(resp)
+        }
         Some(Fault::ResetAfter(n)) => {
             let mut headers = resp.headers.clone();
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
