@@ -176,6 +176,50 @@ impl ChangeSet {
     }
 }
 
+impl ChangeSet {
+    /// The change set of an overlayfs upper directory after a step ran on a merged mount
+    /// (`overlayfs(5)` with `redirect_dir` and `metacopy` off, kiln's mount options): a 0/0
+    /// character device is a whiteout, a directory with `trusted.overlay.opaque` or
+    /// `user.overlay.opaque` (`userxattr` mounts in a user namespace) set to `y` is an opaque
+    /// directory, everything else is an entry. Write it with [`write_layer`] from a [`Root`]
+    /// opened on the upper directory. Copied-up parent directories appear as entries, as they
+    /// do in BuildKit's overlay differ.
+    pub fn from_overlay_upper(upper: &Path) -> Result<ChangeSet, DiffError> {
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(upper)
+            .min_depth(1)
+            .follow_links(false)
+        {
+            let e = e.map_err(|e| DiffError::Walk {
+                path: upper.to_path_buf(),
+                source: e.into(),
+            })?;
+            let md = e.metadata().map_err(|err| DiffError::Walk {
+                path: e.path().to_path_buf(),
+                source: err.into(),
+            })?;
+            let rel = PathBuf::from(OsString::from_vec(rel_bytes(upper, e.path()).into_vec()));
+            let ft = md.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            if ft.is_char_device() && md.rdev() == 0 {
+                out.push(Change::Whiteout(rel));
+                continue;
+            }
+            out.push(Change::Entry(rel.clone()));
+            if ft.is_dir() {
+                let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|k| {
+                    let mut v = [0u8; 8];
+                    matches!(rustix::fs::lgetxattr(e.path(), *k, &mut v[..]), Ok(1) if v[0] == b'y')
+                });
+                if opaque {
+                    out.push(Change::Opaque(rel));
+                }
+            }
+        }
+        Ok(ChangeSet::new(out))
+    }
+}
+
 fn rel_bytes(root: &Path, p: &Path) -> Box<[u8]> {
     p.strip_prefix(root)
         .unwrap_or(p)

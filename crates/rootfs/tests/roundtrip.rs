@@ -422,3 +422,78 @@ fn ignore_list_is_not_snapshotted() {
     let cs = index.diff(&root).unwrap();
     assert_eq!(paths(&cs), ["etc/real"]);
 }
+
+#[test]
+fn overlay_upper_gives_the_same_tree_as_the_walk() {
+    use nix::mount::{mount, umount, MsFlags};
+    let c = Case::new(base);
+    let t = tempfile::tempdir().unwrap();
+    let (upper, work, merged) = (
+        t.path().join("upper"),
+        t.path().join("work"),
+        t.path().join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    let lower = t.path().join("lower");
+    copy_tree(&c.old, &lower);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    if let Err(e) = mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    ) {
+        println!("skipped: cannot mount overlayfs here ({e})");
+        return;
+    }
+    let m = merged.as_path();
+    fs::write(m.join("etc/new"), b"added").unwrap();
+    fs::write(m.join("etc/hosts"), b"changed").unwrap();
+    fs::remove_file(m.join("etc/passwd")).unwrap();
+    fs::remove_dir_all(m.join("var/cache/apt")).unwrap();
+    fs::create_dir(m.join("var/cache/apt")).unwrap();
+    fs::write(m.join("var/cache/apt/fresh"), b"f").unwrap();
+    fs::remove_dir_all(m.join("usr/lib/app")).unwrap();
+    let want = tree(m);
+    umount(&merged).unwrap();
+    let cs = ChangeSet::from_overlay_upper(&upper).unwrap();
+    let names = paths(&cs);
+    assert!(names.contains(&"etc/.wh.passwd".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"var/cache/apt/.wh..wh..opq".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"usr/lib/.wh.app".to_string()), "{names:?}");
+    // Write from the upper dir, apply on the old rootfs: equals the merged view.
+    let up = Root::open(&upper).unwrap();
+    let mut w = LayerWriter::new(
+        &c.store,
+        Compression::Gzip { level: 1 },
+        LayerOptions::default(),
+    )
+    .unwrap();
+    write_layer(&up, &cs, &mut w).unwrap();
+    let info = w.finish().unwrap();
+    let old = Root::open(&c.old).unwrap();
+    unpack_layer(
+        &old,
+        fs::File::open(c.store.path(&info.digest)).unwrap(),
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    let got = tree(&c.old);
+    let strip = |t: Tree| {
+        t.into_iter()
+            .map(|e| (e.0, e.1, e.2, e.3, e.4, e.5, e.6))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(got), strip(want));
+}
