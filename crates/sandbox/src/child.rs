@@ -38,6 +38,7 @@ pub(crate) enum Step {
     Exec,
     UnshareMountNs,
     Reaper,
+    Overlay,
 }
 
 impl Step {
@@ -163,7 +164,10 @@ pub(crate) enum ChildMode {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub mode: ChildMode,
+    /// The directory that becomes `/` (the rootfs, or the overlay's mount point).
     pub rootfs: CString,
+    /// For an overlay root: the options to try, in order (plain, then `userxattr`).
+    pub overlay: Option<[CString; 2]>,
     pub hostname: Option<CString>,
     pub lo_up: bool,
     pub ops: Vec<OpEntry>,
@@ -448,8 +452,25 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
             if let Err(e) = mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
                 fail(msg, Step::MakePrivate, 0, e);
             }
-            // pivot_root(2) needs the new root to be a mount point.
-            if let Err(e) = mount(
+            if let Some(options) = &plan.overlay {
+                // overlayfs(5) in a user namespace (Linux >= 5.11); `userxattr` is needed
+                // where trusted.* xattrs are not available to the namespace.
+                let mut last = 0;
+                let mut mounted = false;
+                for o in options {
+                    match mount(Some(c"overlay"), &plan.rootfs, Some(c"overlay"), 0, Some(o)) {
+                        Ok(()) => {
+                            mounted = true;
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                if !mounted {
+                    fail(msg, Step::Overlay, 0, last);
+                }
+            } else if let Err(e) = mount(
+                // pivot_root(2) needs the new root to be a mount point.
                 Some(&plan.rootfs),
                 &plan.rootfs,
                 None,

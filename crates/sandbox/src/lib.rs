@@ -205,6 +205,19 @@ pub struct RunSpec {
     pub isolation: Isolation,
     /// Host paths.
     pub host: HostPaths,
+    /// Userns mode only: run on an overlayfs (lower = `rootfs`, untouched) so the step's
+    /// change set is the upper directory (deletions are 0/0 character devices, opaque
+    /// directories carry the `trusted.overlay.opaque` or `user.overlay.opaque` xattr).
+    pub overlay: Option<OverlayDirs>,
+}
+
+/// Upper and work directories of an overlay root (same file system, `work` empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayDirs {
+    /// Receives every change the step makes.
+    pub upper: PathBuf,
+    /// overlayfs's scratch directory.
+    pub work: PathBuf,
 }
 
 impl RunSpec {
@@ -221,6 +234,7 @@ impl RunSpec {
             hostname: "kiln".into(),
             isolation: Isolation::Userns,
             host: HostPaths::default(),
+            overlay: None,
         }
     }
 }

@@ -212,6 +212,7 @@ fn host_c(p: &Path) -> Result<CString, SandboxError> {
 fn plan_mounts(
     spec: &RunSpec,
     root: &Root,
+    base: &Path,
     scratch: &Scratch,
     stubs: &mut Vec<Stub>,
     excluded: &mut Vec<String>,
@@ -222,11 +223,14 @@ fn plan_mounts(
         descs: Vec::new(),
     };
     let c = |s: &str| cstring("mount option", s);
+    // Targets are resolved (and stubs created) in the rootfs; the mounts go on the same
+    // paths under `base`, which is the rootfs itself or the overlay's mount point.
+    let at = |r: &crate::resolve::Resolved| base.join(r.in_root.trim_start_matches('/'));
 
     let proc_ = root.ensure("/proc", Kind::Dir, stubs)?;
     ops.push(
         Op::Proc {
-            target: host_c(&proc_.host_path)?,
+            target: host_c(&at(&proc_))?,
             fallback: host_c(&spec.host.proc)?,
         },
         false,
@@ -235,7 +239,7 @@ fn plan_mounts(
     excluded.push(proc_.in_root);
 
     let dev = root.ensure("/dev", Kind::Dir, stubs)?;
-    let d = &dev.host_path;
+    let d = &at(&dev);
     ops.push(
         Op::Mount {
             src: Some(c("tmpfs")?),
@@ -327,7 +331,7 @@ fn plan_mounts(
         let target = format!("/etc/{name}");
         match root.ensure(&target, Kind::File, stubs) {
             Ok(r) => {
-                let t = host_c(&r.host_path)?;
+                let t = host_c(&at(&r))?;
                 ops.push(
                     Op::Mount {
                         src: Some(host_c(&scratch.dir.join(name))?),
@@ -363,7 +367,7 @@ fn plan_mounts(
                 })?;
                 let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
                 let r = root.ensure(target, kind, stubs)?;
-                let t = host_c(&r.host_path)?;
+                let t = host_c(&at(&r))?;
                 ops.push(
                     Op::Mount {
                         src: Some(host_c(source)?),
@@ -393,7 +397,7 @@ fn plan_mounts(
                 ops.push(
                     Op::Mount {
                         src: Some(c("tmpfs")?),
-                        target: host_c(&r.host_path)?,
+                        target: host_c(&at(&r))?,
                         fstype: Some(c("tmpfs")?),
                         flags: libc::MS_NOSUID | libc::MS_NODEV,
                         data: Some(c(&data)?),
@@ -581,14 +585,33 @@ fn run_in(
     let ops = match spec.isolation {
         Isolation::Userns => {
             let scratch = scratch_slot.insert(Scratch::create(spec)?);
-            plan_mounts(spec, root, scratch, stubs, &mut excluded, warnings)?
+            let base = match &spec.overlay {
+                Some(_) => {
+                    let merged = scratch.dir.join("merged");
+                    std::fs::create_dir(&merged).map_err(|source| SandboxError::Scratch {
+                        path: merged.clone(),
+                        source,
+                    })?;
+                    merged
+                }
+                None => root.path.clone(),
+            };
+            plan_mounts(spec, root, &base, scratch, stubs, &mut excluded, warnings)?
         }
         Isolation::Chroot => {
             let scratch = scratch_slot.insert(Scratch::create(spec)?);
             let caps = crate::detect::effective_caps(&spec.host.proc).unwrap_or(0);
             if caps & (1 << crate::detect::CAP_SYS_ADMIN) != 0 {
                 // The child unshares a mount namespace and mounts as in userns mode.
-                plan_mounts(spec, root, scratch, stubs, &mut excluded, warnings)?
+                plan_mounts(
+                    spec,
+                    root,
+                    &root.path,
+                    scratch,
+                    stubs,
+                    &mut excluded,
+                    warnings,
+                )?
             } else {
                 plan_static(spec, root, scratch, caps, stubs, &mut excluded, warnings)?;
                 Ops {
@@ -615,9 +638,37 @@ fn run_in(
         acc.push_str(comp);
         prefixes.push(acc.clone());
     }
+    let (new_root, overlay) = match (&spec.overlay, scratch_slot.as_ref()) {
+        (Some(o), Some(scratch)) if spec.isolation == Isolation::Userns => {
+            // overlayfs(5) option values escape ',' and ':' would need escaping: refuse them.
+            let paths = [&root.path, &o.upper, &o.work];
+            if paths
+                .iter()
+                .any(|p| p.to_string_lossy().contains([',', ':', '\\']))
+            {
+                return Err(invalid("overlay paths must not contain ',', ':' or '\\'"));
+            }
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                root.path.display(),
+                o.upper.display(),
+                o.work.display()
+            );
+            (
+                scratch.dir.join("merged"),
+                Some([
+                    cstring("overlay", data.as_str())?,
+                    cstring("overlay", format!("{data},userxattr"))?,
+                ]),
+            )
+        }
+        (Some(_), _) => return Err(invalid("overlay needs userns isolation")),
+        (None, _) => (root.path.clone(), None),
+    };
     let mut plan = Plan {
         mode,
-        rootfs: host_c(&root.path)?,
+        rootfs: host_c(&new_root)?,
+        overlay,
         hostname: if spec.isolation == Isolation::Userns {
             Some(cstring("hostname", spec.hostname.as_str())?)
         } else {
