@@ -683,6 +683,14 @@ impl Client {
             }
         };
         let status = resp.status();
+        if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN) && cred.is_none()
+        {
+            return Err(RegistryError::NoCredentials {
+                operation: Operation::Token,
+                registry: ctx.registry.clone(),
+                repository: ctx.repository.clone(),
+            });
+        }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(RegistryError::Unauthorized {
                 operation: Operation::Token,
@@ -753,6 +761,13 @@ impl Client {
                         .find_map(parse_challenge);
                     if auth_refreshed || challenge.is_none() {
                         let insufficient = matches!(&challenge, Some(Challenge::Bearer { error: Some(e), .. }) if e == "insufficient_scope");
+                        if insufficient && self.credential(&ctx.registry)?.is_none() {
+                            return Err(RegistryError::NoCredentials {
+                                operation: ctx.op,
+                                registry: ctx.registry.clone(),
+                                repository: ctx.repository.clone(),
+                            });
+                        }
                         if insufficient {
                             return Err(RegistryError::InsufficientScope {
                                 operation: ctx.op,

@@ -102,7 +102,7 @@ pub enum RegistryError {
         repository: String,
         scope: String,
     },
-    #[error("{operation} {registry}/{repository}: registry requires authentication but no credentials are configured for {registry}")]
+    #[error("{operation} {registry}/{repository}: access denied without credentials (the repository may not exist, or {registry} needs credentials: none are configured)")]
     NoCredentials {
         operation: Operation,
         registry: String,

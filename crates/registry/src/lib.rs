@@ -25,5 +25,5 @@ pub use auth::{default_docker_config_path, Credential, CredentialSource, Secret}
 pub use client::{redact, Client};
 pub use config::{Direction, RegistryConfig, RegistryMap, RetryPolicy};
 pub use error::{Operation, RegistryError, RegistryErrorBody};
-pub use pull::PulledImage;
+pub use pull::{PulledImage, MAX_CONFIG_SIZE};
 pub use push::{BlobPush, PushReport};

@@ -10,6 +10,10 @@ use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode, Url};
 use std::io::{Read, Write};
 
+/// Largest image config kiln reads into memory (real configs are a few KiB; ones with long
+/// histories reach a few hundred).
+pub const MAX_CONFIG_SIZE: u64 = 32 * 1024 * 1024;
+
 /// An image pulled into a [`BlobStore`]: config and layers are in the store.
 #[derive(Debug, Clone)]
 pub struct PulledImage {
@@ -201,6 +205,15 @@ impl Client {
             source,
         };
         let config_digest = descriptor_digest(im.config()).map_err(manifest_err)?;
+        // The config is read into memory: refuse an absurd declared size before fetching it.
+        if im.config().size() > MAX_CONFIG_SIZE {
+            return Err(RegistryError::TooLarge {
+                what: "image config",
+                registry: src.registry().to_string(),
+                repository: src.repository().to_string(),
+                limit: MAX_CONFIG_SIZE,
+            });
+        }
         let mut blobs = vec![im.config().clone()];
         blobs.extend(im.layers().iter().cloned());
         for d in &blobs {

@@ -293,6 +293,11 @@ fn token_auth_pull_push_cache_and_insufficient_scope() {
     );
     assert!(err.to_string().contains("app/denied"), "{err}");
 
+    // No credentials at all: the token server refuses; the error says none are configured.
+    let anon = Client::new(config(), CredentialSource::default());
+    let err = anon.pull_manifest(&base).unwrap_err();
+    assert!(matches!(err, RegistryError::NoCredentials { .. }), "{err}");
+
     // Bad password at the token server: clear error, password not echoed.
     let bad = Client::new(config(), creds(reg.addr(), "user", "wrong-horse"));
     let err = bad.pull_manifest(&base).unwrap_err();
@@ -349,4 +354,37 @@ fn token_refreshed_once_on_401_mid_upload() {
     );
     let back = c.pull_manifest(&dest).unwrap();
     assert_eq!(back.bytes, info.manifest);
+}
+
+#[test]
+fn anonymous_token_pull_and_denied_anonymous_push() {
+    let Some((ts, reg, info)) = token_setup(TokenPolicy {
+        anonymous_pull: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let (_d, st) = store();
+    let anon = Client::new(config(), CredentialSource::default());
+    let before = ts.requests().len();
+    let p = anon
+        .pull_image(
+            &r(reg.addr(), "base/busybox:latest"),
+            &Platform::host(),
+            &st,
+        )
+        .unwrap();
+    assert_eq!(p.manifest.bytes, info.manifest);
+    assert!(ts.requests()[before..]
+        .iter()
+        .all(|q| q.header("authorization").is_none()));
+    let err = anon
+        .push_image(
+            &[r(reg.addr(), "app/anon:v1")],
+            &p.manifest.bytes,
+            &p.media_type,
+            &st,
+        )
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NoCredentials { .. }), "{err}");
 }
