@@ -537,3 +537,62 @@ fn mirrors_and_registry_map_fall_back_in_order() {
     assert_eq!(p.manifest.bytes, s.info.manifest);
     assert_eq!(p.source.repository(), "prefix/base/busybox");
 }
+
+#[test]
+fn mount_refused_or_unknown_falls_back_to_upload() {
+    let Some(s) = setup() else { return };
+    let (_d, st) = store();
+    let p = client()
+        .pull_image(&s.base(), &Platform::host(), &st)
+        .unwrap();
+    let origins = |repo: &str| -> std::collections::HashMap<Digest, Reference> {
+        let mut m: std::collections::HashMap<Digest, Reference> = p
+            .layers
+            .iter()
+            .map(|l| {
+                (
+                    l.digest().to_string().parse().unwrap(),
+                    r(s.proxy.addr(), repo),
+                )
+            })
+            .collect();
+        m.insert(p.config_digest.clone(), r(s.proxy.addr(), repo));
+        m
+    };
+    // 401 on the mount POST: upload normally.
+    s.proxy.add(
+        "POST",
+        "mount=",
+        10,
+        Fault::ErrorCode(401, "UNAUTHORIZED".into()),
+    );
+    let rep = client()
+        .push_image_with_sources(
+            &[r(s.proxy.addr(), "m/one:v1")],
+            &p.manifest.bytes,
+            &p.media_type,
+            &st,
+            &origins("base/busybox"),
+        )
+        .unwrap();
+    assert_eq!((rep.mounted, rep.uploaded), (0, 2), "{rep:?}");
+    assert!(s.proxy.count("POST", "mount=") >= 2);
+    s.proxy.clear();
+    // The source repository does not have the blobs: distribution answers 202 with a session.
+    let rep = client()
+        .push_image_with_sources(
+            &[r(s.proxy.addr(), "m/two:v1")],
+            &p.manifest.bytes,
+            &p.media_type,
+            &st,
+            &origins("no/such-repo"),
+        )
+        .unwrap();
+    assert_eq!((rep.mounted, rep.uploaded), (0, 2), "{rep:?}");
+    // The 202 session was used: no second POST per blob.
+    assert_eq!(s.proxy.count("POST", "/v2/m/two/blobs/uploads/"), 2);
+    assert_eq!(
+        skopeo_inspect_raw(&s.reg, "m/two:v1").unwrap(),
+        s.info.manifest
+    );
+}
