@@ -179,6 +179,8 @@ pub(crate) struct Plan {
     /// Whether to call setgroups/setresgid/setresuid (not when an unprivileged caller runs
     /// a chroot-less step as itself).
     pub change_ids: bool,
+    /// Limit the capability bounding set to docker's default set before exec.
+    pub drop_capabilities: bool,
     pub argv: Vec<CString>,
     pub argv_ptrs: Vec<*const c_char>,
     pub envp: Vec<CString>,
@@ -408,6 +410,36 @@ fn setup_fds(plan: &Plan, msg: c_int) -> c_int {
     3
 }
 
+/// Docker's default capability set for containers and RUN steps (moby
+/// `oci/caps/defaults.go`): CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID,
+/// SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
+pub(crate) const DOCKER_DEFAULT_CAPS: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 10)
+    | (1 << 13)
+    | (1 << 18)
+    | (1 << 27)
+    | (1 << 29)
+    | (1 << 31);
+
+/// Drops every capability outside [`DOCKER_DEFAULT_CAPS`] from the bounding set
+/// (capabilities(7): a root step then gets only those at execve). Best effort: caps the
+/// kernel does not know give EINVAL.
+fn drop_bounding_caps() {
+    for cap in 0..64u64 {
+        if DOCKER_DEFAULT_CAPS & (1 << cap) == 0 {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+}
+
 /// The child: never returns.
 ///
 /// # Safety
@@ -432,8 +464,18 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
         setgroups_allowed = b[0] == 1;
     }
     let msg = setup_fds(plan, msg_w);
-    // SAFETY: umask only changes this process's mask; modes below are explicit.
-    unsafe { libc::umask(0) };
+    // SAFETY: umask only changes this process's mask; modes below are explicit. prctl(2)
+    // PR_SET_PDEATHSIG: if the builder dies, the step dies with it instead of running on.
+    unsafe {
+        libc::umask(0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
 
     match plan.mode {
         ChildMode::Userns => {
@@ -546,6 +588,10 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
             fail(msg, Step::ChdirCwd, 0, errno());
         }
         libc::umask(0o022);
+    }
+
+    if plan.drop_capabilities {
+        drop_bounding_caps();
     }
 
     // Raw syscalls, not the libc wrappers: glibc's setgroups/setresuid/setresgid apply the

@@ -209,6 +209,9 @@ pub struct RunSpec {
     /// change set is the upper directory (deletions are 0/0 character devices, opaque
     /// directories carry the `trusted.overlay.opaque` or `user.overlay.opaque` xattr).
     pub overlay: Option<OverlayDirs>,
+    /// Keep every capability (BuildKit's `RUN --security=insecure`). By default a step
+    /// running as root gets docker's default capability set only (no CAP_SYS_ADMIN...).
+    pub keep_all_capabilities: bool,
 }
 
 /// Upper and work directories of an overlay root (same file system, `work` empty).
@@ -235,6 +238,7 @@ impl RunSpec {
             isolation: Isolation::Userns,
             host: HostPaths::default(),
             overlay: None,
+            keep_all_capabilities: false,
         }
     }
 }

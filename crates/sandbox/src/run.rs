@@ -689,6 +689,7 @@ fn run_in(
             || spec.user.uid != nix::unistd::Uid::effective().as_raw()
             || spec.user.gid != nix::unistd::Gid::effective().as_raw()
             || !spec.user.additional_gids.is_empty(),
+        drop_capabilities: !spec.keep_all_capabilities,
         argv: spec
             .argv
             .iter()
