@@ -129,6 +129,17 @@ impl Root {
         kind: Kind,
         stubs: &mut Vec<Stub>,
     ) -> Result<Resolved, SandboxError> {
+        self.ensure_depth(path, path, kind, stubs, 0)
+    }
+
+    fn ensure_depth(
+        &self,
+        original: &str,
+        path: &str,
+        kind: Kind,
+        stubs: &mut Vec<Stub>,
+        depth: u32,
+    ) -> Result<Resolved, SandboxError> {
         let comps: Vec<&str> = path
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
@@ -149,6 +160,23 @@ impl Root {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) if comps[i] != ".." => {
                     let name = comps[i];
+                    // A dangling symlink (e.g. /etc/resolv.conf -> ../run/systemd/resolve/
+                    // stub-resolv.conf): create its target inside the root, as runc does for
+                    // mount destinations; path_resolution(7) allows 40 links.
+                    if let Ok(target) = nix::fcntl::readlinkat(&current, name) {
+                        if depth >= 40 {
+                            return Err(self.resolve_err(original, Errno::ELOOP));
+                        }
+                        let target = target.to_string_lossy().into_owned();
+                        let base = if target.starts_with('/') {
+                            String::new()
+                        } else {
+                            self.where_is(&current, original)?.in_root
+                        };
+                        let rest = comps[i + 1..].join("/");
+                        let next = format!("{base}/{target}/{rest}");
+                        return self.ensure_depth(original, &next, kind, stubs, depth + 1);
+                    }
                     let want_dir = !last || kind == Kind::Dir;
                     let before = fstat(&current).map_err(|e| self.resolve_err(path, e))?;
                     if want_dir {

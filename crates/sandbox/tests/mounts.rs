@@ -207,3 +207,72 @@ fn network_none_has_only_loopback() {
         assert_eq!(out.trim(), host_ifaces.to_string(), "[{who}]");
     });
 }
+
+#[test]
+fn dangling_symlink_target_is_created_inside_the_root() {
+    // Ubuntu-style /etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf, target absent.
+    need_busybox!();
+    as_root_and_unprivileged(
+        "dangling_symlink_target_is_created_inside_the_root",
+        |who| {
+            let r = busybox_rootfs();
+            std::os::unix::fs::symlink(
+                "../run/systemd/resolve/stub-resolv.conf",
+                r.path().join("etc/resolv.conf"),
+            )
+            .expect("symlink");
+            std::os::unix::fs::symlink("/../../outside-x", r.path().join("etc/hostname"))
+                .expect("symlink");
+            let (res, out, err) = run_capture(&sh(
+                r.path(),
+                "test -f /etc/resolv.conf && echo resolv; cat /etc/hostname",
+            ));
+            let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+            assert_eq!(o.status, ExitStatus::Code(0), "[{who}] {err}");
+            assert_eq!(out, "resolv\nkiln\n", "[{who}] {:?}", o.warnings);
+            assert!(o
+                .excluded_paths
+                .contains(&"/run/systemd/resolve/stub-resolv.conf".to_string()));
+            assert!(
+                o.excluded_paths.contains(&"/outside-x".to_string()),
+                "{:?}",
+                o.excluded_paths
+            );
+            // The symlinks stay, their created targets are gone again.
+            assert!(std::fs::symlink_metadata(r.path().join("etc/resolv.conf"))
+                .expect("link")
+                .file_type()
+                .is_symlink());
+            assert!(
+                !r.path().join("run").exists() && !r.path().join("outside-x").exists(),
+                "[{who}]"
+            );
+            assert!(!std::path::Path::new("/outside-x").exists());
+        },
+    );
+}
+
+#[test]
+fn hostile_passwd_fifo_does_not_hang_home_lookup() {
+    // HOSTILE-INPUTS 29: HOME comes from /etc/passwd; a FIFO there must not block.
+    need_busybox!();
+    as_root_and_unprivileged("hostile_passwd_fifo_does_not_hang_home_lookup", |who| {
+        let r = busybox_rootfs();
+        std::fs::remove_file(r.path().join("etc/passwd")).expect("rm");
+        nix::unistd::mkfifo(
+            &r.path().join("etc/passwd"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .expect("mkfifo");
+        let (res, out, err) = run_capture(&sh(r.path(), "echo \"$HOME\""));
+        let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+        assert_eq!(out, "/\n", "[{who}]");
+        assert!(
+            o.warnings.iter().any(|w| w.contains("fifo")),
+            "[{who}] {:?}",
+            o.warnings
+        );
+        let e = kiln_sandbox::resolve_user(r.path(), "app").expect_err("fifo passwd");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    });
+}
