@@ -435,6 +435,7 @@ fn plan_static(
     }
     warnings.push("chroot isolation without CAP_SYS_ADMIN: no /proc in the step".into());
     let dev = root.ensure("/dev", Kind::Dir, stubs)?;
+    excluded.push(dev.in_root.clone());
     if caps & (1 << crate::detect::CAP_MKNOD) != 0 {
         use std::os::unix::fs::MetadataExt;
         for (name, _) in DEV_NODES {

@@ -100,3 +100,63 @@ fn container_mode_runs_on_slash_and_reaps_daemons() {
         );
     });
 }
+
+#[test]
+fn chroot_mode_without_cap_sys_admin_creates_and_removes_static_files() {
+    // A pod: root with CAP_SYS_CHROOT and CAP_MKNOD but no CAP_SYS_ADMIN. The capability set
+    // is read from HostPaths.proc, redirected here to a fake status file.
+    if !busybox_available() {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: chroot isolation needs root");
+        return;
+    }
+    let fake = tempfile::tempdir().expect("fake proc");
+    std::fs::create_dir(fake.path().join("self")).expect("mkdir");
+    let caps: u64 = 0x1ff_ffff_ffff & !(1 << 21);
+    std::fs::write(
+        fake.path().join("self/status"),
+        format!("CapEff:\t{caps:016x}\n"),
+    )
+    .expect("status");
+    std::os::unix::fs::symlink("/proc/thread-self", fake.path().join("thread-self"))
+        .expect("symlink");
+    let r = busybox_rootfs();
+    let mut spec = sh(
+        r.path(),
+        "test -c /dev/null && echo x > /dev/null && echo devnull; cat /etc/hostname; \
+         test -e /proc/self || echo no-proc",
+    );
+    spec.isolation = Isolation::Chroot;
+    spec.hostname = "podhost".into();
+    spec.host.proc = fake.path().into();
+    let (res, out, err) = run_capture(&spec);
+    let o = res.unwrap_or_else(|e| panic!("{e} {err}"));
+    assert_eq!(o.status, ExitStatus::Code(0), "{err}");
+    assert_eq!(out, "devnull\npodhost\nno-proc\n", "{err}");
+    assert!(
+        o.warnings.iter().any(|w| w.contains("no /proc")),
+        "{:?}",
+        o.warnings
+    );
+    for gone in ["dev", "etc/hosts", "etc/hostname", "etc/resolv.conf"] {
+        assert!(
+            std::fs::symlink_metadata(r.path().join(gone)).is_err(),
+            "static file {gone} left"
+        );
+    }
+    assert!(
+        o.excluded_paths.contains(&"/dev/null".to_string()),
+        "{:?}",
+        o.excluded_paths
+    );
+    // Mounts cannot work there: a clear error before anything runs.
+    spec.mounts = vec![Mount::Tmpfs {
+        target: "/t".into(),
+        size: None,
+    }];
+    let e = run_capture(&spec).0.expect_err("mounts need CAP_SYS_ADMIN");
+    assert!(e.to_string().contains("CAP_SYS_ADMIN"), "{e}");
+    assert!(!r.path().join("dev").exists());
+}
