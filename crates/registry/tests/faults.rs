@@ -374,6 +374,25 @@ fn hostile_realms_locations_and_huge_manifests_are_refused() {
         assert!(matches!(err, RegistryError::Refused { .. }), "{bad}: {err}");
     }
 
+    // A 5 MiB token response is refused without being buffered whole.
+    let tok = RecordingServer::start(vec![(
+        "/token".into(),
+        Response::new(200, vec![b' '; 5 * 1024 * 1024]),
+    )])
+    .unwrap();
+    let srv = realm(&format!("http://{}/token", tok.addr()));
+    let err = client().pull_manifest(&r(srv.addr(), "a/b:c")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::TooLarge {
+                what: "token response",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
     // An upload Location on another host with a private address.
     let srv = RecordingServer::start(vec![
         ("/v2/".into(), Response::new(200, "{}")),
