@@ -116,6 +116,8 @@ pub struct Root {
     ownership: Ownership,
     ignore: Vec<Vec<Vec<u8>>>,
     max_depth: usize,
+    /// Euid 0 (on the host or in a user namespace): permission checks do not apply to us.
+    privileged: bool,
 }
 
 /// Result of a walk: the directory fd reached, its real names inside the root, and the last
@@ -177,7 +179,8 @@ impl Root {
             path: path.clone(),
             source,
         })?;
-        let ownership = if nix::unistd::geteuid().is_root() {
+        let privileged = nix::unistd::geteuid().is_root();
+        let ownership = if privileged {
             Ownership::Preserve
         } else {
             Ownership::Skip
@@ -188,6 +191,7 @@ impl Root {
             ownership,
             ignore: Vec::new(),
             max_depth: 1024,
+            privileged,
         })
     }
 
@@ -219,9 +223,19 @@ impl Root {
         self
     }
 
+    /// The root directory's `O_PATH` fd.
+    pub(crate) fn dir_fd(&self) -> &OwnedFd {
+        &self.dir
+    }
+
     /// The host path of the root.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// True when permission checks do not bind kiln (euid 0, possibly in a user namespace).
+    pub fn privileged(&self) -> bool {
+        self.privileged
     }
 
     /// The ownership policy.
@@ -747,6 +761,24 @@ impl Root {
         }
     }
 
+    /// Sets only the permission bits of `rel` (a symlink is left alone: Linux has no lchmod).
+    pub fn set_mode(&self, rel: impl AsRef<Path>, mode: u32) -> Result<(), RootError> {
+        let rel = rel.as_ref().as_os_str().as_bytes();
+        let p = self.parent(rel, None)?;
+        let st = fstatat(&p.fd, p.name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(Self::io("lstat", rel))?;
+        if Kind::of_mode(st.st_mode) == Kind::Symlink {
+            return Ok(());
+        }
+        nix::sys::stat::fchmodat(
+            &p.fd,
+            p.name.as_slice(),
+            Mode::from_bits_truncate(mode & 0o7777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(Self::io("chmod", rel))
+    }
+
     /// Sets only the mtime of `rel` (not following a last symlink).
     pub fn set_mtime(&self, rel: impl AsRef<Path>, mtime: (i64, u32)) -> Result<(), RootError> {
         let rel = rel.as_ref().as_os_str().as_bytes();
@@ -800,6 +832,7 @@ impl Root {
         if self.is_ignored(&logical) {
             return Ok(());
         }
+        self.make_removable(parent, name);
         let mut cur = openat(parent, name, rd, Mode::empty()).map_err(Self::io("open", rel))?;
         let pending = self.clear_files(&cur, &logical, rel)?;
         let mut stack = vec![Frame {
@@ -817,6 +850,7 @@ impl Root {
                     kept = true;
                     continue;
                 }
+                self.make_removable(&cur, &sub);
                 let next = openat(&cur, sub.as_slice(), rd, Mode::empty())
                     .map_err(Self::io("open", rel))?;
                 cur = next;
@@ -844,6 +878,25 @@ impl Root {
             }
         }
         Ok(())
+    }
+
+    /// Without privilege, a directory we own but may not read or write (mode 0555, 0000: as
+    /// layers ship `/proc` or `/var/empty`) cannot be emptied: give the owner rwx first. Root
+    /// (or root in a user namespace) needs no such help (CAP_DAC_OVERRIDE).
+    fn make_removable(&self, parent: &OwnedFd, name: &[u8]) {
+        if self.privileged {
+            return;
+        }
+        if let Ok(st) = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            if Kind::of_mode(st.st_mode) == Kind::Dir && st.st_mode & 0o700 != 0o700 {
+                let _ = nix::sys::stat::fchmodat(
+                    parent,
+                    name,
+                    Mode::from_bits_truncate((st.st_mode | 0o700) & 0o7777),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                );
+            }
+        }
     }
 
     /// Unlinks every non-directory in `dir`; returns the names of its subdirectories.

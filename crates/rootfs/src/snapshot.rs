@@ -141,7 +141,7 @@ impl ChangeSet {
             })?;
             if rel.as_os_str().is_empty() {
                 // The root itself: everything.
-                for (path, _) in walk(root, &[], false)? {
+                for (path, _) in walk(root, &[], false, false)? {
                     out.insert(path);
                 }
                 continue;
@@ -255,10 +255,14 @@ fn hash_file(root: &Root, rel: &[u8], buf: &mut [u8]) -> Result<[u8; 32], DiffEr
         path: p.display().to_string(),
         source,
     })?;
+    hash_reader(&mut f, buf, rel)
+}
+
+fn hash_reader(f: &mut std::fs::File, buf: &mut [u8], rel: &[u8]) -> Result<[u8; 32], DiffError> {
     let mut sha = sha2::Sha256::new();
     loop {
         let n = f.read(buf).map_err(|source| DiffError::Hash {
-            path: p.display().to_string(),
+            path: String::from_utf8_lossy(rel).into_owned(),
             source,
         })?;
         if n == 0 {
@@ -269,57 +273,189 @@ fn hash_file(root: &Root, rel: &[u8], buf: &mut [u8]) -> Result<[u8; 32], DiffEr
     Ok(sha.finalize().into())
 }
 
-/// Walks the rootfs (not following symlinks, skipping ignored paths) into unsorted nodes.
-fn walk(root: &Root, ignore: &[Vec<u8>], with_xattrs: bool) -> Result<Vec<(Key, Node)>, DiffError> {
-    let base = root.path().to_path_buf();
-    let mut out = Vec::new();
-    let it = walkdir::WalkDir::new(&base)
-        .min_depth(1)
-        .follow_links(false)
-        .into_iter()
-        .filter_entry(|e| !ignored(ignore, &rel_bytes(&base, e.path())));
-    for e in it {
-        let e = e.map_err(|e| DiffError::Walk {
-            path: e.path().map_or_else(|| base.clone(), Path::to_path_buf),
-            source: e.into(),
-        })?;
-        let rel = rel_bytes(&base, e.path());
-        let md = e.metadata().map_err(|err| DiffError::Walk {
-            path: e.path().to_path_buf(),
-            source: err.into(),
-        })?;
-        let link = if md.file_type().is_symlink() {
-            let t = std::fs::read_link(e.path()).map_err(|source| DiffError::Walk {
-                path: e.path().to_path_buf(),
-                source,
-            })?;
-            Some(t.into_os_string().into_vec().into_boxed_slice())
+/// Walks the rootfs (not following symlinks, skipping ignored paths) into unsorted nodes, on
+/// several threads sharing a queue of directories. Each entry costs one `fstatat(2)` relative
+/// to its directory's fd (plus `readlinkat` for symlinks, `llistxattr` when asked); with `hash`,
+/// regular files are also hashed (`full`-mode scans).
+fn walk(
+    root: &Root,
+    ignore: &[Vec<u8>],
+    with_xattrs: bool,
+    hash: bool,
+) -> Result<Vec<(Key, Node)>, DiffError> {
+    use std::sync::{Condvar, Mutex};
+    struct Queue {
+        dirs: Vec<Vec<u8>>,
+        busy: usize,
+        failed: bool,
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let queue = Mutex::new(Queue {
+        dirs: vec![Vec::new()],
+        busy: 0,
+        failed: false,
+    });
+    let cv = Condvar::new();
+    let worker = || -> Result<Vec<(Key, Node)>, DiffError> {
+        let mut out = Vec::new();
+        let mut buf = if hash {
+            vec![0u8; 256 * 1024]
+        } else {
+            Vec::new()
+        };
+        loop {
+            let dir = {
+                let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if q.failed {
+                        return Ok(out);
+                    }
+                    if let Some(d) = q.dirs.pop() {
+                        q.busy += 1;
+                        break d;
+                    }
+                    if q.busy == 0 {
+                        cv.notify_all();
+                        return Ok(out);
+                    }
+                    q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let res = walk_dir(
+                root,
+                &dir,
+                ignore,
+                with_xattrs,
+                hash.then_some(&mut buf[..]),
+                &mut out,
+            );
+            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.busy -= 1;
+            match res {
+                Ok(subdirs) => q.dirs.extend(subdirs),
+                Err(e) => {
+                    q.failed = true;
+                    cv.notify_all();
+                    return Err(e);
+                }
+            }
+            cv.notify_all();
+        }
+    };
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+/// Reads one directory of the walk; returns its subdirectories.
+fn walk_dir(
+    root: &Root,
+    dir: &[u8],
+    ignore: &[Vec<u8>],
+    with_xattrs: bool,
+    mut hash_buf: Option<&mut [u8]>,
+    out: &mut Vec<(Key, Node)>,
+) -> Result<Vec<Vec<u8>>, DiffError> {
+    use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    let host = root.path().join(OsStr::from_bytes(dir));
+    let err = |source: nix::Error| DiffError::Walk {
+        path: host.clone(),
+        source: source.into(),
+    };
+    let fd = openat(
+        root.dir_fd(),
+        if dir.is_empty() { &b"."[..] } else { dir },
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
+    let dup = fd.try_clone().map_err(|source| DiffError::Walk {
+        path: host.clone(),
+        source,
+    })?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(err)?;
+    let mut subdirs = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(err)?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let mut rel = Vec::with_capacity(dir.len() + name.len() + 1);
+        if !dir.is_empty() {
+            rel.extend_from_slice(dir);
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name);
+        if ignored(ignore, &rel) {
+            continue;
+        }
+        let st = match fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Removed while walking (a RUN's leftovers are gone by now; be lenient).
+            Err(nix::Error::ENOENT) => continue,
+            Err(e) => return Err(err(e)),
+        };
+        let kind = Kind::of_mode(st.st_mode);
+        let link = if kind == Kind::Symlink {
+            Some(
+                readlinkat(&fd, name)
+                    .map_err(err)?
+                    .into_vec()
+                    .into_boxed_slice(),
+            )
         } else {
             None
         };
         let xattrs = if with_xattrs {
-            read_xattrs(e.path())?
+            read_xattrs(&root.path().join(OsStr::from_bytes(&rel)))?
         } else {
             None
         };
+        let hash = match (&mut hash_buf, kind) {
+            (Some(buf), Kind::File) => {
+                let f = openat(
+                    &fd,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(err)?;
+                Some(hash_reader(&mut std::fs::File::from(f), buf, &rel)?)
+            }
+            _ => None,
+        };
+        if kind == Kind::Dir {
+            subdirs.push(rel.clone());
+        }
         out.push((
-            rel,
+            rel.into_boxed_slice(),
             Node {
-                mode: md.mode(),
-                uid: md.uid(),
-                gid: md.gid(),
-                size: md.size(),
-                ino: md.ino(),
-                rdev: md.rdev(),
-                mtime: (md.mtime(), md.mtime_nsec()),
-                ctime: (md.ctime(), md.ctime_nsec()),
+                mode: st.st_mode,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                size: st.st_size as u64,
+                ino: st.st_ino,
+                rdev: st.st_rdev,
+                mtime: (st.st_mtime, st.st_mtime_nsec),
+                ctime: (st.st_ctime, st.st_ctime_nsec),
                 link,
                 xattrs,
-                hash: None,
+                hash,
             },
         ));
     }
-    Ok(out)
+    Ok(subdirs)
 }
 
 fn ancestors(p: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -345,15 +481,7 @@ impl Index {
             })
             .filter(|b| !b.is_empty())
             .collect();
-        let mut nodes = walk(root, &ignore, true)?;
-        let mut buf = vec![0u8; 256 * 1024];
-        if mode == SnapshotMode::Full {
-            for (rel, n) in &mut nodes {
-                if n.kind() == Kind::File {
-                    n.hash = Some(hash_file(root, rel, &mut buf)?);
-                }
-            }
-        }
+        let nodes = walk(root, &ignore, true, mode == SnapshotMode::Full)?;
         Ok(Index {
             entries: nodes.into_iter().collect(),
             ignore,
@@ -379,8 +507,9 @@ impl Index {
     /// Walks the rootfs, returns what changed since the index was taken (or last diffed) and
     /// updates the index to the current state.
     pub fn diff(&mut self, root: &Root) -> Result<ChangeSet, DiffError> {
-        let mut new: BTreeMap<Box<[u8]>, Node> =
-            walk(root, &self.ignore, false)?.into_iter().collect();
+        let mut new: BTreeMap<Box<[u8]>, Node> = walk(root, &self.ignore, false, false)?
+            .into_iter()
+            .collect();
         let mut changes = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut opaque: HashSet<Box<[u8]>> = HashSet::new();

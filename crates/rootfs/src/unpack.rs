@@ -161,6 +161,9 @@ fn parse_time(v: &[u8]) -> Option<(i64, u32)> {
     Some((secs, ns))
 }
 
+/// A directory whose mtime (and, unprivileged, mode) is set after all entries.
+type DirFixup = (Vec<u8>, (i64, u32), Option<u32>);
+
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const WH: &[u8] = b".wh.";
 
@@ -201,7 +204,7 @@ pub fn unpack_layer(
     };
     // Paths created by this layer (and their ancestors): an opaque whiteout keeps them.
     let mut created: HashSet<Vec<u8>> = HashSet::new();
-    let mut dir_times: Vec<(Vec<u8>, (i64, u32))> = Vec::new();
+    let mut dir_times: Vec<DirFixup> = Vec::new();
     {
         let entries = archive.entries().map_err(UnpackError::Read)?;
         for (index, entry) in entries.enumerate() {
@@ -223,7 +226,12 @@ pub fn unpack_layer(
         }
     }
     // Directory mtimes last: creating children changed them (as Docker and containerd do).
-    for (path, t) in dir_times.iter().rev() {
+    for (path, t, mode) in dir_times.iter().rev() {
+        if let Some(mode) = mode {
+            if let Err(e) = root.set_mode(p(path), *mode) {
+                tracing::warn!(path = %show(path), error = %e, "directory mode not restored");
+            }
+        }
         if let Err(e) = root.set_mtime(p(path), *t) {
             tracing::debug!(path = %show(path), error = %e, "directory mtime not restored");
         }
@@ -271,7 +279,7 @@ fn apply_entry<R: Read>(
     opts: &UnpackOptions,
     stats: &mut UnpackStats,
     created: &mut HashSet<Vec<u8>>,
-    dir_times: &mut Vec<(Vec<u8>, (i64, u32))>,
+    dir_times: &mut Vec<DirFixup>,
 ) -> Result<(), UnpackError> {
     // PAX records first: `path`/`linkpath` win over GNU long names (GNU tar, Go archive/tar).
     let mut pax_path = None;
@@ -427,12 +435,16 @@ fn apply_entry<R: Read>(
 
     let result: Result<Vec<u8>, RootError> = match etype {
         t if t.is_dir() => {
+            // Unprivileged, a directory without owner rwx would refuse the entries that follow
+            // it: keep u+rwx until the end, then set the real mode with the mtime.
+            let restrict = !root.privileged() && mode & 0o700 != 0o700;
             let m = Meta {
                 mtime: None,
+                mode: if restrict { mode | 0o700 } else { mode },
                 ..meta.clone()
             };
             root.mkdir(p(&name), &m).inspect(|l| {
-                dir_times.push((l.clone(), mtime));
+                dir_times.push((l.clone(), mtime, restrict.then_some(mode)));
             })
         }
         t if t.is_file() || t.is_contiguous() || t.is_gnu_sparse() => {

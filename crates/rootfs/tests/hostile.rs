@@ -351,7 +351,7 @@ fn item18_opaque_whiteout_under_symlink_to_outside_is_contained() {
 fn item19_devices_follow_policy_and_fifos_are_created() {
     let sb = Sandbox::new();
     let tar = RawTar::new()
-        .raw(b"dev/null", b'3', 0o666, 0, b"", b"")
+        .chr("dev/null", 1, 3)
         .raw(b"run/fifo", b'6', 0o600, 0, b"", b"")
         .finish();
     let mut o = UnpackOptions {
@@ -373,7 +373,10 @@ fn item19_devices_follow_policy_and_fifos_are_created() {
     o.devices = DevicePolicy::CreateOrSkip;
     let st = apply_opts(&sb.root(), &tar, &o).unwrap();
     match fs::symlink_metadata(sb.rootfs.join("dev/null")) {
-        Ok(m) => assert!(m.file_type().is_char_device()),
+        Ok(m) => {
+            assert!(m.file_type().is_char_device());
+            assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
+        }
         Err(_) => {
             assert_eq!(st.skipped_devices, 1);
             println!("skipped: mknod not permitted here; device skipped with a warning");

@@ -58,6 +58,19 @@ impl RawTar {
         self
     }
 
+    /// A character device `major:minor`.
+    pub fn chr(&mut self, name: &str, major: u64, minor: u64) -> &mut Self {
+        self.raw(name.as_bytes(), b'3', 0o666, 0, b"", b"");
+        let at = self.buf.len() - 512;
+        let h = &mut self.buf[at..at + 512];
+        octal(&mut h[329..337], major);
+        octal(&mut h[337..345], minor);
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..154].copy_from_slice(format!("{sum:06o}").as_bytes());
+        h[154] = 0;
+        self
+    }
     pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
         self.file_mode(name, data, 0o644)
     }
