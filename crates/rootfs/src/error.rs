@@ -70,6 +70,8 @@ pub enum UnpackError {
     },
     #[error("layer has more than {limit} entries (at {entry:?})")]
     TooManyEntries { entry: String, limit: u64 },
+    #[error("layer has a {size}-byte PAX or GNU long-name header; the limit is {limit} bytes")]
+    MetadataTooLarge { size: u64, limit: u64 },
     #[error("layer exceeds the limit of {limit} uncompressed bytes")]
     TooLarge { limit: u64 },
     #[error("layer entry {entry:?}: extended attribute {name:?} is not allowed in a layer")]

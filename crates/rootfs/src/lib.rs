@@ -17,4 +17,6 @@ mod xattr;
 pub use error::{DiffError, RootError, UnpackError};
 pub use root::{IdMap, Kind, Meta, Ownership, Root, MAX_SYMLINK_HOPS};
 pub use snapshot::{write_layer, Change, ChangeSet, Index, SnapshotMode, WriteStats};
-pub use unpack::{decompress, unpack_layer, DevicePolicy, UnpackOptions, UnpackStats};
+pub use unpack::{
+    decompress, unpack_layer, DevicePolicy, UnpackOptions, UnpackStats, DEFAULT_MAX_METADATA,
+};

@@ -42,6 +42,8 @@ pub struct UnpackOptions {
     pub max_total_size: u64,
     /// Deepest path (components).
     pub max_depth: usize,
+    /// Largest PAX extended header or GNU long name/link (read into memory).
+    pub max_metadata_size: u64,
     /// Device node policy.
     pub devices: DevicePolicy,
     /// When set, the sha256 of the uncompressed stream must equal this (the config's diffID).
@@ -55,6 +57,7 @@ impl Default for UnpackOptions {
             max_entry_size: 64 << 30,
             max_total_size: 256 << 30,
             max_depth: 512,
+            max_metadata_size: DEFAULT_MAX_METADATA,
             devices: DevicePolicy::default(),
             expected_diff_id: None,
         }
@@ -98,6 +101,188 @@ impl<R: Read> Read for Meter<R> {
             return Err(io::Error::other("layer size limit exceeded"));
         }
         self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Largest PAX or GNU long-name header accepted by default (Go `archive/tar` uses the same).
+pub const DEFAULT_MAX_METADATA: u64 = 1 << 20;
+
+/// Follows the tar framing of the stream (ustar sizes, PAX `size` overrides, old-GNU sparse
+/// extension blocks, exactly as tar-rs frames it) to refuse an oversized extension header
+/// (`x`, `g`, `L`, `K`) *before* tar-rs reads it whole into memory.
+struct Guard<R> {
+    inner: R,
+    limit: u64,
+    state: GuardState,
+    pending_size: Option<u64>,
+    too_big: Rc<Cell<Option<u64>>>,
+}
+
+enum GuardState {
+    Header(Box<[u8; 512]>, usize),
+    /// Extension blocks of an old-GNU sparse header, then `data` bytes.
+    SparseExt(Box<[u8; 512]>, usize, u64),
+    Data {
+        left: u64,
+        pax: Option<Vec<u8>>,
+        len: u64,
+    },
+    Done,
+}
+
+fn round512(n: u64) -> u64 {
+    n.div_ceil(512).saturating_mul(512)
+}
+
+fn tar_number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        // GNU base-256.
+        let mut v: u64 = u64::from(field[0] & 0x7f);
+        for &b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        return Some(v);
+    }
+    let s: Vec<u8> = field
+        .iter()
+        .copied()
+        .filter(|b| *b != 0 && *b != b' ')
+        .collect();
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&s).ok()?, 8).ok()
+}
+
+fn pax_size(data: &[u8]) -> Option<u64> {
+    let mut rest = data;
+    let mut found = None;
+    while !rest.is_empty() {
+        let sp = rest.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
+        if len <= sp || len > rest.len() {
+            return found;
+        }
+        let rec = &rest[sp + 1..len];
+        if let Some(v) = rec.strip_prefix(b"size=") {
+            let v = v.strip_suffix(b"\n").unwrap_or(v);
+            found = std::str::from_utf8(v).ok()?.parse().ok();
+        }
+        rest = &rest[len..];
+    }
+    found
+}
+
+impl<R: Read> Guard<R> {
+    fn feed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                GuardState::Done => return Ok(()),
+                GuardState::Header(h, have) | GuardState::SparseExt(h, have, _) => {
+                    let n = (512 - *have).min(bytes.len());
+                    h[*have..*have + n].copy_from_slice(&bytes[..n]);
+                    *have += n;
+                    bytes = &bytes[n..];
+                    if *have == 512 {
+                        self.block_done()?;
+                    }
+                }
+                GuardState::Data { left, pax, .. } => {
+                    let n = (*left).min(bytes.len() as u64) as usize;
+                    if let Some(p) = pax {
+                        p.extend_from_slice(&bytes[..n]);
+                    }
+                    *left -= n as u64;
+                    bytes = &bytes[n..];
+                    if *left == 0 {
+                        self.data_done();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn data_done(&mut self) {
+        if let GuardState::Data {
+            pax: Some(p), len, ..
+        } = &self.state
+        {
+            let data = &p[..(*len as usize).min(p.len())];
+            self.pending_size = pax_size(data);
+        }
+        self.state = GuardState::Header(Box::new([0; 512]), 0);
+    }
+
+    fn start_data(&mut self, size: u64, pax: bool) {
+        self.state = GuardState::Data {
+            left: round512(size),
+            pax: pax.then(Vec::new),
+            len: size,
+        };
+        if size == 0 {
+            self.data_done();
+        }
+    }
+
+    fn block_done(&mut self) -> io::Result<()> {
+        let state = std::mem::replace(&mut self.state, GuardState::Done);
+        match state {
+            GuardState::SparseExt(h, _, data) => {
+                if h[504] != 0 {
+                    self.state = GuardState::SparseExt(Box::new([0; 512]), 0, data);
+                } else {
+                    self.start_data(data, false);
+                }
+            }
+            GuardState::Header(h, _) => {
+                if h.iter().all(|&b| b == 0) {
+                    return Ok(()); // end of archive: stop following
+                }
+                let stored = tar_number(&h[148..156]);
+                let sum: u64 = h
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| {
+                        if (148..156).contains(&i) {
+                            32
+                        } else {
+                            u64::from(b)
+                        }
+                    })
+                    .sum();
+                let Some(size) = tar_number(&h[124..136]).filter(|_| stored == Some(sum)) else {
+                    return Ok(()); // not a header tar-rs accepts: it will report it
+                };
+                match h[156] {
+                    b'x' | b'g' | b'L' | b'K' => {
+                        if size > self.limit {
+                            self.too_big.set(Some(size));
+                            return Err(io::Error::other("tar extension header too large"));
+                        }
+                        self.start_data(size, h[156] == b'x');
+                    }
+                    flag => {
+                        let size = self.pending_size.take().unwrap_or(size);
+                        if flag == b'S' && h[482] != 0 {
+                            self.state = GuardState::SparseExt(Box::new([0; 512]), 0, size);
+                        } else {
+                            self.start_data(size, false);
+                        }
+                    }
+                }
+            }
+            other => self.state = other,
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Guard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.feed(&buf[..n])?;
         Ok(n)
     }
 }
@@ -183,7 +368,15 @@ pub fn unpack_layer(
         limit: opts.max_total_size,
         exceeded: exceeded.clone(),
     };
-    let mut archive = tar::Archive::new(meter);
+    let too_big = Rc::new(Cell::new(None));
+    let guard = Guard {
+        inner: meter,
+        limit: opts.max_metadata_size,
+        state: GuardState::Header(Box::new([0; 512]), 0),
+        pending_size: None,
+        too_big: too_big.clone(),
+    };
+    let mut archive = tar::Archive::new(guard);
     let mut stats = UnpackStats {
         entries: 0,
         bytes: 0,
@@ -194,7 +387,12 @@ pub fn unpack_layer(
         uncompressed_size: 0,
     };
     let too_large = |e: UnpackError| {
-        if exceeded.get() {
+        if let Some(size) = too_big.get() {
+            UnpackError::MetadataTooLarge {
+                size,
+                limit: opts.max_metadata_size,
+            }
+        } else if exceeded.get() {
             UnpackError::TooLarge {
                 limit: opts.max_total_size,
             }
@@ -237,7 +435,7 @@ pub fn unpack_layer(
         }
     }
     // Drain what follows the end-of-archive blocks: the diffID covers the whole stream.
-    let mut meter = archive.into_inner();
+    let mut meter = archive.into_inner().inner;
     io::copy(&mut meter, &mut io::sink())
         .map_err(UnpackError::Read)
         .map_err(too_large)?;

@@ -688,3 +688,84 @@ fn root_api_resolves_in_root() {
     assert!(!sb.rootfs.join("app").exists());
     sb.check();
 }
+
+#[test]
+fn item22_oversized_pax_and_long_name_headers_are_refused_before_reading() {
+    use std::io::Write;
+    let sb = Sandbox::new();
+    // A PAX header declaring 1 GiB of zeros, gzip-compressed: refused at its header, long
+    // before 1 GiB is decompressed or allocated.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut h = RawTar::new();
+    h.raw(b"PaxHeaders.0/x", b'x', 0, 1 << 30, b"", b"");
+    gz.write_all(&h.buf).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        gz.write_all(&chunk).unwrap();
+    }
+    let blob = gz.finish().unwrap();
+    let err = apply(&sb.root(), &blob).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::MetadataTooLarge { size, .. } if size == 1 << 30),
+        "{err}"
+    );
+    let long = vec![b'n'; 2 << 20];
+    let tar = RawTar::new().gnu_longname(&long).file("x", b"").finish();
+    let err = apply(&sb.root(), &tar).unwrap_err();
+    assert!(matches!(err, UnpackError::MetadataTooLarge { .. }), "{err}");
+    sb.check();
+}
+
+#[test]
+fn gnu_sparse_files_read_as_gnu_tar_writes_them() {
+    let sb = Sandbox::new();
+    let src = tempfile::tempdir().unwrap();
+    let f = src.path().join("sparse");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = fs::File::create(&f).unwrap();
+        // Ten data segments: more than the four a GNU header holds, so extension blocks follow.
+        for i in 0..10u64 {
+            file.seek(SeekFrom::Start(i * (1 << 20))).unwrap();
+            file.write_all(format!("segment {i}").as_bytes()).unwrap();
+        }
+        file.set_len(12 << 20).unwrap();
+    }
+    fs::write(src.path().join("after"), b"after the sparse entry").unwrap();
+    let tarfile = src.path().join("s.tar");
+    let ok = std::process::Command::new("tar")
+        .args(["--format=gnu", "--sparse", "-cf"])
+        .arg(&tarfile)
+        .arg("-C")
+        .arg(src.path())
+        .args(["sparse", "after"])
+        .status();
+    if !matches!(ok, Ok(s) if s.success()) {
+        println!("skipped: GNU tar not available to write an old-GNU sparse archive");
+        return;
+    }
+    let tar = fs::read(&tarfile).unwrap();
+    apply(&sb.root(), &tar).unwrap();
+    assert_eq!(
+        fs::read(sb.rootfs.join("sparse")).unwrap(),
+        fs::read(&f).unwrap()
+    );
+    assert_eq!(
+        fs::read(sb.rootfs.join("after")).unwrap(),
+        b"after the sparse entry"
+    );
+    // PAX sparse formats (GNU tar's default `posix` output) are refused by name, not misread.
+    let paxfile = src.path().join("p.tar");
+    let ok = std::process::Command::new("tar")
+        .args(["--format=posix", "--sparse", "-cf"])
+        .arg(&paxfile)
+        .arg("-C")
+        .arg(src.path())
+        .arg("sparse")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let err = apply(&sb.root(), &fs::read(&paxfile).unwrap()).unwrap_err();
+    assert!(matches!(err, UnpackError::Unsupported { .. }), "{err}");
+    sb.check();
+}
