@@ -260,6 +260,8 @@ fn mount(
 /// (nosuid, nodev, noexec, atime flags) are locked and must be repeated, or the remount
 /// fails with EPERM (mount(2), "MS_REMOUNT|MS_BIND" and mount_namespaces(7) on locked flags).
 fn remount_ro(target: &CStr) -> Result<(), i32> {
+    // glibc's statvfs(3) is statfs(2) plus a field copy (f_flag = f_flags ^ ST_VALID, Linux
+    // >= 2.6.36): no allocation, so usable after fork.
     // SAFETY: statvfs fills a zeroed struct we own.
     let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: target is a valid C string; sv is a valid out-pointer.
@@ -440,6 +442,50 @@ fn drop_bounding_caps() {
     }
 }
 
+/// Ignored signals and the signal mask survive execve(2) (signal(7)); the Rust runtime
+/// ignores SIGPIPE and the caller may block or ignore others. A step starts like a fresh
+/// container process: every disposition default, nothing blocked.
+fn reset_signals() {
+    // The kernel's struct sigaction (handler, flags, restorer, mask), used through the raw
+    // syscall: glibc's sigaction refuses its internal signals 32 and 33, which a parent
+    // thread may leave ignored.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    let empty: u64 = 0;
+    // SAFETY: rt_sigaction/rt_sigprocmask with structs we own and the kernel's sigset size.
+    unsafe {
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    0usize,
+                    8usize,
+                );
+            }
+        }
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            0usize,
+            8usize,
+        );
+    }
+}
+
 /// The child: never returns.
 ///
 /// # Safety
@@ -476,6 +522,7 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
             0,
         );
     }
+    reset_signals();
 
     match plan.mode {
         ChildMode::Userns => {

@@ -105,16 +105,16 @@ pub enum SandboxError {
         /// The requested gid.
         gid: u32,
     },
-    /// argv[0] was not found (docker: exit status 127).
+    /// `argv[0]` was not found (docker: exit status 127).
     #[error("executable file not found in $PATH: {name}")]
     NotFound {
-        /// argv[0].
+        /// `argv[0]`.
         name: String,
     },
-    /// argv[0] exists but could not be executed (docker: exit status 126).
+    /// `argv[0]` exists but could not be executed (docker: exit status 126).
     #[error("cannot execute {name}: {source}")]
     CannotExecute {
-        /// argv[0].
+        /// `argv[0]`.
         name: String,
         /// The exec error.
         source: Errno,

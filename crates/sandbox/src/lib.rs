@@ -17,7 +17,7 @@
 //! and exec (see `child.rs`).
 
 mod child;
-pub mod detect;
+mod detect;
 mod error;
 mod idmap;
 mod resolve;

@@ -463,3 +463,30 @@ fn failed_subuid_helper_falls_back_to_a_single_map_with_a_warning() {
         o.warnings
     );
 }
+
+#[test]
+fn signals_start_default_and_unblocked() {
+    // Rust ignores SIGPIPE in the caller; a step must start like a fresh container process
+    // (`yes | head -1` ends because `yes` dies of SIGPIPE).
+    need_busybox!();
+    as_root_and_unprivileged("signals_start_default_and_unblocked", |who| {
+        let r = busybox_rootfs();
+        // The command itself, not through sh (which sets its own dispositions).
+        let spec = kiln_sandbox::RunSpec::new(
+            r.path(),
+            ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let (res, out, err) = run_capture(&spec);
+        assert_eq!(
+            res.expect("run").status,
+            ExitStatus::Code(0),
+            "[{who}] {err}"
+        );
+        assert_eq!(
+            out, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+            "[{who}]"
+        );
+    });
+}
