@@ -98,6 +98,13 @@ fn validate(spec: &RunSpec) -> Result<(), SandboxError> {
             )));
         }
     }
+    // sethostname(2): at most HOST_NAME_MAX (64) bytes.
+    if spec.hostname.is_empty()
+        || spec.hostname.len() > 64
+        || spec.hostname.contains(['/', '\n', '\0'])
+    {
+        return Err(invalid(format!("hostname {:?}", spec.hostname)));
+    }
     if spec.network == Network::None && spec.isolation != Isolation::Userns {
         return Err(invalid(format!(
             "network none needs userns isolation, not {}",

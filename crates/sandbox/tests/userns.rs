@@ -490,3 +490,24 @@ fn signals_start_default_and_unblocked() {
         );
     });
 }
+
+#[test]
+fn output_to_caller_fd_and_null() {
+    need_busybox!();
+    as_root_and_unprivileged("output_to_caller_fd_and_null", |who| {
+        let r = busybox_rootfs();
+        let dir = tempfile::tempdir().expect("dir");
+        let f = std::fs::File::create(dir.path().join("log")).expect("log");
+        let o = kiln_sandbox::run(
+            &sh(r.path(), "echo to-file; echo to-null >&2"),
+            kiln_sandbox::Output::Fd(std::os::fd::AsFd::as_fd(&f)),
+            kiln_sandbox::Output::Null,
+        )
+        .unwrap_or_else(|e| panic!("[{who}] {e}"));
+        assert!(o.status.success(), "[{who}]");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).expect("read"),
+            "to-file\n"
+        );
+    });
+}
