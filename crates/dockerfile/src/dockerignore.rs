@@ -138,10 +138,8 @@ impl Dockerignore {
     /// The last pattern that matches the path or one of its parents decides.
     pub fn is_excluded(&self, rel_path: &str) -> bool {
         let file = clean_path(rel_path.trim_start_matches('/'));
-        let parent_dirs: Vec<&str> = match file.rfind('/') {
-            Some(i) => file[..i].split('/').collect(),
-            None => Vec::new(),
-        };
+        // Every proper parent directory, e.g. `a`, `a/b` for `a/b/c`.
+        let parents: Vec<&str> = file.match_indices('/').map(|(i, _)| &file[..i]).collect();
         let mut matched = false;
         for p in &self.patterns {
             // An exception only matters once matched; an exclusion only before.
@@ -150,12 +148,7 @@ impl Dockerignore {
             }
             let mut m = p.matches(&file);
             if !m {
-                for i in 0..parent_dirs.len() {
-                    if p.matches(&parent_dirs[..=i].join("/")) {
-                        m = true;
-                        break;
-                    }
-                }
+                m = parents.iter().any(|d| p.matches(d));
             }
             if m {
                 matched = !p.exclusion;
@@ -231,7 +224,10 @@ fn compile(pattern: &str) -> Result<Kind, String> {
                 }
             }
             '*' => {
-                toks.push(Tok::Star);
+                // `a***b` = `a*b` (never `**` here, handled above): keep the NFA small.
+                if toks.last() != Some(&Tok::Star) {
+                    toks.push(Tok::Star);
+                }
                 mt = M::Re;
             }
             '?' => {
@@ -307,56 +303,77 @@ fn compile(pattern: &str) -> Result<Kind, String> {
     })
 }
 
-/// Full-string match by NFA simulation: O(len(path) * len(pattern)).
+/// Full-string match by NFA simulation over a sparse state set: O(len(path) * active
+/// states), with no per-character allocation (patterns may be long, paths are short).
+/// State `2*i` = at token `i`; `2*i + 1` = inside the `.*` of an `AnyDirs` token `i`.
 fn glob_match(toks: &[Tok], path: &str) -> bool {
     let n = toks.len();
-    let closure = |set: &mut Vec<bool>| {
-        for i in 0..n {
-            if set[i] && matches!(toks[i], Tok::Star | Tok::AnyDirs | Tok::AnyTail) {
-                set[i + 1] = true;
+    let mut mark = vec![0u32; 2 * n + 2];
+    let mut generation = 1u32;
+    let mut cur: Vec<usize> = Vec::new();
+    let mut next: Vec<usize> = Vec::new();
+    // Adds a state and, for an "at token" state, the ε-moves past `*`/`**` tokens.
+    let add = |id: usize, set: &mut Vec<usize>, mark: &mut Vec<u32>, generation: u32| {
+        let mut id = id;
+        loop {
+            if mark[id] == generation {
+                return;
+            }
+            mark[id] = generation;
+            set.push(id);
+            let i = id / 2;
+            if id.is_multiple_of(2)
+                && i < n
+                && matches!(toks[i], Tok::Star | Tok::AnyDirs | Tok::AnyTail)
+            {
+                id = 2 * (i + 1);
+            } else {
+                return;
             }
         }
     };
-    // AnyDirs is `(.*/)?`: state i = before it; consuming chars moves to an inner state.
-    // Model it with an extra "inside" flag per token.
-    let mut cur = vec![false; n + 1];
-    let mut inside = vec![false; n];
-    cur[0] = true;
-    closure(&mut cur);
+    add(0, &mut cur, &mut mark, generation);
     for c in path.chars() {
-        let mut next = vec![false; n + 1];
-        let mut next_inside = vec![false; n];
-        for i in 0..n {
-            let active = cur[i];
+        generation += 1;
+        next.clear();
+        for &id in &cur {
+            let i = id / 2;
+            if !id.is_multiple_of(2) {
+                add(id, &mut next, &mut mark, generation);
+                if c == '/' {
+                    add(2 * (i + 1), &mut next, &mut mark, generation);
+                }
+                continue;
+            }
+            if i == n {
+                continue;
+            }
             match &toks[i] {
-                Tok::Lit(l) if active && *l == c => next[i + 1] = true,
-                Tok::Any if active && c != '/' => next[i + 1] = true,
-                Tok::Star if active && c != '/' => next[i] = true,
-                Tok::AnyTail if active => next[i] = true,
-                Tok::AnyDirs if active || inside[i] => {
-                    // Inside `.*/`: any char keeps us inside; a `/` may also end the group.
-                    next_inside[i] = true;
+                Tok::Lit(l) if *l == c => add(2 * (i + 1), &mut next, &mut mark, generation),
+                Tok::Any if c != '/' => add(2 * (i + 1), &mut next, &mut mark, generation),
+                Tok::Star if c != '/' => add(2 * i, &mut next, &mut mark, generation),
+                Tok::AnyTail => add(2 * i, &mut next, &mut mark, generation),
+                Tok::AnyDirs => {
+                    add(2 * i + 1, &mut next, &mut mark, generation);
                     if c == '/' {
-                        next[i + 1] = true;
+                        add(2 * (i + 1), &mut next, &mut mark, generation);
                     }
                 }
-                Tok::Class { neg, items } if active => {
+                Tok::Class { neg, items } => {
                     let hit = items.iter().any(|(lo, hi)| *lo <= c && c <= *hi);
                     if hit != *neg {
-                        next[i + 1] = true;
+                        add(2 * (i + 1), &mut next, &mut mark, generation);
                     }
                 }
                 _ => {}
             }
         }
-        closure(&mut next);
-        cur = next;
-        inside = next_inside;
-        if !cur.iter().any(|&b| b) && !inside.iter().any(|&b| b) {
+        std::mem::swap(&mut cur, &mut next);
+        if cur.is_empty() {
             return false;
         }
     }
-    cur[n]
+    cur.contains(&(2 * n))
 }
 
 #[cfg(test)]

@@ -204,6 +204,12 @@ pub enum ErrorKind {
         /// The bound.
         limit: usize,
     },
+    /// An expansion result beyond [`crate::shell::MAX_EXPANSION`] bytes.
+    #[error("variable expansion result exceeds {limit} bytes")]
+    ExpansionTooLarge {
+        /// The bound.
+        limit: usize,
+    },
     /// A word failed to expand (wraps the lexer error with the word).
     #[error("failed to process {word:?}: {source}")]
     Expand {

@@ -317,6 +317,7 @@ pub fn parse_dockerfile(src: &[u8]) -> Result<Dockerfile, Error> {
     if let Some(check) = &df.directives.check {
         validate_check(check).map_err(|k| Error::new(k).at(1, 1))?;
     }
+    let mut stage_names = std::collections::HashSet::new();
     for n in &ast.nodes {
         for l in &n.empty_continuation_lines {
             df.warnings
@@ -326,7 +327,7 @@ pub fn parse_dockerfile(src: &[u8]) -> Result<Dockerfile, Error> {
         if n.keyword == "from" {
             let (from, name) = parse_from(n).map_err(loc)?;
             if let Some(name) = &name {
-                if df.stages.iter().any(|s| s.matches_name(name)) {
+                if !stage_names.insert(name.to_lowercase()) {
                     return Err(loc(Error::new(ErrorKind::DuplicateStageName {
                         name: name.clone(),
                     })));
@@ -435,13 +436,14 @@ impl Flags {
                 Some((k, v)) => (k, Some(v.to_string())),
                 None => (body, None),
             };
-            let col = col_of(n, raw);
+            // Computed only on error: a line may carry very many flags.
+            let col = || col_of(n, raw);
             let Some(&(static_name, kind)) = allowed.iter().find(|(k, _)| *k == name) else {
                 let mut e = Error::new(ErrorKind::UnknownFlag {
                     instruction: instruction.into(),
                     flag: name.into(),
                 })
-                .at(n.start_line, col);
+                .at(n.start_line, col());
                 let names: Vec<String> = allowed.iter().map(|(k, _)| format!("--{k}")).collect();
                 let near = allowed
                     .iter()
@@ -465,12 +467,12 @@ impl Flags {
                                 flag: name.into(),
                                 value: value.unwrap_or_default(),
                             })
-                            .at(n.start_line, col))
+                            .at(n.start_line, col()))
                         }
                     };
                     if values.iter().any(|(k, _)| *k == static_name) {
                         return Err(Error::new(ErrorKind::DuplicateFlag { flag: name.into() })
-                            .at(n.start_line, col));
+                            .at(n.start_line, col()));
                     }
                     values.push((static_name, Some(b.into())));
                 }
@@ -478,12 +480,12 @@ impl Flags {
                     let Some(v) = value else {
                         return Err(
                             Error::new(ErrorKind::FlagMissingValue { flag: name.into() })
-                                .at(n.start_line, col),
+                                .at(n.start_line, col()),
                         );
                     };
                     if kind == FlagKind::Str && values.iter().any(|(k, _)| *k == static_name) {
                         return Err(Error::new(ErrorKind::DuplicateFlag { flag: name.into() })
-                            .at(n.start_line, col));
+                            .at(n.start_line, col()));
                     }
                     values.push((static_name, Some(v)));
                 }
@@ -837,6 +839,8 @@ fn copy_args(n: &Node, upper: &str, flags: &Flags) -> Result<CopyArgs, Error> {
     }
     let mut sources = Vec::new();
     let mut heredocs = Vec::new();
+    let bodies: std::collections::HashMap<&str, &Heredoc> =
+        n.heredocs.iter().map(|h| (h.name.as_str(), h)).collect();
     for s in &args[..args.len() - 1] {
         let h = if n.json {
             None
@@ -845,8 +849,10 @@ fn copy_args(n: &Node, upper: &str, flags: &Flags) -> Result<CopyArgs, Error> {
         };
         match h {
             Some(h) => {
-                let body = n.heredocs.iter().find(|d| d.name == h.name);
-                let content = body.map(Heredoc::chomped).unwrap_or_default();
+                let content = bodies
+                    .get(h.name.as_str())
+                    .map(|b| b.chomped())
+                    .unwrap_or_default();
                 heredocs.push(HeredocFile {
                     name: h.name,
                     content,

@@ -365,13 +365,15 @@ fn trim_continuation(line: &str, esc: char) -> (&str, bool) {
 }
 
 fn decode_line(raw: &[u8], line_no: usize) -> Result<&str, Error> {
-    std::str::from_utf8(raw).map_err(|e| {
-        let col = String::from_utf8_lossy(&raw[..e.valid_up_to()])
-            .chars()
-            .count()
-            + 1;
-        Error::new(ErrorKind::InvalidUtf8).at(line_no, col)
-    })
+    std::str::from_utf8(raw).map_err(|e| utf8_error(raw, e, line_no))
+}
+
+fn utf8_error(raw: &[u8], e: std::str::Utf8Error, line_no: usize) -> Error {
+    let col = String::from_utf8_lossy(&raw[..e.valid_up_to()])
+        .chars()
+        .count()
+        + 1;
+    Error::new(ErrorKind::InvalidUtf8).at(line_no, col)
 }
 
 /// Parses Dockerfile bytes into the untyped AST, accepting what BuildKit's parser accepts
@@ -408,7 +410,7 @@ pub fn parse(src: &[u8]) -> Result<Ast, Error> {
                 dp.done = true;
                 continue;
             }
-            Err(_) => return Err(decode_line(raw, current_line).unwrap_err()),
+            Err(e) => return Err(utf8_error(raw, e, current_line)),
         };
         let token = trim_newline(text).trim_start_matches(is_go_space);
         dp.line(token, &mut d)
@@ -428,7 +430,7 @@ pub fn parse(src: &[u8]) -> Result<Ast, Error> {
             let text = match std::str::from_utf8(raw) {
                 Ok(t) => t,
                 Err(_) if is_comment(&String::from_utf8_lossy(raw)) => continue,
-                Err(_) => return Err(decode_line(raw, current_line).unwrap_err()),
+                Err(e) => return Err(utf8_error(raw, e, current_line)),
             };
             if is_comment(text) {
                 continue;
@@ -562,11 +564,12 @@ fn node_from_line(line: &str, d: &Directives) -> Result<Node, Error> {
         }
         "onbuild" => {
             if !args.is_empty() {
-                let sub = node_from_line(&args, d)?;
-                if sub.keyword == "onbuild" {
+                // Check before recursing: `ONBUILD ONBUILD ...` must not nest per word.
+                let (first, _) = split2_ws_sep(&args);
+                if first.eq_ignore_ascii_case("onbuild") {
                     return Err(Error::new(ErrorKind::OnbuildChain));
                 }
-                node.sub = Some(Box::new(sub));
+                node.sub = Some(Box::new(node_from_line(&args, d)?));
             }
         }
         // BuildKit's parser keeps unknown instructions (`parseIgnore`); the typed layer

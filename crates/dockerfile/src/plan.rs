@@ -20,6 +20,8 @@ use crate::instructions::{
     parse_dockerfile, parse_mount, Dockerfile, FromInstr, Instruction, Spanned,
 };
 use crate::shell::{Env, ShellLex};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// The proxy build args Docker accepts without an ARG declaration (and keeps out of history).
 pub const PROXY_ARGS: [&str; 10] = [
@@ -110,6 +112,8 @@ pub struct Plan {
     pub escape: char,
     /// Names of all stages of the file, by original index (for `--from` resolution).
     pub stage_names: Vec<Option<String>>,
+    globals: Arc<ArgScope>,
+    names: Arc<HashMap<String, usize>>,
 }
 
 impl Plan {
@@ -120,11 +124,11 @@ impl Plan {
 
     /// Resolves a (expanded) `--from` value used in stage `current`.
     pub fn resolve_from(&self, current: usize, reference: &str) -> Result<FromRef, Error> {
-        resolve_ref(&self.stage_names, current, reference)
+        resolve_ref(&self.names, current, reference)
     }
 }
 
-fn resolve_ref(names: &[Option<String>], current: usize, r: &str) -> Result<FromRef, Error> {
+fn resolve_ref(names: &HashMap<String, usize>, current: usize, r: &str) -> Result<FromRef, Error> {
     if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) {
         return match r.parse::<usize>() {
             Ok(i) if i < current => Ok(FromRef::Stage(i)),
@@ -138,23 +142,18 @@ fn resolve_ref(names: &[Option<String>], current: usize, r: &str) -> Result<From
             })),
         };
     }
-    let lower = r.to_lowercase();
-    for (i, n) in names.iter().enumerate() {
-        if n.as_deref().is_some_and(|n| n.to_lowercase() == lower) {
-            if i < current {
-                return Ok(FromRef::Stage(i));
-            }
-            return Err(Error::new(ErrorKind::BadStageRef {
-                reference: r.into(),
-                reason: if i == current {
-                    "refers to the current stage".into()
-                } else {
-                    "refers to a stage defined later; only earlier stages can be used".into()
-                },
-            }));
-        }
+    match names.get(&r.to_lowercase()) {
+        Some(&i) if i < current => Ok(FromRef::Stage(i)),
+        Some(&i) => Err(Error::new(ErrorKind::BadStageRef {
+            reference: r.into(),
+            reason: if i == current {
+                "refers to the current stage".into()
+            } else {
+                "refers to a stage defined later; only earlier stages can be used".into()
+            },
+        })),
+        None => Ok(FromRef::Image(r.into())),
     }
-    Ok(FromRef::Image(r.into()))
 }
 
 fn platform_args(prefix: &str, p: &str) -> Vec<(String, Option<String>)> {
@@ -170,22 +169,37 @@ fn platform_args(prefix: &str, p: &str) -> Vec<(String, Option<String>)> {
     ]
 }
 
-struct ArgEnv<'a>(&'a [(String, Option<String>)]);
+/// Ordered variables with a hash index: lookups and updates stay O(1) however many
+/// variables a hostile file declares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Scope<V> {
+    list: Vec<(String, V)>,
+    index: HashMap<String, usize>,
+}
 
-impl Env for ArgEnv<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+impl<V: Clone> Scope<V> {
+    fn set(&mut self, name: &str, v: V) {
+        match self.index.get(name) {
+            Some(&i) => self.list[i].1 = v,
+            None => {
+                self.index.insert(name.to_string(), self.list.len());
+                self.list.push((name.to_string(), v));
+            }
+        }
+    }
+    fn get(&self, name: &str) -> Option<&V> {
+        self.index.get(name).map(|&i| &self.list[i].1)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
     }
 }
 
-fn set_arg(list: &mut Vec<(String, Option<String>)>, name: &str, v: Option<String>) {
-    match list.iter_mut().find(|(k, _)| k == name) {
-        Some(e) => e.1 = v,
-        None => list.push((name.to_string(), v)),
+type ArgScope = Scope<Option<String>>;
+
+impl Env for ArgScope {
+    fn get(&self, name: &str) -> Option<String> {
+        Scope::get(self, name).cloned().flatten()
     }
 }
 
@@ -193,9 +207,14 @@ fn set_arg(list: &mut Vec<(String, Option<String>)>, name: &str, v: Option<Strin
 pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
     let escape = df.directives.escape;
     let lex = ShellLex::new(escape);
-    let mut globals = platform_args("TARGET", &opts.target_platform);
-    globals.extend(platform_args("BUILD", &opts.build_platform));
-    let mut declared: Vec<String> = Vec::new();
+    let mut globals = ArgScope::default();
+    for (k, v) in platform_args("TARGET", &opts.target_platform)
+        .into_iter()
+        .chain(platform_args("BUILD", &opts.build_platform))
+    {
+        globals.set(&k, v);
+    }
+    let mut declared: HashSet<String> = HashSet::new();
     for line in &df.global_args {
         let mut vals = Vec::new();
         for a in &line.value {
@@ -203,27 +222,35 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
                 Some(v) => Some(v),
                 None => match &a.default {
                     Some(d) => Some(
-                        lex.process_word(d, &ArgEnv(&globals))
+                        lex.process_word(d, &globals)
                             .map_err(|e| e.at(line.start_line, 1))?,
                     ),
                     None => None,
                 },
             };
             vals.push((a.name.clone(), v));
-            declared.push(a.name.clone());
+            declared.insert(a.name.clone());
         }
         for (k, v) in vals {
-            set_arg(&mut globals, &k, v);
+            globals.set(&k, v);
         }
     }
-    let names: Vec<Option<String>> = df.stages.iter().map(|s| s.name.clone()).collect();
+    let stage_names: Vec<Option<String>> = df.stages.iter().map(|s| s.name.clone()).collect();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, n) in stage_names.iter().enumerate() {
+        if let Some(n) = n {
+            names.entry(n.to_lowercase()).or_insert(i);
+        }
+    }
+    let globals = Arc::new(globals);
+    let build_args = Arc::new(opts.build_args.clone());
     let target = match &opts.target {
         None => df.stages.len() - 1,
         Some(t) => match df.stages.iter().position(|s| s.matches_name(t)) {
             Some(i) => i,
             None => {
                 let mut e = Error::new(ErrorKind::UnknownTarget { target: t.clone() });
-                let known: Vec<&str> = names.iter().flatten().map(String::as_str).collect();
+                let known: Vec<&str> = stage_names.iter().flatten().map(String::as_str).collect();
                 e = e.with_hint(if known.is_empty() {
                     "the Dockerfile has no named stages".to_string()
                 } else {
@@ -242,47 +269,36 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
         }
         let st = &df.stages[i];
         let loc = |e: Error| e.at(st.from.span.start_line, 1);
-        let image = lex
-            .process_word(&st.from.image, &ArgEnv(&globals))
-            .map_err(loc)?;
+        let image = lex.process_word(&st.from.image, &*globals).map_err(loc)?;
         if image.is_empty() {
             return Err(loc(Error::new(ErrorKind::EmptyBaseName {
                 image: st.from.image.clone(),
             })));
         }
         let platform = match &st.from.platform {
-            Some(p) => Some(lex.process_word(p, &ArgEnv(&globals)).map_err(loc)?),
+            Some(p) => Some(lex.process_word(p, &*globals).map_err(loc)?),
             None => None,
         };
         let mut deps = Vec::new();
         let base = if image.eq_ignore_ascii_case("scratch") {
             Base::Scratch
         } else {
-            let lower = image.to_lowercase();
-            match names[..i]
-                .iter()
-                .position(|n| n.as_deref().is_some_and(|n| n.to_lowercase() == lower))
-            {
-                Some(j) => {
+            match names.get(&image.to_lowercase()) {
+                Some(&j) if j < i => {
                     deps.push(j);
                     Base::Stage(j)
                 }
-                None => {
-                    if names[i..]
-                        .iter()
-                        .any(|n| n.as_deref().is_some_and(|n| n.to_lowercase() == lower))
-                    {
-                        return Err(loc(Error::new(ErrorKind::BadStageRef {
-                            reference: image,
-                            reason: "FROM can only use a stage defined earlier".into(),
-                        })));
-                    }
-                    Base::Image(image)
+                Some(_) => {
+                    return Err(loc(Error::new(ErrorKind::BadStageRef {
+                        reference: image,
+                        reason: "FROM can only use a stage defined earlier".into(),
+                    })))
                 }
+                None => Base::Image(image),
             }
         };
         // Expand the stage's instructions to find `--from` references.
-        let mut senv = StageEnv::from_parts(escape, &globals, &opts.build_args, &[]);
+        let mut senv = StageEnv::from_parts(escape, globals.clone(), build_args.clone(), &[]);
         for ins in &st.instructions {
             let at = |e: Error| e.at(ins.start_line, 1).through_line(ins.end_line);
             let x = senv.dispatch(&ins.value).map_err(at)?;
@@ -312,7 +328,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
             deps,
         });
     }
-    let mut unused = Vec::new();
+    let mut unused: Vec<String> = Vec::new();
     for (k, _) in &opts.build_args {
         if !declared.contains(k) && !is_proxy_arg(k) && !unused.contains(k) {
             unused.push(k.clone());
@@ -322,10 +338,12 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
         stages: planned.into_iter().flatten().collect(),
         target,
         unused_build_args: unused,
-        global_args: globals,
+        global_args: globals.list.clone(),
         build_args: opts.build_args.clone(),
         escape,
-        stage_names: names,
+        stage_names,
+        globals,
+        names: Arc::new(names),
     })
 }
 
@@ -340,10 +358,10 @@ fn build_arg(args: &[(String, String)], name: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageEnv {
     escape: char,
-    env: Vec<(String, String)>,
-    args: Vec<(String, Option<String>)>,
-    globals: Vec<(String, Option<String>)>,
-    build_args: Vec<(String, String)>,
+    env: Scope<String>,
+    args: ArgScope,
+    globals: Arc<ArgScope>,
+    build_args: Arc<Vec<(String, String)>>,
 }
 
 struct Lookup<'a>(&'a StageEnv);
@@ -351,10 +369,10 @@ struct Lookup<'a>(&'a StageEnv);
 impl Env for Lookup<'_> {
     fn get(&self, name: &str) -> Option<String> {
         let s = self.0;
-        if let Some((_, v)) = s.env.iter().rev().find(|(k, _)| k == name) {
+        if let Some(v) = s.env.get(name) {
             return Some(v.clone());
         }
-        if let Some((_, v)) = s.args.iter().find(|(k, _)| k == name) {
+        if let Some(v) = s.args.get(name) {
             return v.clone();
         }
         if is_proxy_arg(name) {
@@ -371,24 +389,28 @@ impl StageEnv {
         let _ = stage; // every stage starts from the same global scope
         StageEnv::from_parts(
             plan.escape,
-            &plan.global_args,
-            &plan.build_args,
+            plan.globals.clone(),
+            Arc::new(plan.build_args.clone()),
             base_image_env,
         )
     }
 
     fn from_parts(
         escape: char,
-        globals: &[(String, Option<String>)],
-        build_args: &[(String, String)],
+        globals: Arc<ArgScope>,
+        build_args: Arc<Vec<(String, String)>>,
         base_env: &[(String, String)],
     ) -> StageEnv {
+        let mut env = Scope::default();
+        for (k, v) in base_env {
+            env.set(k, v.clone());
+        }
         StageEnv {
             escape,
-            env: base_env.to_vec(),
-            args: Vec::new(),
-            globals: globals.to_vec(),
-            build_args: build_args.to_vec(),
+            env,
+            args: ArgScope::default(),
+            globals,
+            build_args,
         }
     }
 
@@ -422,10 +444,7 @@ impl StageEnv {
                     exp.push((x(k)?, x(v)?));
                 }
                 for (k, v) in &exp {
-                    match self.env.iter_mut().find(|(ek, _)| ek == k) {
-                        Some(e) => e.1 = v.clone(),
-                        None => self.env.push((k.clone(), v.clone())),
-                    }
+                    self.env.set(k, v.clone());
                 }
                 Instruction::Env(exp)
             }
@@ -448,14 +467,10 @@ impl StageEnv {
                         Some(v) => Some(v),
                         None => match &d.default {
                             Some(v) => Some(v.clone()),
-                            None => self
-                                .globals
-                                .iter()
-                                .find(|(k, _)| *k == d.name)
-                                .and_then(|(_, v)| v.clone()),
+                            None => self.globals.get(&d.name).cloned().flatten(),
                         },
                     };
-                    set_arg(&mut self.args, &d.name, value);
+                    self.args.set(&d.name, value);
                 }
                 Instruction::Arg(exp)
             }
@@ -504,30 +519,29 @@ impl StageEnv {
 
     /// The image config `Env` after the ENVs so far.
     pub fn env(&self) -> Vec<(String, String)> {
-        self.env.clone()
+        self.env.list.clone()
     }
 
     /// Declared ARGs with values, in declaration order, not shadowed by an ENV, then proxy
     /// build args given but not declared: what a RUN adds to its environment.
     pub fn run_build_args(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
-        let in_env = |k: &str| self.env.iter().any(|(e, _)| e == k);
-        for (k, v) in &self.args {
+        for (k, v) in &self.args.list {
             if let Some(v) = v {
-                if !in_env(k) {
+                if !self.env.contains(k) {
                     out.push((k.clone(), v.clone()));
                 }
             }
         }
-        for (k, v) in &self.build_args {
+        for (k, _) in self.build_args.iter() {
             if is_proxy_arg(k)
-                && !in_env(k)
-                && !self.args.iter().any(|(a, _)| a == k)
+                && !self.env.contains(k)
+                && !self.args.contains(k)
                 && !out.iter().any(|(o, _)| o == k)
             {
                 out.push((
                     k.clone(),
-                    build_arg(&self.build_args, k).unwrap_or_else(|| v.clone()),
+                    build_arg(&self.build_args, k).unwrap_or_default(),
                 ));
             }
         }
@@ -538,6 +552,7 @@ impl StageEnv {
     /// proxy args excluded (they may hold credentials).
     pub fn history_args(&self) -> Vec<(String, String)> {
         self.args
+            .list
             .iter()
             .filter(|(k, _)| !is_proxy_arg(k))
             .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
@@ -567,7 +582,7 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
         }
     }
     out.push('\n');
-    let mut finals: Vec<(usize, Vec<(String, String)>)> = Vec::new();
+    let mut finals: Vec<Option<Vec<(String, String)>>> = vec![None; df.stages.len()];
     for st in &p.stages {
         let name = st
             .name
@@ -592,11 +607,7 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
         }
         out.push('\n');
         let base_env = match &st.base {
-            Base::Stage(j) => finals
-                .iter()
-                .find(|(i, _)| i == j)
-                .map(|(_, e)| e.clone())
-                .unwrap_or_default(),
+            Base::Stage(j) => finals.get(*j).cloned().flatten().unwrap_or_default(),
             _ => Vec::new(),
         };
         let mut senv = StageEnv::new(&p, st.index, &base_env);
@@ -621,7 +632,7 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
             let e: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out.push_str(&format!("  env: {}\n", e.join(" ")));
         }
-        finals.push((st.index, env));
+        finals[st.index] = Some(env);
     }
     out.push_str(&format!("target: stage {}\n", p.target));
     if !p.unused_build_args.is_empty() {

@@ -12,6 +12,10 @@ use crate::error::{Error, ErrorKind};
 /// this so hostile input cannot exhaust the stack (no real Dockerfile nests more than a few).
 pub const MAX_NESTING: usize = 64;
 
+/// Bound on the size of one expanded word. `ENV B=$A$A$A...` chains grow exponentially
+/// (a "billion laughs"); past this size expansion fails instead of exhausting memory.
+pub const MAX_EXPANSION: usize = 16 * 1024 * 1024;
+
 /// Variable lookup for expansion.
 pub trait Env {
     /// The value of `name`, or `None` when unset (set-but-empty is `Some("")`).
@@ -257,6 +261,11 @@ impl ShellWord<'_> {
             }
             if c == '$' {
                 let tmp = self.process_dollar()?;
+                if result.len() + tmp.len() > MAX_EXPANSION {
+                    return Err(ErrorKind::ExpansionTooLarge {
+                        limit: MAX_EXPANSION,
+                    });
+                }
                 result.push_str(&tmp);
                 words.add_string(&tmp);
             } else if !self.lex.skip_process_quotes && (c == '\'' || c == '"') {
@@ -340,6 +349,11 @@ impl ShellWord<'_> {
                 }
                 Some('$') => {
                     let v = self.process_dollar()?;
+                    if result.len() + v.len() > MAX_EXPANSION {
+                        return Err(ErrorKind::ExpansionTooLarge {
+                            limit: MAX_EXPANSION,
+                        });
+                    }
                     result.push_str(&v);
                 }
                 Some(c) => {
@@ -500,6 +514,7 @@ impl ShellWord<'_> {
                             None => (false, word),
                         };
                         let pattern = compile_pattern(&pat)?;
+                        check_budget(&pat, &pattern, &value)?;
                         Ok(if ch == '#' {
                             trim_prefix(&pattern, &value, greedy)
                         } else {
@@ -543,6 +558,7 @@ impl ShellWord<'_> {
                 }
                 let value = value.unwrap_or_default();
                 let pattern = compile_pattern(&pat)?;
+                check_budget(&pat, &pattern, &value)?;
                 Ok(replace(&pattern, &value, &repl, replace_all))
             }
             _ => Err(ErrorKind::UnsupportedModifier { modifier: chs }),
@@ -589,6 +605,24 @@ fn compile_pattern(p: &str) -> R<Vec<Pat>> {
         }
     }
     Ok(out)
+}
+
+/// Upper bound on value length × pattern length for `#`, `%` and `/` matching, whose cost
+/// is proportional to that product: hostile input must not make expansion quadratic.
+pub const MATCH_BUDGET: usize = 16 * 1024 * 1024;
+
+fn check_budget(src: &str, pat: &[Pat], value: &str) -> R<()> {
+    if value.len().saturating_mul(pat.len() + 1) > MATCH_BUDGET {
+        return Err(ErrorKind::InvalidPattern {
+            pattern: src.chars().take(64).collect(),
+            reason: format!(
+                "value ({} bytes) times pattern ({} elements) exceeds the matching budget",
+                value.len(),
+                pat.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// States reachable after the pattern prefix `pat[..i]` is consumed, closed over `*` (empty).
