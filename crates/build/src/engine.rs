@@ -3,7 +3,7 @@
 use crate::context::Context;
 use crate::error::BuildError;
 use crate::image::{self, Assembled, LayerRecord};
-use crate::instructions::{chmod::Chmod, copy, metadata, run, workdir};
+use crate::instructions::{add, chmod::Chmod, copy, metadata, run, workdir};
 use crate::options::BuildOptions;
 use crate::output::{Event, Output};
 use crate::snapshot::{self, LayerSettings};
@@ -438,7 +438,7 @@ impl Builder<'_> {
             let expanded = env
                 .dispatch(&ins.value)
                 .map_err(|e| self.step_error(ins, e.to_string()))?;
-            if matches!(expanded, Instruction::Run(_)) && index.is_none() {
+            if index.is_none() && self.needs_walk(&expanded) {
                 // The stage's first RUN: index the tree as it is now (base + earlier steps).
                 index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
             }
@@ -611,23 +611,23 @@ impl Builder<'_> {
                 line: Some(ins.start_line),
             });
         }
+        let is_url = |s: &String| s.starts_with("http://") || s.starts_with("https://");
         if is_add {
             if let Some(src) = args
                 .sources
                 .iter()
-                .find(|s| s.contains("://") || s.starts_with("git@"))
+                .find(|s| s.starts_with("git@") || s.contains(".git#") || s.ends_with(".git"))
             {
                 return Err(BuildError::Unsupported {
-                    what: format!("ADD from a URL ({src})"),
+                    what: format!("ADD of a git repository ({src})"),
                     line: Some(ins.start_line),
                 });
             }
-            if args.checksum.is_some() {
-                return Err(BuildError::Unsupported {
-                    what: "ADD --checksum".into(),
-                    line: Some(ins.start_line),
-                });
+            if args.checksum.is_some() && !args.sources.iter().all(is_url) {
+                return Err(bad("--checksum is only allowed with HTTP(S) sources".into()));
             }
+        } else if let Some(src) = args.sources.iter().find(|s| is_url(s)) {
+            return Err(bad(format!("COPY cannot take a URL ({src}); use ADD")));
         }
         let owner = match &args.chown {
             Some(spec) => {
@@ -667,17 +667,74 @@ impl Builder<'_> {
             instruction: name.into(),
             source,
         };
+        let mut extracted = false;
+        let mut downloaded = Vec::new();
         let written = match &args.from {
             None => {
+                let mut spec = spec;
+                if is_add && args.sources.iter().any(is_url) {
+                    let (urls, rest): (Vec<String>, Vec<String>) =
+                        args.sources.iter().cloned().partition(is_url);
+                    let (dest, as_dir) = copy::dest_path(&args.dest, &workdir);
+                    let as_dir = as_dir || urls.len() + rest.len() > 1;
+                    for (i, u) in urls.iter().enumerate() {
+                        let tmp = self.work.join(format!("download-{}-{i}", ins.start_line));
+                        add::download(u, &tmp, args.checksum.as_deref()).map_err(&bad)?;
+                        let target = if as_dir {
+                            let name = add::url_file_name(u).ok_or_else(|| {
+                                bad(format!("cannot tell a file name from {u}; give a destination file name"))
+                            })?;
+                            dest.join(name)
+                        } else {
+                            dest.clone()
+                        };
+                        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty())
+                        {
+                            root.create_dir_all(parent, &kiln_rootfs::Meta::with_mode(0o755))?;
+                        }
+                        // docker gives downloaded files mode 0600 unless --chmod says otherwise.
+                        let mode = spec.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false));
+                        let (o_uid, o_gid) = spec.owner.unwrap_or((0, 0));
+                        let mut f = fs::File::open(&tmp).map_err(|source| BuildError::Io {
+                            what: "reading a download",
+                            path: tmp.clone(),
+                            source,
+                        })?;
+                        let (_, logical) = root.write_file(
+                            &target,
+                            &mut f,
+                            &kiln_rootfs::Meta {
+                                mode,
+                                uid: o_uid,
+                                gid: o_gid,
+                                ..Default::default()
+                            },
+                        )?;
+                        downloaded.push(PathBuf::from(
+                            String::from_utf8_lossy(&logical).into_owned(),
+                        ));
+                        let _ = fs::remove_file(&tmp);
+                    }
+                    spec.sources = rest;
+                }
                 if is_add {
-                    if let Some(archive) = self.local_archive(&args.sources) {
-                        return Err(BuildError::Unsupported {
-                            what: format!("ADD of a local archive ({archive}): extraction"),
-                            line: Some(ins.start_line),
-                        });
+                    let (archives, rest) = self.split_archives(&args.sources).map_err(&bad)?;
+                    if !archives.is_empty() {
+                        let (dest, _) = copy::dest_path(&args.dest, &workdir);
+                        for a in &archives {
+                            add::extract(root, &self.context.root().join(a), &dest)
+                                .map_err(|e| bad(format!("extracting {}: {e}", a.display())))?;
+                        }
+                        extracted = true;
+                        spec.sources = rest;
                     }
                 }
-                copy::copy(root, &copy::Source::Context(&self.context), &spec).map_err(copy_err)?
+                if spec.sources.is_empty() && spec.heredocs.is_empty() {
+                    Vec::new()
+                } else {
+                    copy::copy(root, &copy::Source::Context(&self.context), &spec)
+                        .map_err(copy_err)?
+                }
             }
             Some(from) => {
                 let from_root = match self
@@ -717,24 +774,68 @@ impl Builder<'_> {
         text.push_str(&words.join(" "));
         text.push_str(" # buildkit");
         Ok(StepOutcome {
-            fs: FsEffect::Paths(written),
+            // An extracted archive wrote paths nobody listed: the stage index (taken before
+            // this step, see `needs_walk`) finds them.
+            fs: if extracted {
+                FsEffect::Unknown
+            } else {
+                FsEffect::Paths(written.into_iter().chain(downloaded).collect())
+            },
             created_by: text,
         })
     }
 
-    /// The first local source that looks like an archive ADD would extract.
-    fn local_archive(&self, sources: &[String]) -> Option<String> {
-        sources
-            .iter()
-            .find(|s| {
-                let lower = s.to_ascii_lowercase();
-                [
-                    ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst",
-                ]
-                .iter()
-                .any(|ext| lower.ends_with(ext))
-            })
-            .cloned()
+    /// Splits ADD sources into local tar archives (extracted) and the rest (copied), judging
+    /// each matched file by its content as docker does.
+    fn split_archives(&self, sources: &[String]) -> Result<(Vec<PathBuf>, Vec<String>), String> {
+        let mut archives = Vec::new();
+        let mut rest = Vec::new();
+        for s in sources {
+            let matched = self.context.expand(s).map_err(|e| e.to_string())?;
+            let mut any = false;
+            for rel in &matched {
+                let abs = self.context.root().join(rel);
+                if !fs::symlink_metadata(&abs).is_ok_and(|m| m.is_file()) {
+                    continue;
+                }
+                match add::sniff(&abs).map_err(|e| format!("{}: {e}", rel.display()))? {
+                    add::ArchiveKind::Tar => {
+                        archives.push(rel.clone());
+                        any = true;
+                    }
+                    add::ArchiveKind::Unsupported(kind) => {
+                        return Err(format!(
+                            "not supported yet: extracting {kind}-compressed archive {}",
+                            rel.display()
+                        ))
+                    }
+                    add::ArchiveKind::NotArchive => {}
+                }
+            }
+            if !any {
+                rest.push(s.clone());
+            } else {
+                // Other (non-archive) files matched by the same pattern are copied one by one.
+                for rel in matched {
+                    if !archives.contains(&rel) {
+                        rest.push(rel.display().to_string());
+                    }
+                }
+            }
+        }
+        Ok((archives, rest))
+    }
+
+    /// Whether a step's changes can only be found by comparing the tree: RUN, and ADD of a
+    /// local archive.
+    fn needs_walk(&self, ins: &Instruction) -> bool {
+        match ins {
+            Instruction::Run(_) => true,
+            Instruction::Add(a) if a.from.is_none() => self
+                .split_archives(&a.sources)
+                .is_ok_and(|(archives, _)| !archives.is_empty()),
+            _ => false,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -17,10 +17,26 @@ fn main() -> ExitCode {
     match run::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::from(run::exit_code(&e))
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message already
+/// includes (most of kiln's errors embed their source's text).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !msg.contains(&s) {
+            msg.push_str(": ");
+            msg.push_str(&s);
+        }
+        cur = c.source();
+    }
+    msg
 }
 
 /// Kaniko compatibility: `executor [flags]` means `kiln build [flags]`, and `executor version`
@@ -46,6 +62,15 @@ mod tests {
 
     fn strs(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn error_chain_skips_repeated_causes() {
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(io).context("writing x: disk full");
+        assert_eq!(error_chain(&e), "writing x: disk full");
+        let e = anyhow::Error::new(std::io::Error::other("boom")).context("writing y");
+        assert_eq!(error_chain(&e), "writing y: boom");
     }
 
     #[test]
