@@ -19,6 +19,10 @@ pub enum Command {
     Build(Box<BuildFlags>),
     /// Print kiln's version.
     Version,
+    /// Pull an image into an OCI image layout directory.
+    Pull(PullFlags),
+    /// Push an OCI image layout directory or a docker-archive tarball to registries.
+    Push(PushFlags),
     /// Inspect how kiln reads a Dockerfile.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -179,6 +183,23 @@ pub struct BuildFlags {
     #[arg(long, default_value = "")]
     pub git: String,
 
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+
+    /// Log level: trace, debug, info, warn, error, fatal, panic.
+    #[arg(short = 'v', long, default_value = "info")]
+    pub verbosity: String,
+    /// Log format: text, color or json.
+    #[arg(long = "log-format", default_value = "color")]
+    pub log_format: String,
+    /// Timestamps in log lines.
+    #[arg(long = "log-timestamp", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub log_timestamp: bool,
+}
+
+/// Registry transport flags, shared by `build`, `pull` and `push`.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryFlags {
     /// Push over plain HTTP.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
     pub insecure: bool,
@@ -231,14 +252,38 @@ pub struct BuildFlags {
     /// Base image extraction retries.
     #[arg(long = "image-fs-extract-retry", default_value_t = 0)]
     pub image_fs_extract_retry: u32,
+}
 
-    /// Log level: trace, debug, info, warn, error, fatal, panic.
-    #[arg(short = 'v', long, default_value = "info")]
-    pub verbosity: String,
-    /// Log format: text, color or json.
-    #[arg(long = "log-format", default_value = "color")]
-    pub log_format: String,
-    /// Timestamps in log lines.
-    #[arg(long = "log-timestamp", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
-    pub log_timestamp: bool,
+/// `kiln pull REF --oci-layout-path DIR`
+#[derive(Debug, Clone, Args)]
+pub struct PullFlags {
+    /// The image reference.
+    pub reference: String,
+    /// The OCI layout directory to write (created, or added to).
+    #[arg(long = "oci-layout-path")]
+    pub oci_layout_path: PathBuf,
+    /// os/arch[/variant] to pick from an index (default: the host's).
+    #[arg(long = "custom-platform", alias = "customPlatform")]
+    pub custom_platform: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+}
+
+/// `kiln push --from DIR|FILE --destination REF…`
+#[derive(Debug, Clone, Args)]
+pub struct PushFlags {
+    /// An OCI layout directory (its only manifest, or the one named by --tag-in-layout).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The manifest's ref name in the layout, when it holds several.
+    #[arg(long = "tag-in-layout")]
+    pub tag_in_layout: Option<String>,
+    /// Where to push (repeatable).
+    #[arg(short = 'd', long = "destination", required = true)]
+    pub destinations: Vec<String>,
+    /// Write the pushed digest here.
+    #[arg(long = "digest-file")]
+    pub digest_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryFlags,
 }

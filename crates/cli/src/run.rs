@@ -1,6 +1,6 @@
 //! Turns flags into a build configuration and runs the command.
 
-use crate::flags::{BuildFlags, Cli, Command, DebugCommand};
+use crate::flags::{BuildFlags, Cli, Command, DebugCommand, PullFlags, PushFlags, RegistryFlags};
 use crate::render::{Format, Renderer};
 use anyhow::{bail, Context, Result};
 use kiln_build::options::{BuildOptions, SecretFrom, SecretSource};
@@ -55,6 +55,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Build(flags) => build(&flags),
+        Command::Pull(flags) => pull(&flags),
+        Command::Push(flags) => push(&flags),
     }
 }
 
@@ -234,7 +236,7 @@ fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
         "--kaniko-dir has no effect: kiln keeps its state in --kiln-dir",
     );
     say(
-        flags.image_fs_extract_retry > 0,
+        flags.registry.image_fs_extract_retry > 0,
         "--image-fs-extract-retry has no effect: extraction reads verified local blobs",
     );
     say(
@@ -242,7 +244,7 @@ fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
         "--force has no effect: kiln builds in a private root file system, never on /",
     );
     say(
-        flags.push_ignore_immutable_tag_errors,
+        flags.registry.push_ignore_immutable_tag_errors,
         "--push-ignore-immutable-tag-errors is accepted but not implemented yet",
     );
     say(
@@ -330,9 +332,9 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
             .collect::<Result<_>>()?,
         compression,
         cleanup: flags.cleanup,
-        registry: registry_options(flags)?,
+        registry: registry_options(&flags.registry)?,
         credentials: credentials(),
-        skip_push_permission_check: flags.skip_push_permission_check,
+        skip_push_permission_check: flags.registry.skip_push_permission_check,
     };
     let outcome = kiln_build::build(&opts, &renderer)?;
     let _ = outcome;
@@ -340,7 +342,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
 }
 
 /// The registry client's configuration from Kaniko's registry flags.
-fn registry_options(flags: &BuildFlags) -> Result<kiln_registry::RegistryConfig> {
+fn registry_options(flags: &RegistryFlags) -> Result<kiln_registry::RegistryConfig> {
     let mut c = kiln_registry::RegistryConfig {
         insecure_push: flags.insecure,
         insecure_pull: flags.insecure_pull,
@@ -390,4 +392,71 @@ fn credentials() -> kiln_registry::CredentialSource {
         ),
         ..Default::default()
     }
+}
+
+fn client(flags: &RegistryFlags) -> Result<kiln_registry::Client> {
+    Ok(kiln_registry::Client::new(
+        registry_options(flags)?,
+        credentials(),
+    ))
+}
+
+/// `kiln pull`: an image (the platform's entry of an index) into an OCI layout.
+fn pull(flags: &PullFlags) -> Result<ExitCode> {
+    let reference: kiln_oci::reference::Reference = flags
+        .reference
+        .parse()
+        .with_context(|| format!("invalid reference {:?}", flags.reference))?;
+    let platform = match &flags.custom_platform {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("invalid --custom-platform {p:?}"))?,
+        None => kiln_oci::platform::Platform::host(),
+    };
+    let layout = kiln_oci::layout::OciLayout::create(&flags.oci_layout_path)?;
+    let pulled = client(&flags.registry)?.pull_image(&reference, &platform, layout.blobs())?;
+    let digest = layout.blobs().put(&pulled.manifest.bytes)?;
+    let mut annotations = std::collections::BTreeMap::new();
+    annotations.insert(
+        kiln_oci::layout::REF_NAME_ANNOTATION.to_string(),
+        reference.tag().unwrap_or("latest").to_string(),
+    );
+    layout.add_manifest(kiln_oci::layout::IndexEntry {
+        media_type: pulled.media_type.clone(),
+        digest: digest.clone(),
+        size: pulled.manifest.bytes.len() as u64,
+        platform: Some(serde_json::to_value(platform.to_oci())?),
+        annotations,
+    })?;
+    println!(
+        "{reference}@{digest} -> {}",
+        flags.oci_layout_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln push`: an OCI layout's image to every destination.
+fn push(flags: &PushFlags) -> Result<ExitCode> {
+    let layout = kiln_oci::layout::OciLayout::open(&flags.from)
+        .with_context(|| format!("--from {}: not an OCI image layout", flags.from.display()))?;
+    let entry = layout.find(flags.tag_in_layout.as_deref())?;
+    let manifest = layout.blobs().read(&entry.digest)?;
+    let refs = flags
+        .destinations
+        .iter()
+        .map(|d| {
+            d.parse::<kiln_oci::reference::Reference>()
+                .with_context(|| format!("invalid --destination {d:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let digest =
+        client(&flags.registry)?.push_image(&refs, &manifest, &entry.media_type, layout.blobs())?;
+    for r in &refs {
+        println!("{r}@{digest}");
+    }
+    if let Some(p) = &flags.digest_file {
+        std::fs::write(p, digest.to_string())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -234,3 +234,47 @@ fn failing_run_exit_status_is_kilns() {
     );
     assert!(stderr.contains("before"), "RUN output streamed: {stderr}");
 }
+
+#[test]
+fn pull_and_push_verbs_round_trip() {
+    let reg = require!(Registry::start());
+    let info = require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let out = kiln()
+        .arg("pull")
+        .arg(format!("{}/library/busybox:latest", reg.addr()))
+        .arg("--oci-layout-path")
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kiln()
+        .args(["push", "--from"])
+        .arg(&layout)
+        .arg("-d")
+        .arg(format!("{}/copies/busybox:v2", reg.addr()))
+        .arg("--digest-file")
+        .arg(tmp.path().join("digest"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = std::fs::read_to_string(tmp.path().join("digest")).unwrap();
+    assert_eq!(
+        digest,
+        info.manifest_digest.to_string(),
+        "byte-exact round trip"
+    );
+    if have("skopeo") {
+        let raw = kiln_testkit::image::skopeo_inspect_raw(&reg, "copies/busybox:v2").unwrap();
+        assert_eq!(raw, info.manifest);
+    }
+}
