@@ -358,7 +358,12 @@ fn build_arg(args: &[(String, String)], name: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageEnv {
     escape: char,
+    /// The image config's Env: base image env plus ENVs.
     env: Scope<String>,
+    /// BuildKit's LLB state env, used for expansion and RUN: ENV and ARG values together,
+    /// the later one winning (`dispatchArg` calls `AddEnv`). `true` = last set by an ARG.
+    state: Scope<(String, bool)>,
+    /// Declared ARGs (value None = declared but unset).
     args: ArgScope,
     globals: Arc<ArgScope>,
     build_args: Arc<Vec<(String, String)>>,
@@ -369,11 +374,8 @@ struct Lookup<'a>(&'a StageEnv);
 impl Env for Lookup<'_> {
     fn get(&self, name: &str) -> Option<String> {
         let s = self.0;
-        if let Some(v) = s.env.get(name) {
+        if let Some((v, _)) = s.state.get(name) {
             return Some(v.clone());
-        }
-        if let Some(v) = s.args.get(name) {
-            return v.clone();
         }
         if is_proxy_arg(name) {
             return build_arg(&s.build_args, name);
@@ -402,12 +404,15 @@ impl StageEnv {
         base_env: &[(String, String)],
     ) -> StageEnv {
         let mut env = Scope::default();
+        let mut state = Scope::default();
         for (k, v) in base_env {
             env.set(k, v.clone());
+            state.set(k, (v.clone(), false));
         }
         StageEnv {
             escape,
             env,
+            state,
             args: ArgScope::default(),
             globals,
             build_args,
@@ -424,7 +429,11 @@ impl StageEnv {
         self.lexer().process_word(word, &Lookup(self))
     }
 
-    /// The current variables for expansion (ENV over ARG), as an [`Env`].
+    fn expand_opt(&self, w: &Option<String>) -> Result<Option<String>, Error> {
+        w.as_deref().map(|w| self.expand(w)).transpose()
+    }
+
+    /// The current variables for expansion (ENV and ARG, the later one winning), as an [`Env`].
     pub fn lookup(&self) -> impl Env + '_ {
         Lookup(self)
     }
@@ -445,6 +454,7 @@ impl StageEnv {
                 }
                 for (k, v) in &exp {
                     self.env.set(k, v.clone());
+                    self.state.set(k, (v.clone(), false));
                 }
                 Instruction::Env(exp)
             }
@@ -456,21 +466,29 @@ impl StageEnv {
                 Instruction::Label(exp)
             }
             Instruction::Arg(decls) => {
+                // One declaration at a time, as BuildKit's dispatchArg: `ARG A=1 B=$A` sees A.
                 let mut exp = Vec::new();
                 for d in decls {
                     let mut d2 = d.clone();
-                    d2.default = xo(&d.default)?;
-                    exp.push(d2);
-                }
-                for d in &exp {
                     let value = match build_arg(&self.build_args, &d.name) {
-                        Some(v) => Some(v),
+                        Some(v) => {
+                            d2.default = self.expand_opt(&d.default)?;
+                            Some(v)
+                        }
                         None => match &d.default {
-                            Some(v) => Some(v.clone()),
+                            Some(def) => {
+                                let v = self.expand(def)?;
+                                d2.default = Some(v.clone());
+                                Some(v)
+                            }
                             None => self.globals.get(&d.name).cloned().flatten(),
                         },
                     };
+                    if let Some(v) = &value {
+                        self.state.set(&d.name, (v.clone(), true));
+                    }
                     self.args.set(&d.name, value);
+                    exp.push(d2);
                 }
                 Instruction::Arg(exp)
             }
@@ -488,8 +506,9 @@ impl StageEnv {
                 c2.chmod = xo(&c.chmod)?;
                 c2.checksum = xo(&c.checksum)?;
                 c2.exclude = xs(&c.exclude)?;
-                // Heredoc bodies expand variables but keep quotes (BuildKit `ExpandRaw`).
-                let raw = self.lexer().with_skip_process_quotes(true);
+                // Heredoc bodies expand variables but keep quotes (BuildKit `ExpandRaw`, which
+                // uses `\` as escape whatever the file's escape directive says).
+                let raw = ShellLex::new('\\').with_skip_process_quotes(true);
                 for h in &mut c2.heredocs {
                     if h.expand {
                         h.content = raw.process_word(&h.content, &Lookup(self))?;
@@ -522,20 +541,20 @@ impl StageEnv {
         self.env.list.clone()
     }
 
-    /// Declared ARGs with values, in declaration order, not shadowed by an ENV, then proxy
-    /// build args given but not declared: what a RUN adds to its environment.
+    /// The ARG values a RUN adds on top of [`env`](Self::env): declared ARGs whose value was
+    /// not overridden by a later ENV (an ARG after an ENV of the same name wins, as in
+    /// BuildKit), then proxy build args given but not declared.
     pub fn run_build_args(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        for (k, v) in &self.args.list {
-            if let Some(v) = v {
-                if !self.env.contains(k) {
-                    out.push((k.clone(), v.clone()));
-                }
-            }
-        }
+        let mut out: Vec<(String, String)> = self
+            .state
+            .list
+            .iter()
+            .filter(|(_, (_, from_arg))| *from_arg)
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
         for (k, _) in self.build_args.iter() {
             if is_proxy_arg(k)
-                && !self.env.contains(k)
+                && !self.state.contains(k)
                 && !self.args.contains(k)
                 && !out.iter().any(|(o, _)| o == k)
             {
@@ -546,6 +565,19 @@ impl StageEnv {
             }
         }
         out
+    }
+
+    /// The complete environment of a RUN: [`env`](Self::env) overlaid with
+    /// [`run_build_args`](Self::run_build_args), in first-set order.
+    pub fn run_env(&self) -> Vec<(String, String)> {
+        let mut out: Scope<String> = Scope::default();
+        for (k, v) in &self.env.list {
+            out.set(k, v.clone());
+        }
+        for (k, v) in self.run_build_args() {
+            out.set(&k, v);
+        }
+        out.list
     }
 
     /// The args docker shows in RUN history as `|N K=V ...`: declared ARGs with values,
@@ -624,6 +656,14 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
                     .collect();
                 if !h.is_empty() {
                     out.push_str(&format!("        args: |{} {}\n", h.len(), h.join(" ")));
+                }
+                let r: Vec<String> = senv
+                    .run_build_args()
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                if !r.is_empty() {
+                    out.push_str(&format!("        run env +: {}\n", r.join(" ")));
                 }
             }
         }
