@@ -19,6 +19,8 @@ BIN="${CARGO_TARGET_DIR:-target}/release/examples/snapshot_bench"
 trap 'rm -rf "$WORK"' EXIT
 echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(df -T "${WORK%/*}" | awk 'NR==2{print $2}') file system"
 echo
+echo "Load average at start: $(cut -d" " -f1-3 /proc/loadavg) (other jobs on the machine skew timings)"
+echo
 echo '### Steps on a generated rootfs'
 echo '```'
 "$BIN" steps "$WORK/steps" "$FILES" "$TOTAL_MB" "$LEVEL"
