@@ -8,6 +8,7 @@
 //! assembled into a manifest and written out (OCI layout, docker-archive, registry).
 #![forbid(unsafe_code)]
 
+pub mod cache;
 mod context;
 mod engine;
 mod error;

@@ -1,0 +1,236 @@
+//! The layer cache: cache keys per step, and where cached layers live.
+//!
+//! - [`key`]: a step's [`CacheKey`] is a framed rolling sha256 over its parent key, the
+//!   platform, the expanded instruction, the build args and env it sees and the content of the
+//!   files it reads ([`KeyChain`], [`StepInputs`], [`hash_tree`], [`hash_context_sources`]).
+//! - [`LayerCache`]: `lookup(key)` / `store(key, layer)` with four implementations:
+//!   [`RegistryCache`] (Kaniko's `--cache-repo`: one-layer images tagged `<repo>:<key>`),
+//!   [`OciLayoutCache`] (`--cache-repo oci:/path`), [`LocalCache`] (the state dir's blob store
+//!   plus a key index, for local builds) and [`Tiered`] (local first, then remote).
+//! - [`warm`] and [`BaseImageCache`]: Kaniko's warmer and the `--cache-dir` base-image cache.
+//!
+//! Every entry is verified before use: the layer blob's digest *and* its diffID (the sha256 of
+//! the uncompressed tar) must match what the entry claims, the entry must name the key it was
+//! asked for, and it must be younger than the TTL. A bad entry is a miss plus a warning
+//! (HOSTILE-INPUTS 40, CVE-2024-24557), never an error and never a stale layer. See
+//! `docs/cache.md` for the design and the engine's calling sequence.
+
+pub mod entry;
+pub mod key;
+pub mod layout;
+pub mod local;
+pub mod registry;
+pub mod tiered;
+pub mod time;
+pub mod warm;
+
+pub use key::{
+    explain, hash_context_sources, hash_tree, BaseIdentity, CacheKey, FileDigests, KeyChain,
+    KeyParts, StepInputs,
+};
+pub use layout::OciLayoutCache;
+pub use local::{LocalCache, LocalEntry, PruneReport};
+pub use registry::RegistryCache;
+pub use tiered::Tiered;
+pub use time::{format_rfc3339, parse_rfc3339, parse_ttl, DEFAULT_TTL};
+pub use warm::{warm, BaseImageCache, CachedBase, WarmOptions, WarmOutcome};
+
+use crate::image::LayerRecord;
+use kiln_oci::{BlobStore, Reference};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// Errors of the cache. A lookup never returns an error for a bad or missing *entry* (that is
+/// a miss); these are for things the caller must hear about: a store that failed, an
+/// unreadable local index, an invalid flag.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache: {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache: {0}")]
+    Registry(Box<kiln_registry::RegistryError>),
+    #[error("cache: {0}")]
+    Blob(#[from] kiln_oci::blobstore::BlobError),
+    #[error("cache: {0}")]
+    Layout(#[from] kiln_oci::layout::LayoutError),
+    #[error("cache: {0}")]
+    Archive(#[from] kiln_oci::archive::ArchiveError),
+    #[error("cache: assembling the cache image for {key}: {source}")]
+    Assemble {
+        key: CacheKey,
+        #[source]
+        source: Box<crate::BuildError>,
+    },
+    #[error("invalid --cache-ttl {value:?}: {reason}")]
+    BadTtl { value: String, reason: &'static str },
+    #[error("invalid --cache-repo {value:?}: {reason}")]
+    BadCacheRepo { value: String, reason: String },
+    #[error("--cache needs --cache-repo (or a --destination to derive <destination>/cache from)")]
+    NoCacheRepo,
+    #[error("cache: invalid reference {reference:?}: {reason}")]
+    Reference { reference: String, reason: String },
+    #[error("warmer: {file}: {message}")]
+    Dockerfile { file: PathBuf, message: String },
+    #[error("cache: {what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<kiln_registry::RegistryError> for CacheError {
+    fn from(e: kiln_registry::RegistryError) -> Self {
+        CacheError::Registry(Box::new(e))
+    }
+}
+
+/// A verified cache hit: the step's layer is in the caller's [`BlobStore`] (digest and diffID
+/// checked), or the step made no layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedLayer {
+    /// The key it was found under.
+    pub key: CacheKey,
+    /// The layer; `None` when the step changed nothing (a RUN that wrote no file).
+    pub layer: Option<LayerRecord>,
+    /// When the entry was made (its config's `created`).
+    pub created: SystemTime,
+}
+
+/// A layer cache: the same API for a registry, an OCI layout and the local state dir.
+///
+/// Implementations are `Send + Sync`: lookups for later steps may run on other threads while
+/// the current step runs, and stores are meant to run in the background.
+pub trait LayerCache: Send + Sync {
+    /// Looks `key` up. `Ok(None)` on a miss, on an expired entry and on an entry that fails
+    /// verification (which also records a warning, see [`LayerCache::take_warnings`]). On a
+    /// hit the layer blob is in `blobs`, verified.
+    fn lookup(&self, key: &CacheKey, blobs: &BlobStore) -> Result<Option<CachedLayer>, CacheError>;
+
+    /// Stores the outcome of the step with `key`: its layer (in `blobs`), or `None` when the
+    /// step made no layer. Errors are returned so the caller can warn; a failed store never
+    /// fails a build.
+    fn store(
+        &self,
+        key: &CacheKey,
+        layer: Option<&LayerRecord>,
+        blobs: &BlobStore,
+    ) -> Result<(), CacheError>;
+
+    /// Starts looking up `keys` in the background so that later [`LayerCache::lookup`] calls
+    /// return at once. The default does nothing (local lookups are cheap).
+    fn prefetch(&self, _keys: &[CacheKey], _blobs: &BlobStore) {}
+
+    /// Warnings recorded since the last call (bad entries, failed prefetches), for the
+    /// build's output. They are also logged with `tracing::warn!`.
+    fn take_warnings(&self) -> Vec<String>;
+
+    /// A short description for logs (`registry example.com/app/cache`, `local /var/kiln`).
+    fn describe(&self) -> String;
+}
+
+/// Where `--cache-repo` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheRepo {
+    /// A registry repository (`registry/repo`, no tag).
+    Registry(Reference),
+    /// An OCI layout directory (`oci:/path`).
+    Layout(PathBuf),
+}
+
+impl CacheRepo {
+    /// Kaniko's rule: `--cache-repo` as given (`oci:/path` is an OCI layout), else
+    /// `<first destination's repository>/cache`. `Ok(None)` when neither is given.
+    pub fn resolve(
+        flag: Option<&str>,
+        destinations: &[String],
+    ) -> Result<Option<CacheRepo>, CacheError> {
+        let bad = |value: &str, reason: String| CacheError::BadCacheRepo {
+            value: value.to_string(),
+            reason,
+        };
+        match flag.filter(|f| !f.is_empty()) {
+            Some(f) => {
+                if let Some(path) = f.strip_prefix("oci:") {
+                    if path.is_empty() {
+                        return Err(bad(f, "oci: needs a directory".into()));
+                    }
+                    return Ok(Some(CacheRepo::Layout(PathBuf::from(path))));
+                }
+                let r: Reference = f
+                    .parse()
+                    .map_err(|e: kiln_oci::ReferenceError| bad(f, e.to_string()))?;
+                if r.tag().is_some() || r.digest().is_some() {
+                    // Kaniko takes the value as a repository; a tag there would be overwritten
+                    // by each key, so refuse it rather than guess.
+                    if f.rsplit('/')
+                        .next()
+                        .is_some_and(|last| last.contains(':') || last.contains('@'))
+                    {
+                        return Err(bad(f, "a cache repository takes no tag or digest".into()));
+                    }
+                }
+                Ok(Some(CacheRepo::Registry(r)))
+            }
+            None => match destinations.first() {
+                Some(d) => {
+                    let r: Reference =
+                        d.parse()
+                            .map_err(|e: kiln_oci::ReferenceError| CacheError::Reference {
+                                reference: d.clone(),
+                                reason: e.to_string(),
+                            })?;
+                    let name = format!("{}/cache", r.name());
+                    let cache: Reference =
+                        name.parse().map_err(|e: kiln_oci::ReferenceError| {
+                            CacheError::Reference {
+                                reference: name.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?;
+                    Ok(Some(CacheRepo::Registry(cache)))
+                }
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+/// Opens the cache `--cache-repo` names: a [`RegistryCache`] or an [`OciLayoutCache`].
+pub fn open_remote(
+    repo: &CacheRepo,
+    client: std::sync::Arc<kiln_registry::Client>,
+    ttl: std::time::Duration,
+    platform: kiln_oci::Platform,
+) -> Result<Box<dyn LayerCache>, CacheError> {
+    Ok(match repo {
+        CacheRepo::Registry(r) => Box::new(RegistryCache::new(client, r.clone(), ttl, platform)),
+        CacheRepo::Layout(dir) => Box::new(OciLayoutCache::open(dir, ttl, platform)?),
+    })
+}
+
+/// Collects warnings for [`LayerCache::take_warnings`] and logs them.
+#[derive(Debug, Default)]
+pub(crate) struct Warnings(Mutex<Vec<String>>);
+
+impl Warnings {
+    pub(crate) fn push(&self, message: String) {
+        tracing::warn!("{message}");
+        if let Ok(mut v) = self.0.lock() {
+            v.push(message);
+        }
+    }
+
+    pub(crate) fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
