@@ -497,3 +497,34 @@ fn overlay_upper_gives_the_same_tree_as_the_walk() {
     };
     assert_eq!(strip(got), strip(want));
 }
+
+#[test]
+fn compressed_layers_are_detected_by_magic() {
+    let mut kinds = vec![Compression::None, Compression::Gzip { level: 6 }];
+    if cfg!(feature = "zstd") {
+        kinds.push(Compression::Zstd { level: 3 });
+    } else {
+        println!("skipped: zstd layers (build with --features zstd)");
+    }
+    for comp in kinds {
+        let c = Case::new(base);
+        let root = Root::open(&c.new).unwrap();
+        let cs = ChangeSet::from_paths(&root, &[PathBuf::from("/")]).unwrap();
+        let mut w = LayerWriter::new(&c.store, comp, LayerOptions::default()).unwrap();
+        write_layer(&root, &cs, &mut w).unwrap();
+        let info = w.finish().unwrap();
+        let fresh = c
+            ._tmp
+            .path()
+            .join(format!("fresh{}", comp.media_type_suffix()));
+        fs::create_dir(&fresh).unwrap();
+        let st = unpack_layer(
+            &Root::open(&fresh).unwrap(),
+            fs::File::open(c.store.path(&info.digest)).unwrap(),
+            &UnpackOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(st.diff_id, info.diff_id, "{comp:?}");
+        assert_eq!(tree(&fresh), tree(&c.new), "{comp:?}");
+    }
+}
