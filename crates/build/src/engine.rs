@@ -200,10 +200,15 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
             compression: opts.compression,
             reproducible: opts.reproducible,
         },
-        privileged: nix_is_root(),
+        privileged: can_chown(),
         ignore: snapshot::ignore_list(opts),
         sources: HashMap::new(),
     };
+    if !b.privileged {
+        out.event(Event::Warning(
+            "only one user id is available (no /etc/subuid range for this user): files owned by other users in base images become root's",
+        ));
+    }
     b.check_push_permission()?;
 
     let stages = b.plan.stages.clone();
@@ -222,10 +227,20 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
     b.finish(final_stage, started)
 }
 
-fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
+/// Whether kiln may give files any owner: root with more than one id mapped (real root, or a
+/// user namespace with a subordinate id range). Root of a single-id namespace may not.
+fn can_chown() -> bool {
+    let root = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
+        .unwrap_or(false);
+    let mapped: u64 = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| {
+            m.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    root && mapped > 1
 }
 
 impl Builder<'_> {

@@ -6,6 +6,7 @@
 mod flags;
 mod render;
 mod run;
+mod userns;
 
 use clap::Parser;
 use std::ffi::OsString;
@@ -14,6 +15,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = executor_args(std::env::args_os().collect());
     let cli = flags::Cli::parse_from(args);
+    if matches!(cli.command, flags::Command::Build(_)) {
+        if let Some(code) = userns::reexec_if_unprivileged() {
+            return code;
+        }
+    }
     match run::run(cli) {
         Ok(code) => code,
         Err(e) => {

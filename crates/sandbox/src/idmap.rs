@@ -22,7 +22,13 @@ pub(crate) type Range = (u64, u64, u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MapPlan {
     /// Written directly by a privileged parent.
-    Direct { uid: Vec<Range>, gid: Vec<Range> },
+    Direct {
+        uid: Vec<Range>,
+        gid: Vec<Range>,
+        /// False inside a user namespace whose creator denied setgroups(2) (e.g. a build
+        /// re-executed by `unshare --map-root-user`): the denial is inherited by children.
+        setgroups: bool,
+    },
     /// Written by the setuid helpers.
     Helpers {
         uid: Vec<Range>,
@@ -67,7 +73,16 @@ impl MapPlan {
                 (!v.is_empty()).then_some(v)
             };
             if let (Some(u), Some(g)) = (own("uid_map"), own("gid_map")) {
-                return (MapPlan::Direct { uid: u, gid: g }, None);
+                let setgroups = std::fs::read_to_string(src.proc.join("self").join("setgroups"))
+                    .map_or(true, |s| s.trim() != "deny");
+                return (
+                    MapPlan::Direct {
+                        uid: u,
+                        gid: g,
+                        setgroups,
+                    },
+                    None,
+                );
             }
         }
         let name = nix::unistd::User::from_uid(uid)
@@ -106,7 +121,11 @@ impl MapPlan {
 
     /// Whether setgroups(2) will be allowed in the namespace.
     pub(crate) fn setgroups_allowed(&self) -> bool {
-        !matches!(self, MapPlan::Single { .. })
+        match self {
+            MapPlan::Single { .. } => false,
+            MapPlan::Direct { setgroups, .. } => *setgroups,
+            MapPlan::Helpers { .. } => true,
+        }
     }
 
     /// Writes the maps for the child `pid`. On helper failure falls back to a single-id map
@@ -117,7 +136,21 @@ impl MapPlan {
         pid: i32,
     ) -> Result<(MapPlan, Option<String>), SandboxError> {
         match self {
-            MapPlan::Direct { uid, gid } => {
+            MapPlan::Direct {
+                uid,
+                gid,
+                setgroups,
+            } => {
+                if !setgroups {
+                    // user_namespaces(7): gid_map can only be written once setgroups is denied
+                    // in the child too.
+                    let path = proc.join(pid.to_string()).join("setgroups");
+                    std::fs::write(&path, "deny").map_err(|e| SandboxError::IdMap {
+                        map: "setgroups",
+                        pid,
+                        detail: e.to_string(),
+                    })?;
+                }
                 write_map(proc, pid, "uid_map", uid)?;
                 write_map(proc, pid, "gid_map", gid)?;
                 Ok((self.clone(), None))
