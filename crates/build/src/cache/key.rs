@@ -579,6 +579,80 @@ pub(crate) fn context_sources(ctx: &Context, sources: &[String]) -> io::Result<F
     Ok(out)
 }
 
+/// The [`StepInputs`] of one expanded instruction, as the engine dispatches it:
+/// - the instruction text is `format!("{expanded:?}")` (flags, heredoc bodies, mount specs
+///   with secret *ids*; never a secret's bytes, which the instruction does not hold);
+/// - `env` is the image config's Env before the step, `build_args` the args in scope
+///   (`StageEnv::run_build_args`);
+/// - COPY/ADD from the context: every source pattern's matches, hashed through the
+///   `.dockerignore` walk COPY uses, and the destination;
+/// - `COPY --from` / `RUN --mount=…,from=` a stage: that stage's final key, from
+///   `stage_key(from)` (`None` for an image reference: the reference text is in the key);
+/// - `RUN --mount=type=bind` from the context: the bound files' digests.
+// Called by the engine once the cache is wired in (docs/cache.md); until then only tests do.
+#[allow(dead_code)]
+pub(crate) fn step_inputs(
+    expanded: &kiln_dockerfile::Instruction,
+    env: &[(String, String)],
+    build_args: &[(String, String)],
+    context: &Context,
+    stage_key: &dyn Fn(&str) -> Option<CacheKey>,
+) -> io::Result<StepInputs> {
+    use kiln_dockerfile::{Instruction, MountType};
+    let mut inputs = StepInputs::new(format!("{expanded:?}"))
+        .env(env.iter().cloned())
+        .build_args(build_args.iter().cloned());
+    match expanded {
+        Instruction::Copy(args) | Instruction::Add(args) => {
+            inputs = inputs.destination(args.dest.clone());
+            match &args.from {
+                Some(from) => {
+                    if let Some(k) = stage_key(from) {
+                        inputs = inputs.from_stage(k);
+                    }
+                }
+                None => {
+                    // URLs (ADD http://…) are not files of the context: their text is in
+                    // the key; their content is not (the engine does not cache them).
+                    let local: Vec<String> = args
+                        .sources
+                        .iter()
+                        .filter(|s| !s.contains("://") && !s.starts_with("git@"))
+                        .cloned()
+                        .collect();
+                    inputs = inputs.sources(context_sources(context, &local)?);
+                }
+            }
+        }
+        Instruction::Run(r) => {
+            for m in &r.mounts {
+                let target = m.target.clone().unwrap_or_default();
+                match m.kind {
+                    MountType::Bind => match &m.from {
+                        Some(from) => {
+                            if let Some(k) = stage_key(from) {
+                                inputs = inputs.from_stage(k);
+                            }
+                        }
+                        None => {
+                            let src = m.source.clone().unwrap_or_else(|| ".".into());
+                            inputs = inputs.bind_mount(target, context_sources(context, &[src])?);
+                        }
+                    },
+                    MountType::Secret => {
+                        inputs = inputs.secret_id(m.id.clone().unwrap_or(target));
+                    }
+                    // Cache, tmpfs and ssh mounts: their content is deliberately not part of
+                    // the key (BuildKit: a cache mount is a cache, not an input).
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(inputs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,6 +734,43 @@ mod tests {
         let g0 = context_sources(&ctx, &["src/*.txt".into()]).unwrap();
         fs::rename(root.join("src/a.txt"), root.join("src/c.txt")).unwrap();
         assert_ne!(g0, context_sources(&ctx, &["src/*.txt".into()]).unwrap());
+    }
+
+    #[test]
+    fn step_inputs_of_parsed_instructions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::write(root.join("a.txt"), "1").unwrap();
+        let ctx = Context::open(root, &root.join("Dockerfile")).unwrap();
+        let df = kiln_dockerfile::parse_dockerfile(
+            b"FROM scratch AS s\nCOPY a.txt /a\nRUN --mount=type=secret,id=tok --mount=type=bind,source=a.txt,target=/b cat /b\nCOPY --from=s /x /y\n",
+        )
+        .unwrap();
+        let ins: Vec<_> = df.stages[0]
+            .instructions
+            .iter()
+            .map(|i| i.value.clone())
+            .collect();
+        let stage = KeyChain::new(&BaseIdentity::Scratch, &platform())
+            .current()
+            .clone();
+        let key_for = |i: &kiln_dockerfile::Instruction, from: &CacheKey| {
+            let from = from.clone();
+            let inputs = step_inputs(i, &[], &[], &ctx, &move |_| Some(from.clone())).unwrap();
+            KeyChain::new(&BaseIdentity::Scratch, &platform()).step(&inputs)
+        };
+        let before: Vec<CacheKey> = ins.iter().map(|i| key_for(i, &stage)).collect();
+        fs::write(root.join("a.txt"), "2").unwrap();
+        let after: Vec<CacheKey> = ins.iter().map(|i| key_for(i, &stage)).collect();
+        assert_ne!(before[0], after[0], "COPY source content");
+        assert_ne!(before[1], after[1], "RUN bind mount content");
+        assert_eq!(before[2], after[2]);
+        let other = key_of_text("other stage");
+        assert_ne!(before[2], key_for(&ins[2], &other), "COPY --from stage key");
+    }
+
+    fn key_of_text(t: &str) -> CacheKey {
+        KeyChain::new(&BaseIdentity::Scratch, &platform()).step(&StepInputs::new(t))
     }
 
     #[test]
