@@ -36,7 +36,9 @@ pub const MAX_SYMLINK_HOPS: u32 = 40;
 pub struct Meta {
     /// Permission bits plus setuid/setgid/sticky (`0o7777`).
     pub mode: u32,
+    /// Owner (applied according to the root's [`Ownership`]).
     pub uid: u32,
+    /// Group (applied according to the root's [`Ownership`]).
     pub gid: u32,
     /// Modification time (seconds, nanoseconds); `None` leaves it as the kernel set it.
     pub mtime: Option<(i64, u32)>,
@@ -68,7 +70,9 @@ pub enum Ownership {
 /// Id ranges `(inside, outside, count)` for uids and gids, as in `/proc/self/uid_map`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IdMap {
+    /// User id ranges.
     pub uids: Vec<(u32, u32, u32)>,
+    /// Group id ranges.
     pub gids: Vec<(u32, u32, u32)>,
 }
 
@@ -84,12 +88,19 @@ impl IdMap {
 /// Kind of an entry, from `lstat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Regular file.
     File,
+    /// Directory.
     Dir,
+    /// Symbolic link.
     Symlink,
+    /// Named pipe.
     Fifo,
+    /// Character device.
     Char,
+    /// Block device.
     Block,
+    /// Unix socket (never archived).
     Socket,
 }
 
