@@ -761,3 +761,103 @@ fn cache_repo_resolution() {
     assert!(CacheRepo::resolve(Some("oci:"), &dests).is_err());
     assert!(CacheRepo::resolve(Some("reg.example.com/c:tag"), &dests).is_err());
 }
+
+#[test]
+fn local_cache_explains_a_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = LocalCache::open(tmp.path(), TTL).unwrap();
+    let build = |v: &str, file: &str| {
+        let mut chain = KeyChain::new(&BaseIdentity::Image(Digest::of(b"m")), &platform());
+        let mut out = Vec::new();
+        for text in ["ARG V", "RUN make", "COPY . /src"] {
+            let mut inputs = StepInputs::new(text).build_args([("V", v)]);
+            if text.starts_with("COPY") {
+                let mut d = FileDigests::new();
+                d.push(file, Digest::of(b"same content"));
+                inputs = inputs.sources(d);
+            }
+            let key = chain.step(&inputs);
+            out.push(cache.explain(&key, chain.last_parts()));
+        }
+        out
+    };
+    assert!(
+        build("1", "a").iter().all(Vec::is_empty),
+        "nothing known yet"
+    );
+    assert!(
+        build("1", "a").iter().all(Vec::is_empty),
+        "same keys: nothing to explain"
+    );
+    let why = build("2", "a");
+    assert_eq!(why[0], vec!["build arg V changed".to_string()]);
+    let why = build("1", "b");
+    assert_eq!(why[0], Vec::<String>::new());
+    assert_eq!(
+        why[2],
+        vec!["source b added".to_string(), "source a removed".to_string()]
+    );
+}
+
+/// The concurrent-builds test, as two processes: this test binary re-runs itself.
+#[test]
+fn two_processes_share_the_local_cache() {
+    if let Ok(state) = std::env::var("KILN_CACHE_TEST_CHILD_STATE") {
+        let t: u32 = std::env::var("KILN_CACHE_TEST_CHILD_ID")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let cache = LocalCache::open(Path::new(&state), TTL).unwrap();
+        let (_d, build_store) = store();
+        for i in 0..15 {
+            let text = if i % 3 == 0 {
+                format!("RUN shared {i}")
+            } else {
+                format!("RUN proc {t} {i}")
+            };
+            let k = key_of(&text);
+            let l = layer(&build_store, "f", text.as_bytes());
+            cache.store(&k, Some(&l), &build_store).unwrap();
+            assert!(cache.lookup(&k, &build_store).unwrap().is_some());
+            if i % 4 == 0 {
+                cache.prune(u64::MAX).unwrap();
+            }
+        }
+        assert!(cache.take_warnings().is_empty());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|t| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "two_processes_share_the_local_cache",
+                    "--test-threads=1",
+                ])
+                .env("KILN_CACHE_TEST_CHILD_STATE", tmp.path())
+                .env("KILN_CACHE_TEST_CHILD_ID", t.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "child failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    }
+    let cache = LocalCache::open(tmp.path(), TTL).unwrap();
+    assert_eq!(cache.list().unwrap().len(), 5 + 2 * 10);
+    let (_d, fresh) = store();
+    for e in cache.list().unwrap() {
+        assert!(cache.lookup(&e.key, &fresh).unwrap().is_some());
+    }
+}

@@ -9,10 +9,14 @@
 //!
 //! Last use is the index file's mtime: a hit touches it, and [`LocalCache::prune`] keeps the
 //! most recently used entries that fit the budget.
+//!
+//! `<state>/cache/parts/<parent>/<key>` records each key's [`KeyParts`] (digests only), so
+//! that [`LayerCache::explain`] can compare a new key with its siblings; prune drops records
+//! older than the TTL.
 
 use super::entry;
 use super::layout::{copy_blob, FileLock};
-use super::{CacheError, CacheKey, CachedLayer, LayerCache, Warnings};
+use super::{CacheError, CacheKey, CachedLayer, KeyParts, LayerCache, Warnings};
 use crate::image::LayerRecord;
 use kiln_oci::{BlobStore, Digest};
 use std::collections::HashSet;
@@ -219,6 +223,7 @@ impl LocalCache {
                 }
             }
         }
+        self.prune_parts();
         tracing::info!(
             removed = report.removed_entries,
             freed = report.freed_bytes,
@@ -226,6 +231,84 @@ impl LocalCache {
             "pruned the local cache"
         );
         Ok(report)
+    }
+
+    /// `<state>/cache/parts/<parent field digest>/<key>` holds the parts of each key seen
+    /// with that parent: the siblings a miss is compared with.
+    fn explain_inner(&self, key: &CacheKey, parts: &KeyParts) -> io::Result<Vec<String>> {
+        let Some((_, parent)) = parts
+            .parts
+            .iter()
+            .find(|(l, _)| l == "parent" || l == "base")
+        else {
+            return Ok(Vec::new());
+        };
+        // The part digests are sha256 hex (validated below): safe as a directory name.
+        if parent.len() != 64 || !parent.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Vec::new());
+        }
+        let dir = self.dir.join("parts").join(parent);
+        if dir.join(key.as_str()).exists() {
+            // Seen before: nothing changed here, whatever other siblings there are.
+            return Ok(Vec::new());
+        }
+        let mut best: Option<Vec<String>> = None;
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let Some(other) = e.file_name().to_str().and_then(CacheKey::from_hex) else {
+                    continue;
+                };
+                if &other == key {
+                    continue;
+                }
+                let Ok(old) = fs::read(e.path()).map_err(|e| e.to_string()).and_then(|b| {
+                    serde_json::from_slice::<KeyParts>(&b).map_err(|e| e.to_string())
+                }) else {
+                    continue;
+                };
+                let why = super::key::explain(&old, parts);
+                if !why.is_empty() && best.as_ref().is_none_or(|b| why.len() < b.len()) {
+                    best = Some(why);
+                }
+            }
+        }
+        fs::create_dir_all(&dir)?;
+        let bytes = serde_json::to_vec(parts).map_err(io::Error::other)?;
+        let tmp = dir.join(format!(
+            ".tmp-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, dir.join(key.as_str()))?;
+        Ok(best.unwrap_or_default())
+    }
+
+    /// Removes key-part records (used only to explain misses) older than the TTL.
+    fn prune_parts(&self) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = SystemTime::now();
+        let Ok(dirs) = fs::read_dir(self.dir.join("parts")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let Ok(files) = fs::read_dir(d.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let old = f
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| super::time::expired(t, self.ttl, now));
+                if old {
+                    let _ = fs::remove_file(f.path());
+                }
+            }
+            // Succeeds only when empty.
+            let _ = fs::remove_dir(d.path());
+        }
     }
 
     fn write_index(&self, key: &CacheKey, f: &IndexFile) -> Result<(), CacheError> {
@@ -331,6 +414,13 @@ impl LayerCache for LocalCache {
             }
         }
         self.write_index(key, &f)
+    }
+
+    fn explain(&self, key: &CacheKey, parts: &KeyParts) -> Vec<String> {
+        self.explain_inner(key, parts).unwrap_or_else(|e| {
+            tracing::debug!(%key, "could not record or explain the cache key: {e}");
+            Vec::new()
+        })
     }
 
     fn take_warnings(&self) -> Vec<String> {

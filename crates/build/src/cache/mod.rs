@@ -127,6 +127,15 @@ pub trait LayerCache: Send + Sync {
     /// return at once. The default does nothing (local lookups are cheap).
     fn prefetch(&self, _keys: &[CacheKey], _blobs: &BlobStore) {}
 
+    /// Records the parts of `key` (see [`KeyChain::last_parts`]) so that a later build's miss
+    /// can be explained, and returns what differs from the closest step recorded before with
+    /// the same parent but another key ("build arg V changed"). Empty when nothing is known.
+    /// Only [`LocalCache`] keeps parts (a registry cannot list a key's siblings cheaply); call
+    /// it for every step, metadata ones included, and show the result of the first miss.
+    fn explain(&self, _key: &CacheKey, _parts: &KeyParts) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Warnings recorded since the last call (bad entries, failed prefetches), for the
     /// build's output. They are also logged with `tracing::warn!`.
     fn take_warnings(&self) -> Vec<String>;

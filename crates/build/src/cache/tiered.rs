@@ -1,6 +1,6 @@
 //! Local first, then remote: a remote hit is copied into the local cache; a store goes to both.
 
-use super::{CacheError, CacheKey, CachedLayer, LayerCache};
+use super::{CacheError, CacheKey, CachedLayer, KeyParts, LayerCache};
 use crate::image::LayerRecord;
 use kiln_oci::BlobStore;
 
@@ -50,6 +50,14 @@ impl<L: LayerCache, R: LayerCache> LayerCache for Tiered<L, R> {
         self.remote.prefetch(keys, blobs);
     }
 
+    fn explain(&self, key: &CacheKey, parts: &KeyParts) -> Vec<String> {
+        let mut why = self.local.explain(key, parts);
+        if why.is_empty() {
+            why = self.remote.explain(key, parts);
+        }
+        why
+    }
+
     fn take_warnings(&self) -> Vec<String> {
         let mut w = self.local.take_warnings();
         w.extend(self.remote.take_warnings());
@@ -75,6 +83,9 @@ impl LayerCache for Box<dyn LayerCache> {
     }
     fn prefetch(&self, keys: &[CacheKey], blobs: &BlobStore) {
         (**self).prefetch(keys, blobs)
+    }
+    fn explain(&self, key: &CacheKey, parts: &KeyParts) -> Vec<String> {
+        (**self).explain(key, parts)
     }
     fn take_warnings(&self) -> Vec<String> {
         (**self).take_warnings()
