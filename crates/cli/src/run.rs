@@ -163,15 +163,62 @@ fn state_dir(flags: &BuildFlags) -> PathBuf {
     PathBuf::from("/kiln")
 }
 
-/// Resolves `--context` to a local directory.
-fn context_dir(flags: &BuildFlags) -> Result<PathBuf> {
+/// A directory kiln made for this build (an extracted context, a Dockerfile from stdin),
+/// removed when the build ends.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(state: &Path, what: &str) -> Result<TempDir> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = state
+        .join("tmp")
+        .join(format!("{what}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(TempDir(dir))
+}
+
+/// Extracts a context tarball (plain or gzip; a file or stdin) through the confined unpacker.
+fn extract_context(reader: impl std::io::Read, into: &Path, what: &str) -> Result<()> {
+    let root = kiln_rootfs::Root::open(into)
+        .with_context(|| format!("opening {}", into.display()))?
+        .with_ownership(kiln_rootfs::Ownership::Skip);
+    kiln_rootfs::unpack_layer(
+        &root,
+        std::io::BufReader::new(reader),
+        &kiln_rootfs::UnpackOptions::default(),
+    )
+    .with_context(|| format!("extracting the build context {what}"))?;
+    Ok(())
+}
+
+/// Resolves `--context` to a local directory: a directory, `dir://DIR`, or `tar://FILE`
+/// / `tar://stdin` (extracted under the state directory, removed at the end).
+fn context_dir(flags: &BuildFlags, state: &Path) -> Result<(PathBuf, Option<TempDir>)> {
     let c = flags.context.as_str();
-    let dir = if let Some(rest) = c.strip_prefix("dir://") {
-        PathBuf::from(rest)
+    let (dir, temp) = if let Some(rest) = c.strip_prefix("dir://") {
+        (PathBuf::from(rest), None)
+    } else if let Some(rest) = c.strip_prefix("tar://") {
+        let t = temp_dir(state, "context")?;
+        if rest == "stdin" {
+            extract_context(std::io::stdin().lock(), &t.0, "from stdin")?;
+        } else {
+            let f = std::fs::File::open(rest)
+                .with_context(|| format!("build context tarball {rest}: not readable"))?;
+            extract_context(f, &t.0, rest)?;
+        }
+        (t.0.clone(), Some(t))
     } else if let Some((scheme, _)) = c.split_once("://") {
-        bail!("not supported yet: --context {scheme}:// (use a directory or dir://)")
+        bail!("not supported yet: --context {scheme}:// (use a directory, dir:// or tar://)")
     } else {
-        PathBuf::from(c)
+        (PathBuf::from(c), None)
     };
     let dir = if flags.context_sub_path.is_empty() {
         dir
@@ -183,18 +230,40 @@ fn context_dir(flags: &BuildFlags) -> Result<PathBuf> {
     if !meta.is_dir() {
         bail!("build context {}: not a directory", dir.display());
     }
-    Ok(dir)
+    Ok((dir, temp))
 }
 
-/// `--dockerfile`: as given, then relative to the context (Kaniko's order).
-fn dockerfile_path(flags: &BuildFlags, context: &Path) -> Result<PathBuf> {
+/// `--dockerfile`: `-` (stdin), as given, then relative to the context (Kaniko's order).
+fn dockerfile_path(
+    flags: &BuildFlags,
+    context: &Path,
+    state: &Path,
+) -> Result<(PathBuf, Option<TempDir>)> {
+    if flags.dockerfile == "-" {
+        if flags.context == "tar://stdin" {
+            bail!("--dockerfile - and --context tar://stdin cannot both read standard input");
+        }
+        let t = temp_dir(state, "dockerfile")?;
+        let path = t.0.join("Dockerfile");
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut text)
+            .context("reading the Dockerfile from standard input")?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        return Ok((path, Some(t)));
+    }
+    if flags.dockerfile.starts_with("http://") || flags.dockerfile.starts_with("https://") {
+        bail!(
+            "not supported yet: --dockerfile from a URL ({})",
+            flags.dockerfile
+        );
+    }
     let given = PathBuf::from(&flags.dockerfile);
     if given.is_file() {
-        return Ok(given);
+        return Ok((given, None));
     }
     let in_context = context.join(&flags.dockerfile);
     if in_context.is_file() {
-        return Ok(in_context);
+        return Ok((in_context, None));
     }
     bail!(
         "Dockerfile {}: not found (also tried {})",
@@ -275,8 +344,9 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
     if flags.destinations.is_empty() && !flags.no_push {
         bail!("no --destination given: pass one or more, or --no-push");
     }
-    let context = context_dir(flags)?;
-    let dockerfile = dockerfile_path(flags, &context)?;
+    let state = state_dir(flags);
+    let (context, _context_tmp) = context_dir(flags, &state)?;
+    let (dockerfile, _dockerfile_tmp) = dockerfile_path(flags, &context, &state)?;
     let snapshot_mode = match flags.snapshot_mode.as_str() {
         "full" => SnapshotMode::Full,
         "redo" => SnapshotMode::Redo,
@@ -306,7 +376,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
     let opts = BuildOptions {
         context,
         dockerfile,
-        state_dir: state_dir(flags),
+        state_dir: state,
         destinations: flags.destinations.clone(),
         push: !flags.no_push,
         tar_path: opt_path(&flags.tar_path),

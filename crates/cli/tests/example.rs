@@ -323,3 +323,63 @@ fn nix_gid() -> u32 {
         .map(|m| m.gid())
         .unwrap_or(0)
 }
+
+/// A `--reproducible` build from the directory, from `tar://FILE` and from `tar://stdin`
+/// (with `-f -` for a Dockerfile from stdin too) gives the same image digest.
+#[test]
+fn tar_contexts_and_reproducible_builds_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = repo_root().join("examples/hello");
+    let tarball = tmp.path().join("ctx.tar.gz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&ctx)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let build = |context: String, stdin: Option<PathBuf>, dockerfile: Option<&str>, n: usize| {
+        let digest_file = tmp.path().join(format!("digest{n}"));
+        let mut cmd = kiln();
+        cmd.arg("build")
+            .arg("-c")
+            .arg(&context)
+            .args(["--no-push", "--reproducible", "--log-format=text"])
+            .arg("--kiln-dir")
+            .arg(tmp.path().join("state"))
+            .arg("--digest-file")
+            .arg(&digest_file);
+        if let Some(d) = dockerfile {
+            cmd.args(["-f", d]);
+        }
+        if let Some(input) = &stdin {
+            cmd.stdin(std::fs::File::open(input).unwrap());
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{context}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(digest_file).unwrap()
+    };
+    let from_dir = build(ctx.display().to_string(), None, None, 1);
+    let from_tar = build(format!("tar://{}", tarball.display()), None, None, 2);
+    let from_stdin = build("tar://stdin".into(), Some(tarball.clone()), None, 3);
+    let df_stdin = build(
+        format!("dir://{}", ctx.display()),
+        Some(ctx.join("Dockerfile")),
+        Some("-"),
+        4,
+    );
+    assert_eq!(from_dir, from_tar);
+    assert_eq!(from_dir, from_stdin);
+    assert_eq!(from_dir, df_stdin);
+    // Nothing extracted is left behind in the state directory.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("state/tmp"))
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
