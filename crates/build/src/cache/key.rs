@@ -765,6 +765,14 @@ mod tests {
         assert_ne!(before[0], after[0], "COPY source content");
         assert_ne!(before[1], after[1], "RUN bind mount content");
         assert_eq!(before[2], after[2]);
+        // Line numbers are not part of an instruction's value: moving a step keeps its key.
+        let moved =
+            kiln_dockerfile::parse_dockerfile(b"FROM scratch AS s\n\n\n# c\nCOPY a.txt /a\n")
+                .unwrap();
+        assert_eq!(
+            key_for(&moved.stages[0].instructions[0].value, &stage),
+            after[0]
+        );
         let other = key_of_text("other stage");
         assert_ne!(before[2], key_for(&ins[2], &other), "COPY --from stage key");
     }

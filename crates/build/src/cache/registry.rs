@@ -231,8 +231,9 @@ impl LayerCache for RegistryCache {
         if todo.is_empty() {
             return;
         }
+        let threads = PREFETCH_THREADS.min(todo.len());
         let queue = Arc::new(Mutex::new(todo));
-        for _ in 0..PREFETCH_THREADS.min(keys.len()) {
+        for _ in 0..threads {
             let inner = self.inner.clone();
             let queue = queue.clone();
             let blobs = blobs.clone();

@@ -9,7 +9,6 @@
 //! Layers are kept compressed in the archive (as in the registry), so their digests are the
 //! manifest's and every blob read back is verified against the manifest.
 
-use super::layout::FileLock;
 use super::{CacheError, Warnings};
 use crate::image::LayerRecord;
 use kiln_oci::archive::{write_docker_archive, ArchiveLayer};
@@ -335,8 +334,8 @@ impl BaseImageCache {
         // Import the archive members named after a wanted digest (ggcr names them
         // `sha256:<hex>` or `<hex>.tar.gz`, kiln `<hex>.json` / `<hex>.tar.gz`); each is
         // published only if its bytes hash to that digest.
-        let _lock =
-            FileLock::shared(&self.dir.join(".kiln-warm.lock")).map_err(|e| e.to_string())?;
+        // No lock: `--cache-dir` is often a read-only volume, and the warmer publishes each
+        // file by rename, so a reader sees a whole archive or none.
         let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut archive = tar::Archive::new(io::BufReader::new(file));
         for entry in archive.entries().map_err(|e| e.to_string())? {
