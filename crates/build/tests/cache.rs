@@ -861,3 +861,48 @@ fn two_processes_share_the_local_cache() {
         assert!(cache.lookup(&e.key, &fresh).unwrap().is_some());
     }
 }
+
+/// A registry (here: a proxy in front of one) that serves a cached layer blob whose bytes or
+/// digest do not verify: a miss with a warning, and nothing unverified in the store.
+#[test]
+fn registry_layer_blob_failing_verification_is_a_miss() {
+    use kiln_testkit::{Fault, FaultProxy};
+    let reg = require!(Registry::start());
+    let proxy = FaultProxy::start(reg.addr()).unwrap();
+    let (_d, build_store) = store();
+    let l = layer(&build_store, "v", b"verified or nothing");
+    let k = key_of("RUN verify the blob");
+    let through_proxy: Reference = format!("{}/verify/cache", proxy.addr()).parse().unwrap();
+    let cache = RegistryCache::new(client(), through_proxy.clone(), TTL, platform());
+    cache.store(&k, Some(&l), &build_store).unwrap();
+    let blob_path = format!("/blobs/{}", l.digest);
+    for (what, fault) in [
+        (
+            "Docker-Content-Digest of another blob",
+            Fault::SetHeader(
+                "Docker-Content-Digest".into(),
+                Digest::of(b"other").to_string(),
+            ),
+        ),
+        ("one byte too many", Fault::ExtraByte),
+    ] {
+        proxy.clear();
+        proxy.add("GET", &blob_path, 100, fault);
+        // A new cache object: no memoised result from the store above.
+        let fresh_cache = RegistryCache::new(client(), through_proxy.clone(), TTL, platform());
+        let (_d2, fresh) = store();
+        assert_eq!(fresh_cache.lookup(&k, &fresh).unwrap(), None, "{what}");
+        let w = fresh_cache.take_warnings();
+        assert_eq!(w.len(), 1, "{what}: {w:?}");
+        assert!(w[0].contains("fetching its layer failed"), "{what}: {w:?}");
+        assert!(!fresh.contains(&l.digest), "{what}: unverified blob kept");
+        assert!(proxy.count("GET", &blob_path) >= 1);
+    }
+    proxy.clear();
+    let (_d3, fresh) = store();
+    let ok = RegistryCache::new(client(), through_proxy, TTL, platform());
+    assert!(
+        ok.lookup(&k, &fresh).unwrap().is_some(),
+        "the same entry served faithfully hits"
+    );
+}

@@ -579,6 +579,37 @@ pub(crate) fn context_sources(ctx: &Context, sources: &[String]) -> io::Result<F
     Ok(out)
 }
 
+/// Whether the outcome of `expanded` may be looked up and stored (Kaniko's rule): RUN when
+/// `--cache-run-layers` (default true), COPY/ADD when `--cache-copy-layers` (default false).
+/// Never: metadata instructions (they have no layer; they only advance the key chain),
+/// WORKDIR, ADD of a URL or git source and `COPY --from=<image>` (their content is not in the
+/// key: a URL's bytes or a tag's target can change under the same text).
+pub fn is_cacheable(
+    expanded: &kiln_dockerfile::Instruction,
+    cache_run_layers: bool,
+    cache_copy_layers: bool,
+    from_is_stage: &dyn Fn(&str) -> bool,
+) -> bool {
+    use kiln_dockerfile::Instruction;
+    match expanded {
+        Instruction::Run(r) => {
+            cache_run_layers
+                && r.mounts.iter().all(|m| {
+                    m.kind != kiln_dockerfile::MountType::Bind
+                        || m.from.as_deref().is_none_or(from_is_stage)
+                })
+        }
+        Instruction::Copy(a) | Instruction::Add(a) => {
+            cache_copy_layers
+                && a.sources
+                    .iter()
+                    .all(|s| !s.contains("://") && !s.starts_with("git@"))
+                && a.from.as_deref().is_none_or(from_is_stage)
+        }
+        _ => false,
+    }
+}
+
 /// The [`StepInputs`] of one expanded instruction, as the engine dispatches it:
 /// - the instruction text is `format!("{expanded:?}")` (flags, heredoc bodies, mount specs
 ///   with secret *ids*; never a secret's bytes, which the instruction does not hold);
@@ -765,6 +796,18 @@ mod tests {
         assert_ne!(before[0], after[0], "COPY source content");
         assert_ne!(before[1], after[1], "RUN bind mount content");
         assert_eq!(before[2], after[2]);
+        let stage_only = |f: &str| f == "s";
+        assert!(
+            !is_cacheable(&ins[0], true, false, &stage_only),
+            "COPY needs --cache-copy-layers"
+        );
+        assert!(is_cacheable(&ins[0], true, true, &stage_only));
+        assert!(is_cacheable(&ins[1], true, false, &stage_only));
+        assert!(!is_cacheable(&ins[1], false, true, &stage_only));
+        assert!(
+            !is_cacheable(&ins[2], true, true, &|_| false),
+            "COPY --from=<image>"
+        );
         // Line numbers are not part of an instruction's value: moving a step keeps its key.
         let moved =
             kiln_dockerfile::parse_dockerfile(b"FROM scratch AS s\n\n\n# c\nCOPY a.txt /a\n")

@@ -25,8 +25,8 @@ pub mod time;
 pub mod warm;
 
 pub use key::{
-    explain, hash_context_sources, hash_tree, BaseIdentity, CacheKey, FileDigests, KeyChain,
-    KeyParts, StepInputs,
+    explain, hash_context_sources, hash_tree, is_cacheable, BaseIdentity, CacheKey, FileDigests,
+    KeyChain, KeyParts, StepInputs,
 };
 pub use layout::OciLayoutCache;
 pub use local::{LocalCache, LocalEntry, PruneReport};
