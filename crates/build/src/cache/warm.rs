@@ -175,6 +175,16 @@ pub fn warm(opts: &WarmOptions, client: &Client) -> Result<Vec<WarmOutcome>, Cac
                         reference: name.clone(),
                         reason: e.to_string(),
                     })?;
+                if config.rootfs.diff_ids.len() != pulled.layers.len() {
+                    return Err(CacheError::Reference {
+                        reference: name.clone(),
+                        reason: format!(
+                            "the manifest has {} layers but the config {} diff_ids",
+                            pulled.layers.len(),
+                            config.rootfs.diff_ids.len()
+                        ),
+                    });
+                }
                 let layers = pulled
                     .layers
                     .iter()
