@@ -440,6 +440,8 @@ impl Builder<'_> {
         steps.extend(stage.instructions.iter().cloned());
         let mut env = StageEnv::new(&self.plan, stage.index, &config.env_pairs());
         let mut index: Option<Index> = None;
+        // Whether CMD was set in this stage: ENTRYPOINT then keeps it (BuildKit's cmd.IsSet).
+        let mut cmd_set = false;
         let n = steps.len();
         for (k, ins) in steps.iter().enumerate() {
             self.out.event(Event::Step {
@@ -457,8 +459,16 @@ impl Builder<'_> {
                 // The stage's first RUN: index the tree as it is now (base + earlier steps).
                 index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
             }
-            let outcome =
-                self.dispatch(ins, &expanded, &mut config, &root, &env, results, stage)?;
+            let outcome = self.dispatch(
+                ins,
+                &expanded,
+                &mut config,
+                &root,
+                &env,
+                results,
+                stage,
+                &mut cmd_set,
+            )?;
             let changes = match outcome.fs {
                 FsEffect::None => ChangeSet::default(),
                 FsEffect::Paths(paths) => snapshot::from_paths(&root, &paths, index.as_mut())?,
@@ -504,6 +514,7 @@ impl Builder<'_> {
         env: &StageEnv,
         results: &HashMap<usize, StageResult>,
         stage: &PlannedStage,
+        cmd_set: &mut bool,
     ) -> Result<StepOutcome, BuildError> {
         let meta_only = |created_by: String| StepOutcome {
             fs: FsEffect::None,
@@ -518,11 +529,12 @@ impl Builder<'_> {
             Instruction::Volume(paths) => meta_only(metadata::volume(config, paths).map_err(bad)?),
             Instruction::Cmd(cl) => {
                 let argv = command_argv(config, cl);
+                *cmd_set = true;
                 meta_only(metadata::cmd(config, argv))
             }
             Instruction::Entrypoint(cl) => {
                 let argv = command_argv(config, cl);
-                meta_only(metadata::entrypoint(config, argv))
+                meta_only(metadata::entrypoint(config, argv, *cmd_set))
             }
             Instruction::Shell(argv) => meta_only(metadata::shell(config, argv.clone())),
             Instruction::StopSignal(s) => meta_only(metadata::stopsignal(config, s).map_err(bad)?),
@@ -773,9 +785,11 @@ impl Builder<'_> {
                 copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
             }
         };
+        // BuildKit's history text: flags --parents, --chown, --chmod (never --from), sources,
+        // heredocs as <<NAME, destination.
         let mut text = format!("{name} ");
-        if let Some(f) = &args.from {
-            text.push_str(&format!("--from={f} "));
+        if args.parents {
+            text.push_str("--parents ");
         }
         if let Some(c) = &args.chown {
             text.push_str(&format!("--chown={c} "));

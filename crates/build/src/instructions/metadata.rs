@@ -32,6 +32,12 @@ pub fn go_list(items: &[String]) -> String {
     format!("[{}]", inner.join(" "))
 }
 
+/// `[a b]`: Go's `%v` of a `[]string`, as BuildKit prints VOLUME and SHELL in history
+/// (`fmt.Sprintf("VOLUME %v", c.Volumes)`, `fmt.Sprintf("SHELL %v", c.Shell)`).
+pub fn go_plain_list(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
+}
+
 /// ENV k=v…
 pub fn env(config: &mut ImageConfig, pairs: &[(String, String)]) -> String {
     for (k, v) in pairs {
@@ -60,7 +66,8 @@ pub fn user(config: &mut ImageConfig, user: &str) -> String {
     format!("USER {user}")
 }
 
-/// EXPOSE port[/proto]… (ports are normalised to `N/tcp` as Docker does).
+/// EXPOSE port[/proto]… (ports are normalised to `N/tcp`, and a range `A-B` becomes one entry
+/// per port, as Docker's `nat.ParsePortSpecs` does).
 pub fn expose(config: &mut ImageConfig, ports: &[String]) -> Result<String, String> {
     let map = config
         .config_mut()
@@ -72,17 +79,23 @@ pub fn expose(config: &mut ImageConfig, ports: &[String]) -> Result<String, Stri
             Some((port, proto)) => (port, proto.to_ascii_lowercase()),
             None => (p.as_str(), "tcp".to_string()),
         };
-        let valid_port = |s: &str| !s.is_empty() && s.parse::<u16>().is_ok();
-        let range_ok = match port.split_once('-') {
-            Some((a, b)) => valid_port(a) && valid_port(b),
-            None => valid_port(port),
+        let bad = || format!("invalid port {p:?}: expected PORT[-PORT][/tcp|udp|sctp]");
+        let num = |s: &str| s.parse::<u16>().ok().filter(|_| !s.is_empty());
+        let (first, last) = match port.split_once('-') {
+            Some((a, b)) => (num(a).ok_or_else(bad)?, num(b).ok_or_else(bad)?),
+            None => {
+                let n = num(port).ok_or_else(bad)?;
+                (n, n)
+            }
         };
-        if !range_ok || !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-            return Err(format!("invalid port {p:?}: expected PORT[/tcp|udp|sctp]"));
+        if last < first || !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+            return Err(bad());
         }
-        let key = format!("{port}/{proto}");
-        map.insert(key.clone(), Empty {});
-        added.push(key);
+        for n in first..=last {
+            let key = format!("{n}/{proto}");
+            map.insert(key.clone(), Empty {});
+            added.push(key);
+        }
     }
     added.sort();
     let inner: Vec<String> = added.iter().map(|k| format!("{k}:{{}}")).collect();
@@ -101,7 +114,7 @@ pub fn volume(config: &mut ImageConfig, paths: &[String]) -> Result<String, Stri
         }
         map.insert(p.clone(), Empty {});
     }
-    Ok(format!("VOLUME {}", go_list(paths)))
+    Ok(format!("VOLUME {}", go_plain_list(paths)))
 }
 
 /// The argv of a CMD/ENTRYPOINT/HEALTHCHECK: exec form as is, shell form through SHELL.
@@ -130,26 +143,30 @@ pub fn shell_of(config: &ImageConfig) -> Vec<String> {
         .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
 }
 
-/// CMD
+/// CMD (BuildKit also sets the deprecated `ArgsEscaped`, kept for Docker compatibility).
 pub fn cmd(config: &mut ImageConfig, argv: Vec<String>) -> String {
     let text = format!("CMD {}", go_list(&argv));
-    config.config_mut().cmd = Some(argv);
+    let c = config.config_mut();
+    c.cmd = Some(argv);
+    c.args_escaped = Some(true);
     text
 }
 
-/// ENTRYPOINT (resets a CMD inherited from the base image, as Docker does; a CMD earlier in
-/// the same stage is reset too).
-pub fn entrypoint(config: &mut ImageConfig, argv: Vec<String>) -> String {
+/// ENTRYPOINT: resets a CMD inherited from the base image, but not one set earlier in the
+/// same stage (`cmd_set`), as BuildKit does.
+pub fn entrypoint(config: &mut ImageConfig, argv: Vec<String>, cmd_set: bool) -> String {
     let text = format!("ENTRYPOINT {}", go_list(&argv));
     let c = config.config_mut();
     c.entrypoint = Some(argv);
-    c.cmd = None;
+    if !cmd_set {
+        c.cmd = None;
+    }
     text
 }
 
 /// SHELL ["exe", "arg"…]
 pub fn shell(config: &mut ImageConfig, argv: Vec<String>) -> String {
-    let text = format!("SHELL {}", go_list(&argv));
+    let text = format!("SHELL {}", go_plain_list(&argv));
     config.config_mut().shell = Some(argv);
     text
 }
@@ -210,9 +227,10 @@ mod tests {
     fn entrypoint_resets_cmd() {
         let mut c = ImageConfig::default();
         cmd(&mut c, vec!["a".into()]);
-        entrypoint(&mut c, vec!["e".into()]);
+        entrypoint(&mut c, vec!["e".into()], false);
         assert_eq!(c.config.as_ref().unwrap().cmd, None);
         cmd(&mut c, vec!["b".into()]);
+        entrypoint(&mut c, vec!["e".into()], true);
         assert_eq!(c.config.as_ref().unwrap().cmd, Some(vec!["b".into()]));
     }
 
@@ -222,7 +240,40 @@ mod tests {
         let h = expose(&mut c, &["80".into(), "53/UDP".into()]).unwrap();
         assert_eq!(h, "EXPOSE map[53/udp:{} 80/tcp:{}]");
         assert!(expose(&mut c, &["http".into()]).is_err());
+        expose(&mut c, &["8000-8002".into()]).unwrap();
+        assert!(c
+            .config
+            .as_ref()
+            .unwrap()
+            .exposed_ports
+            .as_ref()
+            .unwrap()
+            .contains_key("8001/tcp"));
+        assert!(expose(&mut c, &["90-80".into()]).is_err());
+        let h = expose(&mut c, &["8000-8002".into()]).unwrap();
+        assert_eq!(h, "EXPOSE map[8000/tcp:{} 8001/tcp:{} 8002/tcp:{}]");
+        assert!(c
+            .config
+            .as_ref()
+            .unwrap()
+            .exposed_ports
+            .as_ref()
+            .unwrap()
+            .contains_key("8001/tcp"));
         assert!(expose(&mut c, &["80/xyz".into()]).is_err());
+    }
+
+    #[test]
+    fn volume_and_shell_history_use_plain_lists() {
+        let mut c = ImageConfig::default();
+        assert_eq!(
+            volume(&mut c, &["/a".into(), "/b c".into()]).unwrap(),
+            "VOLUME [/a /b c]"
+        );
+        assert_eq!(
+            shell(&mut c, vec!["/bin/sh".into(), "-ec".into()]),
+            "SHELL [/bin/sh -ec]"
+        );
     }
 
     #[test]

@@ -63,15 +63,13 @@ pub fn argv(
                 v.push(body);
                 return Ok(v);
             }
+            // BuildKit reconstitutes the heredocs after the command line and lets the shell
+            // handle them: `cmd\n<body><NAME>` for each.
             let mut script = text.clone();
-            script.push('\n');
             for h in &run.heredocs {
-                script.push_str(&h.content);
-                if !h.content.is_empty() && !h.content.ends_with('\n') {
-                    script.push('\n');
-                }
-                script.push_str(&h.name);
                 script.push('\n');
+                script.push_str(&h.content);
+                script.push_str(&h.name);
             }
             let mut v = shell.to_vec();
             v.push(script);
@@ -354,7 +352,7 @@ mod tests {
         );
         assert_eq!(
             argv(&inline, &sh, tmp.path()).unwrap(),
-            vec!["/bin/sh", "-c", "cat <<EOF > /f\nx\nEOF\n"]
+            vec!["/bin/sh", "-c", "cat <<EOF > /f\nx\nEOF"]
         );
     }
 
