@@ -17,6 +17,9 @@ use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStringExt;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 
 /// What to do with character and block device entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,7 +56,7 @@ pub struct UnpackOptions {
 impl Default for UnpackOptions {
     fn default() -> Self {
         UnpackOptions {
-            max_entries: 4_000_000,
+            max_entries: 1_000_000,
             max_entry_size: 64 << 30,
             max_total_size: 256 << 30,
             max_depth: 512,
@@ -89,7 +92,7 @@ struct Meter<R> {
     sha: sha2::Sha256,
     count: u64,
     limit: u64,
-    exceeded: Rc<Cell<bool>>,
+    exceeded: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Meter<R> {
@@ -97,7 +100,7 @@ impl<R: Read> Read for Meter<R> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if self.count > self.limit {
-            self.exceeded.set(true);
+            self.exceeded.store(true, Ordering::Relaxed);
             return Err(io::Error::other("layer size limit exceeded"));
         }
         self.sha.update(&buf[..n]);
@@ -353,24 +356,120 @@ const OPAQUE: &[u8] = b".wh..wh..opq";
 const WH: &[u8] = b".wh.";
 
 /// Applies the layer read from `reader` to `root`. The stream is decompressed by magic and never
-/// held in memory. On error the rootfs is partly changed: the caller discards it.
+/// held in memory: a second thread decompresses and hashes (diffID) 1 MiB ahead of the thread
+/// that writes files. On error the rootfs is partly changed: the caller discards it.
 pub fn unpack_layer(
     root: &Root,
-    reader: impl Read,
+    reader: impl Read + Send,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
-    let exceeded = Rc::new(Cell::new(false));
-    let plain = decompress(reader).map_err(UnpackError::Read)?;
-    let meter = Meter {
+    let exceeded = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let limit = opts.max_total_size;
+        let ex = exceeded.clone();
+        let producer = s.spawn(move || produce(reader, limit, ex, tx));
+        let chan = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        // `consume` owns the receiver: returning (even early, on error) stops the producer.
+        let result = consume(root, chan, opts, &exceeded);
+        let (sha, count) = producer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let mut stats = result?;
+        stats.uncompressed_size = count;
+        let hex = hex::encode(sha.finalize());
+        stats.diff_id = Digest::from_hex(&hex).unwrap_or_else(|_| unreachable!());
+        if let Some(want) = &opts.expected_diff_id {
+            if *want != stats.diff_id {
+                return Err(UnpackError::DiffIdMismatch {
+                    expected: want.clone(),
+                    found: stats.diff_id,
+                });
+            }
+        }
+        Ok(stats)
+    })
+}
+
+/// The decompressing side: reads, inflates, counts, hashes and sends 1 MiB buffers.
+fn produce(
+    reader: impl Read,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+    tx: SyncSender<io::Result<Vec<u8>>>,
+) -> (sha2::Sha256, u64) {
+    let plain = match decompress(reader) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return (sha2::Sha256::new(), 0);
+        }
+    };
+    let mut meter = Meter {
         inner: plain,
         sha: sha2::Sha256::new(),
         count: 0,
-        limit: opts.max_total_size,
-        exceeded: exceeded.clone(),
+        limit,
+        exceeded,
     };
+    loop {
+        let mut buf = Vec::with_capacity(1 << 20);
+        match (&mut meter).take(1 << 20).read_to_end(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {
+                if tx.send(Ok(buf)).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                break;
+            }
+        }
+    }
+    (meter.sha, meter.count)
+}
+
+/// The receiving end of [`produce`], as a reader.
+struct ChannelReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // producer done: end of stream
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The tar side of [`unpack_layer`]: parses entries and applies them; drains the stream.
+fn consume(
+    root: &Root,
+    chan: ChannelReader,
+    opts: &UnpackOptions,
+    exceeded: &AtomicBool,
+) -> Result<UnpackStats, UnpackError> {
     let too_big = Rc::new(Cell::new(None));
     let guard = Guard {
-        inner: meter,
+        inner: chan,
         limit: opts.max_metadata_size,
         state: GuardState::Header(Box::new([0; 512]), 0),
         pending_size: None,
@@ -392,7 +491,7 @@ pub fn unpack_layer(
                 size,
                 limit: opts.max_metadata_size,
             }
-        } else if exceeded.get() {
+        } else if exceeded.load(Ordering::Relaxed) {
             UnpackError::TooLarge {
                 limit: opts.max_total_size,
             }
@@ -435,21 +534,10 @@ pub fn unpack_layer(
         }
     }
     // Drain what follows the end-of-archive blocks: the diffID covers the whole stream.
-    let mut meter = archive.into_inner().inner;
-    io::copy(&mut meter, &mut io::sink())
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink())
         .map_err(UnpackError::Read)
         .map_err(too_large)?;
-    stats.uncompressed_size = meter.count;
-    let hex = hex::encode(meter.sha.finalize());
-    stats.diff_id = Digest::from_hex(&hex).unwrap_or_else(|_| unreachable!());
-    if let Some(want) = &opts.expected_diff_id {
-        if *want != stats.diff_id {
-            return Err(UnpackError::DiffIdMismatch {
-                expected: want.clone(),
-                found: stats.diff_id,
-            });
-        }
-    }
     Ok(stats)
 }
 
