@@ -182,10 +182,16 @@ impl ChangeSet {
     /// character device is a whiteout, a directory with `trusted.overlay.opaque` or
     /// `user.overlay.opaque` (`userxattr` mounts in a user namespace) set to `y` is an opaque
     /// directory, everything else is an entry. Write it with [`write_layer`] from a [`Root`]
-    /// opened on the upper directory. Copied-up parent directories appear as entries, as they
-    /// do in BuildKit's overlay differ.
-    pub fn from_overlay_upper(upper: &Path) -> Result<ChangeSet, DiffError> {
+    /// opened on the upper directory.
+    ///
+    /// With `lower` (the rootfs the step started from), entries overlayfs only copied up are
+    /// dropped as the `full`-mode walk drops them: directories copied up because a child
+    /// changed, and files whose type, mode, owner, kept xattrs and content are unchanged. The
+    /// layer is then the one [`Index::diff`] would give.
+    pub fn from_overlay_upper(upper: &Path, lower: Option<&Root>) -> Result<ChangeSet, DiffError> {
+        use std::os::unix::fs::FileTypeExt;
         let mut out = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
         for e in walkdir::WalkDir::new(upper)
             .min_depth(1)
             .follow_links(false)
@@ -200,24 +206,75 @@ impl ChangeSet {
             })?;
             let rel = PathBuf::from(OsString::from_vec(rel_bytes(upper, e.path()).into_vec()));
             let ft = md.file_type();
-            use std::os::unix::fs::FileTypeExt;
             if ft.is_char_device() && md.rdev() == 0 {
                 out.push(Change::Whiteout(rel));
                 continue;
             }
-            out.push(Change::Entry(rel.clone()));
-            if ft.is_dir() {
-                let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|k| {
+            let opaque = ft.is_dir()
+                && ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|k| {
                     let mut v = [0u8; 8];
                     matches!(rustix::fs::lgetxattr(e.path(), *k, &mut v[..]), Ok(1) if v[0] == b'y')
                 });
-                if opaque {
-                    out.push(Change::Opaque(rel));
+            if opaque {
+                out.push(Change::Entry(rel.clone()));
+                out.push(Change::Opaque(rel));
+                continue;
+            }
+            if let Some(lower) = lower {
+                if copied_up_unchanged(e.path(), &md, lower, &rel, &mut buf)? {
+                    continue;
                 }
             }
+            out.push(Change::Entry(rel));
         }
         Ok(ChangeSet::new(out))
     }
+}
+
+/// True when the upper entry at `host` is only a copy-up of the same entry in `lower`.
+fn copied_up_unchanged(
+    host: &Path,
+    md: &std::fs::Metadata,
+    lower: &Root,
+    rel: &Path,
+    buf: &mut [u8],
+) -> Result<bool, DiffError> {
+    let Ok(st) = lower.lstat(rel) else {
+        return Ok(false);
+    };
+    let kind = Kind::of_mode(md.mode());
+    if Kind::of_mode(st.st_mode) != kind
+        || st.st_mode != md.mode()
+        || st.st_uid != md.uid()
+        || st.st_gid != md.gid()
+        || st.st_rdev != md.rdev()
+    {
+        return Ok(false);
+    }
+    let lower_host = lower.path().join(rel);
+    if kind != Kind::Symlink && read_xattrs(host)? != read_xattrs(&lower_host)? {
+        return Ok(false);
+    }
+    Ok(match kind {
+        Kind::File => {
+            if st.st_size as u64 != md.size() {
+                return Ok(false);
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(host)
+                .map_err(|source| DiffError::Hash {
+                    path: host.display().to_string(),
+                    source,
+                })?;
+            let rel_b = rel.as_os_str().as_bytes();
+            hash_reader(&mut f, buf, rel_b)? == hash_file(lower, rel_b, buf)?
+        }
+        Kind::Symlink => std::fs::read_link(host).ok() == lower.read_link(rel).ok(),
+        _ => true,
+    })
 }
 
 fn rel_bytes(root: &Path, p: &Path) -> Box<[u8]> {

@@ -464,7 +464,7 @@ fn overlay_upper_gives_the_same_tree_as_the_walk() {
     fs::remove_dir_all(m.join("usr/lib/app")).unwrap();
     let want = tree(m);
     umount(&merged).unwrap();
-    let cs = ChangeSet::from_overlay_upper(&upper).unwrap();
+    let cs = ChangeSet::from_overlay_upper(&upper, None).unwrap();
     let names = paths(&cs);
     assert!(names.contains(&"etc/.wh.passwd".to_string()), "{names:?}");
     assert!(
@@ -527,4 +527,85 @@ fn compressed_layers_are_detected_by_magic() {
         assert_eq!(st.diff_id, info.diff_id, "{comp:?}");
         assert_eq!(tree(&fresh), tree(&c.new), "{comp:?}");
     }
+}
+
+/// Mounts an overlay of a copy of `lower_src`, runs `mutate` on the merged view, unmounts;
+/// returns (upper dir, the lower copy, the temp dir holding them) or `None` when overlayfs
+/// cannot be mounted here.
+fn overlay_run(
+    lower_src: &Path,
+    mutate: impl FnOnce(&Path),
+) -> Option<(PathBuf, PathBuf, tempfile::TempDir)> {
+    use nix::mount::{mount, umount, MsFlags};
+    let t = tempfile::tempdir().unwrap();
+    let (upper, work, merged) = (
+        t.path().join("upper"),
+        t.path().join("work"),
+        t.path().join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        fs::create_dir(d).unwrap();
+    }
+    let lower = t.path().join("lower");
+    copy_tree(lower_src, &lower);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    if let Err(e) = mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    ) {
+        println!("skipped: cannot mount overlayfs here ({e})");
+        return None;
+    }
+    mutate(&merged);
+    umount(&merged).unwrap();
+    Some((upper, lower, t))
+}
+
+#[test]
+fn overlay_upper_with_lower_gives_the_walks_change_set() {
+    fn mutate(m: &Path) {
+        fs::write(m.join("etc/new"), b"added").unwrap();
+        fs::write(m.join("etc/hosts"), b"changed").unwrap();
+        // Touched but identical: copied up by overlayfs, dropped by both.
+        let same = fs::read(m.join("etc/passwd")).unwrap();
+        fs::write(m.join("etc/passwd"), same).unwrap();
+        fs::remove_file(m.join("usr/lib/app/m7")).unwrap();
+        fs::remove_dir_all(m.join("var/cache/apt")).unwrap();
+        fs::create_dir(m.join("var/cache/apt")).unwrap();
+        fs::write(m.join("var/cache/apt/fresh"), b"f").unwrap();
+        fs::set_permissions(m.join("usr/lib/app/m1"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let c = Case::new(base);
+    let Some((upper, lower, _t)) = overlay_run(&c.old, mutate) else {
+        return;
+    };
+    let lower_root = Root::open(&lower).unwrap();
+    let from_overlay = ChangeSet::from_overlay_upper(&upper, Some(&lower_root)).unwrap();
+    let root = Root::open(&c.new).unwrap();
+    let mut index = Index::scan(&root, &[], SnapshotMode::Full).unwrap();
+    mutate(&c.new);
+    let from_walk = index.diff(&root).unwrap();
+    assert_eq!(paths(&from_overlay), paths(&from_walk));
+    let names = paths(&from_walk);
+    for want in [
+        "etc/new",
+        "etc/hosts",
+        "usr/lib/app/.wh.m7",
+        "var/cache/apt/.wh..wh..opq",
+        "usr/lib/app/m1",
+    ] {
+        assert!(
+            names.contains(&want.to_string()),
+            "{want} missing from {names:?}"
+        );
+    }
+    assert!(!names.contains(&"etc/passwd".to_string()), "{names:?}");
 }
