@@ -51,6 +51,9 @@ pub struct UnpackOptions {
     pub devices: DevicePolicy,
     /// When set, the sha256 of the uncompressed stream must equal this (the config's diffID).
     pub expected_diff_id: Option<Digest>,
+    /// Apply `.wh.` entries as OCI whiteouts (layers). Off for plain archives (`ADD x.tar`),
+    /// where they are ordinary files, as Docker's and Kaniko's ADD extract them.
+    pub whiteouts: bool,
 }
 
 impl Default for UnpackOptions {
@@ -63,6 +66,7 @@ impl Default for UnpackOptions {
             max_metadata_size: DEFAULT_MAX_METADATA,
             devices: DevicePolicy::default(),
             expected_diff_id: None,
+            whiteouts: true,
         }
     }
 }
@@ -663,7 +667,7 @@ fn apply_entry<R: Read>(
         Some(i) => (&name[..i], &name[i + 1..]),
         None => (&name[..0], &name[..]),
     };
-    if base == OPAQUE {
+    if base == OPAQUE && opts.whiteouts {
         stats.whiteouts += 1;
         return match root.clear_lower(dir, &|l: &[u8]| created.contains(l)) {
             Ok(()) => Ok(()),
@@ -675,7 +679,7 @@ fn apply_entry<R: Read>(
             Err(e) => Err(rootfail(e, &entry_name)),
         };
     }
-    if let Some(victim) = base.strip_prefix(WH) {
+    if let Some(victim) = base.strip_prefix(WH).filter(|_| opts.whiteouts) {
         if victim.starts_with(WH) {
             // Other `.wh..wh.` names are aufs metadata (`.wh..wh.plnk`): not part of the rootfs.
             tracing::debug!(entry = %entry_name, "aufs metadata entry skipped");

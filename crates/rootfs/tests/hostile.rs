@@ -769,3 +769,22 @@ fn gnu_sparse_files_read_as_gnu_tar_writes_them() {
     assert!(matches!(err, UnpackError::Unsupported { .. }), "{err}");
     sb.check();
 }
+
+#[test]
+fn plain_archives_keep_wh_files_as_files() {
+    let sb = Sandbox::new();
+    fs::write(sb.rootfs.join("x"), b"lower").unwrap();
+    let tar = RawTar::new()
+        .file(".wh.x", b"a file")
+        .file("d/.wh..wh..opq", b"too")
+        .finish();
+    let o = UnpackOptions {
+        whiteouts: false,
+        ..UnpackOptions::default()
+    };
+    apply_opts(&sb.root(), &tar, &o).unwrap();
+    assert_eq!(fs::read(sb.rootfs.join("x")).unwrap(), b"lower");
+    assert_eq!(fs::read(sb.rootfs.join(".wh.x")).unwrap(), b"a file");
+    assert!(sb.rootfs.join("d/.wh..wh..opq").is_file());
+    sb.check();
+}
