@@ -1,5 +1,6 @@
 //! The build loop: plan → stages → instructions → layers → image → outputs.
 
+use crate::cache::{self, BaseIdentity, BaseImageCache, CacheKey, KeyChain, LayerCache};
 use crate::context::Context;
 use crate::error::BuildError;
 use crate::image::{self, Assembled, LayerRecord};
@@ -20,6 +21,7 @@ use kiln_rootfs::{ChangeSet, Index, Ownership, Root};
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// What a successful build produced.
@@ -33,6 +35,8 @@ pub struct BuildOutcome {
 
 /// A finished stage.
 struct StageResult {
+    /// The cache key of the stage's last step (with `--cache`).
+    final_key: Option<CacheKey>,
     root: PathBuf,
     config: ImageConfig,
     layers: Vec<LayerRecord>,
@@ -126,6 +130,12 @@ struct Builder<'a> {
     ignore: Vec<PathBuf>,
     /// Where base layers came from, so a push can mount them instead of uploading.
     sources: HashMap<Digest, Reference>,
+    /// The layer cache, with `--cache`.
+    cache: Option<Arc<dyn LayerCache>>,
+    /// `--cache-dir` base images, with `--cache` when the directory exists.
+    base_cache: Option<BaseImageCache>,
+    /// Cache stores running in the background; joined before the image is written out.
+    stores: Vec<std::thread::JoinHandle<Result<(), cache::CacheError>>>,
 }
 
 /// Builds the image `opts` describes and writes it to every requested output.
@@ -203,7 +213,11 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         privileged: can_chown(),
         ignore: snapshot::ignore_list(opts),
         sources: HashMap::new(),
+        cache: None,
+        base_cache: None,
+        stores: Vec::new(),
     };
+    b.open_cache()?;
     if !b.privileged {
         out.event(Event::Warning(
             "only one user id is available (no /etc/subuid range for this user): files owned by other users in base images become root's",
@@ -323,12 +337,13 @@ impl Builder<'_> {
         stage: &PlannedStage,
         root: &Root,
         results: &HashMap<usize, StageResult>,
-    ) -> Result<(ImageConfig, Vec<LayerRecord>, ImageFormat), BuildError> {
+    ) -> Result<(ImageConfig, Vec<LayerRecord>, ImageFormat, BaseIdentity), BuildError> {
         match &stage.base {
             Base::Scratch => Ok((
                 scratch_config(&self.platform),
                 Vec::new(),
                 self.opts.image_format.unwrap_or(ImageFormat::Oci),
+                BaseIdentity::Scratch,
             )),
             Base::Stage(idx) => {
                 let prev = results.get(idx).ok_or_else(|| BuildError::Unsupported {
@@ -336,7 +351,11 @@ impl Builder<'_> {
                     line: Some(stage.from.span.start_line),
                 })?;
                 self.unpack_into(root, &prev.layers, &format!("stage {idx}"))?;
-                Ok((prev.config.clone(), prev.layers.clone(), prev.format))
+                let id = match &prev.final_key {
+                    Some(k) => BaseIdentity::Stage(k.clone()),
+                    None => BaseIdentity::Scratch,
+                };
+                Ok((prev.config.clone(), prev.layers.clone(), prev.format, id))
             }
             Base::Image(name) => {
                 let reference = self.parse_ref(name)?;
@@ -349,9 +368,32 @@ impl Builder<'_> {
                     })?,
                     None => self.platform.clone(),
                 };
+                let store = self.store.clone();
+                let cached = match &self.base_cache {
+                    Some(bc) => bc
+                        .lookup(&reference, &platform, &store)
+                        .map_err(|e| BuildError::Cache(Box::new(e)))?,
+                    None => None,
+                };
+                if let Some(cb) = cached {
+                    self.out.event(Event::Info(&format!(
+                        "using {reference} from the base-image cache ({})",
+                        cb.manifest_digest
+                    )));
+                    let config = ImageConfig::from_slice(&cb.config_bytes)?;
+                    self.unpack_into(root, &cb.layers, name)?;
+                    let format = self.opts.image_format.unwrap_or_else(|| {
+                        ImageFormat::of_manifest_type(&cb.media_type).unwrap_or(ImageFormat::Oci)
+                    });
+                    return Ok((
+                        config,
+                        cb.layers,
+                        format,
+                        BaseIdentity::Image(cb.manifest_digest),
+                    ));
+                }
                 self.out
                     .event(Event::Info(&format!("pulling {reference} ({platform})")));
-                let store = self.store.clone();
                 let pulled = self.client().pull_image(&reference, &platform, &store)?;
                 let config = ImageConfig::from_slice(&pulled.config_bytes)?;
                 let layers = pulled
@@ -389,7 +431,12 @@ impl Builder<'_> {
                 let format = self.opts.image_format.unwrap_or_else(|| {
                     ImageFormat::of_manifest_type(&pulled.media_type).unwrap_or(ImageFormat::Oci)
                 });
-                Ok((config, layers, format))
+                Ok((
+                    config,
+                    layers,
+                    format,
+                    BaseIdentity::Image(pulled.manifest_digest.clone()),
+                ))
             }
         }
     }
@@ -418,7 +465,12 @@ impl Builder<'_> {
             steps: stage.instructions.len(),
             text: &stage.from.span.original,
         });
-        let (mut config, mut layers, format) = self.base(stage, &root, results)?;
+        let (mut config, mut layers, format, base_id) = self.base(stage, &root, results)?;
+        let mut chain = self
+            .cache
+            .as_ref()
+            .map(|_| KeyChain::new(&base_id, &self.platform));
+        let mut explained = false;
         // ONBUILD triggers of the base run first, then are cleared (docker semantics).
         let triggers = config
             .config
@@ -455,6 +507,43 @@ impl Builder<'_> {
             let expanded = env
                 .dispatch(&ins.value)
                 .map_err(|e| self.step_error(ins, e.to_string()))?;
+            let (key, hit) = self.cache_lookup(
+                ins,
+                &expanded,
+                &config,
+                &env,
+                results,
+                stage,
+                chain.as_mut(),
+                &mut explained,
+            )?;
+            if let Some(hit) = hit {
+                // Replay the cached outcome: the step does not run.
+                if let Some(l) = &hit.layer {
+                    self.unpack_into(&root, std::slice::from_ref(l), "the layer cache")?;
+                    // The tree changed behind the index's back: take a new one when needed.
+                    index = None;
+                }
+                let created_by = self.created_by_without_running(&expanded, &config, &env)?;
+                self.out.event(Event::Info("  cache hit"));
+                let size = hit.layer.as_ref().map(|l| l.size);
+                config.history.push(History {
+                    created: Some(self.created.clone()),
+                    created_by: Some(created_by),
+                    comment: Some("buildkit.dockerfile.v0".into()),
+                    empty_layer: hit.layer.is_none(),
+                    ..History::default()
+                });
+                if let Some(l) = hit.layer {
+                    config.rootfs.diff_ids.push(l.diff_id.clone());
+                    layers.push(l);
+                }
+                self.out.event(Event::StepDone {
+                    elapsed: t0.elapsed(),
+                    layer_size: size,
+                });
+                continue;
+            }
             if index.is_none() && self.needs_walk(&expanded) {
                 // The stage's first RUN: index the tree as it is now (base + earlier steps).
                 index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
@@ -478,6 +567,9 @@ impl Builder<'_> {
                 },
             };
             let layer = snapshot::write(&root, &changes, &self.store, &self.settings)?;
+            if let Some(key) = key {
+                self.store_in_cache(key, layer.clone());
+            }
             let size = layer.as_ref().map(|l| l.size);
             config.history.push(History {
                 created: Some(self.created.clone()),
@@ -496,11 +588,167 @@ impl Builder<'_> {
             });
         }
         Ok(StageResult {
+            final_key: chain.map(|c| c.current().clone()),
             root: dir,
             config,
             layers,
             format,
         })
+    }
+
+    /// Opens the layer cache (`--cache`): the `--cache-repo` (or `<destination>/cache`) in a
+    /// registry or an OCI layout, with the state directory's local cache in front of it; only
+    /// the local cache when there is no repository (a local build).
+    fn open_cache(&mut self) -> Result<(), BuildError> {
+        let Some(c) = &self.opts.cache else {
+            return Ok(());
+        };
+        let cache_err = |e| BuildError::Cache(Box::new(e));
+        let local = cache::LocalCache::open(&self.opts.state_dir, c.ttl).map_err(cache_err)?;
+        let repo = cache::CacheRepo::resolve(c.repo.as_deref(), &self.opts.destinations)
+            .map_err(cache_err)?;
+        let layer_cache: Arc<dyn LayerCache> = match repo {
+            Some(repo) => {
+                let client = Arc::new(kiln_registry::Client::new(
+                    self.opts.registry.clone(),
+                    self.opts.credentials.clone(),
+                ));
+                let remote = cache::open_remote(&repo, client, c.ttl, self.platform.clone())
+                    .map_err(cache_err)?;
+                Arc::new(cache::Tiered::new(local, remote))
+            }
+            None => Arc::new(local),
+        };
+        self.out.event(Event::Info(&format!(
+            "layer cache: {}",
+            layer_cache.describe()
+        )));
+        self.cache = Some(layer_cache);
+        if let Some(dir) = c.dir.as_ref().filter(|d| d.is_dir()) {
+            let client = Arc::new(kiln_registry::Client::new(
+                self.opts.registry.clone(),
+                self.opts.credentials.clone(),
+            ));
+            self.base_cache = Some(BaseImageCache::new(dir, c.ttl, Some(client)));
+        }
+        Ok(())
+    }
+
+    /// Advances the stage's key chain with this step and, when the step may be cached, looks
+    /// its key up. Returns the key to store under after a miss (None: do not store).
+    #[allow(clippy::too_many_arguments)]
+    fn cache_lookup(
+        &self,
+        ins: &Spanned<Instruction>,
+        expanded: &Instruction,
+        config: &ImageConfig,
+        env: &StageEnv,
+        results: &HashMap<usize, StageResult>,
+        stage: &PlannedStage,
+        chain: Option<&mut KeyChain>,
+        explained: &mut bool,
+    ) -> Result<(Option<CacheKey>, Option<cache::CachedLayer>), BuildError> {
+        let (Some(c), Some(chain), Some(opts)) = (&self.cache, chain, &self.opts.cache) else {
+            return Ok((None, None));
+        };
+        let stage_key = |from: &str| match self.plan.resolve_from(stage.index, from) {
+            Ok(FromRef::Stage(i)) => results.get(&i).and_then(|r| r.final_key.clone()),
+            _ => None,
+        };
+        let inputs = cache::key::step_inputs(
+            expanded,
+            &config.env_pairs(),
+            &env.run_build_args(),
+            &self.context,
+            &stage_key,
+        )
+        .map_err(|e| self.step_error(ins, format!("computing the cache key: {e}")))?;
+        let key = chain.step(&inputs);
+        tracing::debug!(%key, step = %ins.original, "cache key");
+        if !*explained {
+            let why = c.explain(&key, chain.last_parts());
+            if !why.is_empty() {
+                self.out.event(Event::Info(&format!(
+                    "  cache: changed since the cached build: {}",
+                    why.join(", ")
+                )));
+                *explained = true;
+            }
+        }
+        let cacheable = cache::is_cacheable(expanded, opts.run_layers, opts.copy_layers, &|f| {
+            stage_key(f).is_some()
+        });
+        if !cacheable {
+            return Ok((None, None));
+        }
+        let hit = c
+            .lookup(&key, &self.store)
+            .map_err(|e| BuildError::Cache(Box::new(e)))?;
+        for w in c.take_warnings() {
+            self.out.event(Event::Warning(&w));
+        }
+        tracing::debug!(%key, hit = hit.is_some(), "cache lookup");
+        let store_key = (hit.is_none() && opts.store).then_some(key);
+        Ok((store_key, hit))
+    }
+
+    /// Stores a step's outcome in the cache on a background thread.
+    fn store_in_cache(&mut self, key: CacheKey, layer: Option<LayerRecord>) {
+        let Some(c) = self.cache.clone() else { return };
+        let store = self.store.clone();
+        self.stores.push(std::thread::spawn(move || {
+            c.store(&key, layer.as_ref(), &store)
+        }));
+    }
+
+    /// The history text of a step replayed from the cache (what running it would record).
+    fn created_by_without_running(
+        &self,
+        expanded: &Instruction,
+        config: &ImageConfig,
+        env: &StageEnv,
+    ) -> Result<String, BuildError> {
+        Ok(match expanded {
+            Instruction::Run(r) => {
+                let scratch = self.work.join("history-scratch");
+                let _ = fs::remove_dir_all(&scratch);
+                fs::create_dir_all(&scratch).map_err(|source| BuildError::Io {
+                    what: "creating a scratch directory",
+                    path: scratch.clone(),
+                    source,
+                })?;
+                let argv = run::argv(r, &metadata::shell_of(config), &scratch).map_err(|e| {
+                    BuildError::Unsupported {
+                        what: e.to_string(),
+                        line: None,
+                    }
+                })?;
+                run::history(&argv, &env.history_args())
+            }
+            Instruction::Copy(a) => copy_history("COPY", a),
+            Instruction::Add(a) => copy_history("ADD", a),
+            other => format!("{other:?}"),
+        })
+    }
+
+    /// Waits for the background cache stores; a failed store is a warning.
+    fn join_cache_stores(&mut self) {
+        for h in self.stores.drain(..) {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.out.event(Event::Warning(&format!(
+                    "storing a layer in the cache: {e}"
+                ))),
+                Err(_) => self.out.event(Event::Warning(
+                    "storing a layer in the cache: the thread panicked",
+                )),
+            }
+        }
+        if let Some(c) = &self.cache {
+            for w in c.take_warnings() {
+                self.out.event(Event::Warning(&w));
+            }
+        }
     }
 
     /// The one `match` over instructions.
@@ -785,23 +1033,7 @@ impl Builder<'_> {
                 copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
             }
         };
-        // BuildKit's history text: flags --parents, --chown, --chmod (never --from), sources,
-        // heredocs as <<NAME, destination.
-        let mut text = format!("{name} ");
-        if args.parents {
-            text.push_str("--parents ");
-        }
-        if let Some(c) = &args.chown {
-            text.push_str(&format!("--chown={c} "));
-        }
-        if let Some(c) = &args.chmod {
-            text.push_str(&format!("--chmod={c} "));
-        }
-        let mut words = args.sources.clone();
-        words.extend(args.heredocs.iter().map(|h| format!("<<{}", h.name)));
-        words.push(args.dest.clone());
-        text.push_str(&words.join(" "));
-        text.push_str(" # buildkit");
+        let text = copy_history(name, args);
         Ok(StepOutcome {
             // An extracted archive wrote paths nobody listed: the stage index (taken before
             // this step, see `needs_walk`) finds them.
@@ -1044,7 +1276,8 @@ impl Builder<'_> {
         }
     }
 
-    fn finish(self, stage: StageResult, started: Instant) -> Result<BuildOutcome, BuildError> {
+    fn finish(mut self, stage: StageResult, started: Instant) -> Result<BuildOutcome, BuildError> {
+        self.join_cache_stores();
         let mut config = stage.config;
         if !self.opts.labels.is_empty() {
             let labels = config
@@ -1176,6 +1409,27 @@ fn write_digest_files(opts: &BuildOptions, image: &Assembled) -> Result<(), Buil
         write(p, lines.concat())?;
     }
     Ok(())
+}
+
+/// BuildKit's history text of COPY/ADD: flags --parents, --chown, --chmod (never --from),
+/// sources, heredocs as <<NAME, destination.
+fn copy_history(name: &str, args: &kiln_dockerfile::CopyArgs) -> String {
+    let mut text = format!("{name} ");
+    if args.parents {
+        text.push_str("--parents ");
+    }
+    if let Some(c) = &args.chown {
+        text.push_str(&format!("--chown={c} "));
+    }
+    if let Some(c) = &args.chmod {
+        text.push_str(&format!("--chmod={c} "));
+    }
+    let mut words = args.sources.clone();
+    words.extend(args.heredocs.iter().map(|h| format!("<<{}", h.name)));
+    words.push(args.dest.clone());
+    text.push_str(&words.join(" "));
+    text.push_str(" # buildkit");
+    text
 }
 
 fn command_argv(config: &ImageConfig, cl: &kiln_dockerfile::CommandLine) -> Vec<String> {

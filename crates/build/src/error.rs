@@ -81,6 +81,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Context(#[from] crate::context::ContextError),
+    #[error("layer cache: {0}")]
+    Cache(Box<crate::cache::CacheError>),
     #[error("invalid reference {reference:?}: {message}")]
     Reference { reference: String, message: String },
     #[error("serialising JSON: {0}")]

@@ -24,6 +24,24 @@ impl std::fmt::Debug for SecretSource {
     }
 }
 
+/// The layer cache (`--cache` and its companions); `None` in [`BuildOptions`] when off.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// `--cache-repo` (`oci:/path` for a layout); default `<first destination>/cache`, and a
+    /// local cache in the state directory when there is neither.
+    pub repo: Option<String>,
+    /// `--cache-dir`: base images written by `kiln warm`, used when the directory exists.
+    pub dir: Option<PathBuf>,
+    /// `--cache-ttl`.
+    pub ttl: std::time::Duration,
+    /// `--cache-run-layers`.
+    pub run_layers: bool,
+    /// `--cache-copy-layers`.
+    pub copy_layers: bool,
+    /// Store new entries (`--no-push-cache` turns it off).
+    pub store: bool,
+}
+
 /// Everything one build needs to know.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -79,6 +97,8 @@ pub struct BuildOptions {
     pub registry: kiln_registry::RegistryConfig,
     /// Where registry credentials come from.
     pub credentials: kiln_registry::CredentialSource,
+    /// The layer cache; `None` without `--cache`.
+    pub cache: Option<CacheOptions>,
     /// Skip the up-front push-permission probe.
     pub skip_push_permission_check: bool,
 }

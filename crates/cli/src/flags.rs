@@ -21,8 +21,13 @@ pub enum Command {
     Version,
     /// Pull an image into an OCI image layout directory.
     Pull(PullFlags),
-    /// Push an OCI image layout directory or a docker-archive tarball to registries.
+    /// Push an OCI image layout directory to registries.
     Push(PushFlags),
+    /// Fill a --cache-dir with base images (Kaniko's warmer).
+    Warm(WarmFlags),
+    /// The local layer cache in the state directory.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Inspect how kiln reads a Dockerfile.
     #[command(subcommand)]
     Debug(DebugCommand),
@@ -286,4 +291,55 @@ pub struct PushFlags {
     pub digest_file: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryFlags,
+}
+
+/// Kaniko warmer flags (cmd/warmer/cmd/root.go). Note the letters: `-d` is `--dockerfile` and
+/// `-c` is `--cache-dir` here, as in Kaniko's warmer.
+#[derive(Debug, Clone, Args)]
+pub struct WarmFlags {
+    /// Image to cache (repeatable).
+    #[arg(short = 'i', long = "image")]
+    pub images: Vec<String>,
+    /// Cache every stage's base image of this Dockerfile.
+    #[arg(short = 'd', long)]
+    pub dockerfile: Option<PathBuf>,
+    /// KEY=VALUE for `FROM ${KEY}` in --dockerfile (repeatable).
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// The cache directory.
+    #[arg(short = 'c', long = "cache-dir", default_value = "/cache")]
+    pub cache_dir: PathBuf,
+    /// Entry lifetime.
+    #[arg(long = "cache-ttl", default_value = "336h")]
+    pub cache_ttl: String,
+    /// Overwrite fresh entries.
+    #[arg(short = 'f', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub force: bool,
+    /// os/arch[/variant] to pick from indexes.
+    #[arg(long = "customPlatform", alias = "custom-platform")]
+    pub custom_platform: Option<String>,
+    /// Log level (accepted for Kaniko compatibility).
+    #[arg(short = 'v', long, default_value = "info")]
+    pub verbosity: String,
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the local cache's entries.
+    Ls {
+        /// kiln's state directory.
+        #[arg(long = "kiln-dir", env = "KILN_DIR")]
+        kiln_dir: Option<PathBuf>,
+    },
+    /// Remove the least recently used entries until the cache fits the size.
+    Prune {
+        /// kiln's state directory.
+        #[arg(long = "kiln-dir", env = "KILN_DIR")]
+        kiln_dir: Option<PathBuf>,
+        /// Largest size to keep, e.g. 5GB or 500MiB.
+        #[arg(long = "max-size")]
+        max_size: String,
+    },
 }

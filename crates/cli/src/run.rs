@@ -1,6 +1,9 @@
 //! Turns flags into a build configuration and runs the command.
 
-use crate::flags::{BuildFlags, Cli, Command, DebugCommand, PullFlags, PushFlags, RegistryFlags};
+use crate::flags::{
+    BuildFlags, CacheCommand, Cli, Command, DebugCommand, PullFlags, PushFlags, RegistryFlags,
+    WarmFlags,
+};
 use crate::render::{Format, Renderer};
 use anyhow::{bail, Context, Result};
 use kiln_build::options::{BuildOptions, SecretFrom, SecretSource};
@@ -56,6 +59,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Build(flags) => build(&flags),
         Command::Pull(flags) => pull(&flags),
+        Command::Warm(flags) => warm(&flags),
+        Command::Cache(CacheCommand::Ls { kiln_dir }) => cache_ls(kiln_dir),
+        Command::Cache(CacheCommand::Prune { kiln_dir, max_size }) => {
+            cache_prune(kiln_dir, &max_size)
+        }
         Command::Push(flags) => push(&flags),
     }
 }
@@ -151,7 +159,11 @@ fn opt_path(s: &str) -> Option<PathBuf> {
 /// The state directory: `--kiln-dir`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`,
 /// else `/kiln` (the executor image, where HOME may be unset).
 fn state_dir(flags: &BuildFlags) -> PathBuf {
-    if let Some(d) = &flags.kiln_dir {
+    default_state_dir(flags.kiln_dir.as_ref())
+}
+
+fn default_state_dir(given: Option<&PathBuf>) -> PathBuf {
+    if let Some(d) = given {
         return d.clone();
     }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
@@ -186,7 +198,7 @@ fn temp_dir(state: &Path, what: &str) -> Result<TempDir> {
 }
 
 /// Extracts a context tarball (plain or gzip; a file or stdin) through the confined unpacker.
-fn extract_context(reader: impl std::io::Read, into: &Path, what: &str) -> Result<()> {
+fn extract_context(reader: impl std::io::Read + Send, into: &Path, what: &str) -> Result<()> {
     let root = kiln_rootfs::Root::open(into)
         .with_context(|| format!("opening {}", into.display()))?
         .with_ownership(kiln_rootfs::Ownership::Skip);
@@ -208,7 +220,7 @@ fn context_dir(flags: &BuildFlags, state: &Path) -> Result<(PathBuf, Option<Temp
     } else if let Some(rest) = c.strip_prefix("tar://") {
         let t = temp_dir(state, "context")?;
         if rest == "stdin" {
-            extract_context(std::io::stdin().lock(), &t.0, "from stdin")?;
+            extract_context(std::io::stdin(), &t.0, "from stdin")?;
         } else {
             let f = std::fs::File::open(rest)
                 .with_context(|| format!("build context tarball {rest}: not readable"))?;
@@ -336,11 +348,6 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
     for w in no_effect_warnings(flags) {
         renderer.event(Event::Warning(&w));
     }
-    if flags.cache {
-        renderer.event(Event::Warning(
-            "--cache is accepted but the layer cache is not implemented yet: every step runs",
-        ));
-    }
     if flags.destinations.is_empty() && !flags.no_push {
         bail!("no --destination given: pass one or more, or --no-push");
     }
@@ -405,6 +412,20 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         registry: registry_options(&flags.registry)?,
         credentials: credentials(),
         skip_push_permission_check: flags.registry.skip_push_permission_check,
+        cache: if flags.cache {
+            Some(kiln_build::options::CacheOptions {
+                repo: (!flags.cache_repo.is_empty()).then(|| flags.cache_repo.clone()),
+                dir: (!flags.cache_dir.is_empty()).then(|| PathBuf::from(&flags.cache_dir)),
+                ttl: kiln_build::cache::parse_ttl(&flags.cache_ttl).map_err(|e| {
+                    anyhow::anyhow!("invalid --cache-ttl {:?}: {e}", flags.cache_ttl)
+                })?,
+                run_layers: flags.cache_run_layers,
+                copy_layers: flags.cache_copy_layers,
+                store: !flags.no_push_cache,
+            })
+        } else {
+            None
+        },
     };
     let outcome = kiln_build::build(&opts, &renderer)?;
     let _ = outcome;
@@ -528,5 +549,86 @@ fn push(flags: &PushFlags) -> Result<ExitCode> {
         std::fs::write(p, digest.to_string())
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln warm`: Kaniko's warmer, filling `--cache-dir` with base images.
+fn warm(flags: &WarmFlags) -> Result<ExitCode> {
+    let platform = match &flags.custom_platform {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("invalid --customPlatform {p:?}"))?,
+        None => kiln_oci::platform::Platform::host(),
+    };
+    if flags.images.is_empty() && flags.dockerfile.is_none() {
+        bail!("nothing to warm: give --image (repeatable) and/or --dockerfile");
+    }
+    let opts = kiln_build::cache::WarmOptions {
+        images: flags.images.clone(),
+        dockerfile: flags.dockerfile.clone(),
+        build_args: resolve_build_args(&flags.build_args)?,
+        cache_dir: flags.cache_dir.clone(),
+        ttl: kiln_build::cache::parse_ttl(&flags.cache_ttl)
+            .map_err(|e| anyhow::anyhow!("invalid --cache-ttl {:?}: {e}", flags.cache_ttl))?,
+        force: flags.force,
+        platform,
+    };
+    let outcomes = kiln_build::cache::warm(&opts, &client(&flags.registry)?)?;
+    for o in outcomes {
+        let what = if o.written {
+            "cached"
+        } else {
+            "already cached"
+        };
+        println!("{what} {} as {}", o.reference, o.digest);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache_ls(kiln_dir: Option<PathBuf>) -> Result<ExitCode> {
+    let state = default_state_dir(kiln_dir.as_ref());
+    let cache = kiln_build::cache::LocalCache::open(&state, kiln_build::cache::DEFAULT_TTL)?;
+    let entries = cache.list()?;
+    for e in &entries {
+        let age = e.created.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+        match &e.layer {
+            Some(l) => println!("{}  {}  {} bytes  {}s old", e.key, l.digest, l.size, age),
+            None => println!("{}  (no layer)  {}s old", e.key, age),
+        }
+    }
+    println!("{} entries in {}", entries.len(), state.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sizes like `500MB`, `2GiB`, `1000` (bytes).
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("invalid size {s:?}: expected e.g. 500MB or 2GiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => bail!("invalid size {s:?}: unknown unit {other:?}"),
+    };
+    Ok((n * mult) as u64)
+}
+
+fn cache_prune(kiln_dir: Option<PathBuf>, max_size: &str) -> Result<ExitCode> {
+    let state = default_state_dir(kiln_dir.as_ref());
+    let cache = kiln_build::cache::LocalCache::open(&state, kiln_build::cache::DEFAULT_TTL)?;
+    let report = cache.prune(parse_size(max_size)?)?;
+    println!("{report:?}");
     Ok(ExitCode::SUCCESS)
 }
