@@ -238,6 +238,20 @@ pub enum ErrorKind {
         /// The unexpanded image.
         image: String,
     },
+    /// STOPSIGNAL with no such signal (after expansion).
+    #[error("invalid signal: {value}")]
+    InvalidSignal {
+        /// The value.
+        value: String,
+    },
+    /// EXPOSE with a malformed port (after expansion).
+    #[error("invalid port {value:?}: {reason}")]
+    InvalidPort {
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
     /// `.dockerignore` pattern that cannot be compiled.
     #[error("invalid .dockerignore pattern {pattern:?}: {reason}")]
     BadIgnorePattern {

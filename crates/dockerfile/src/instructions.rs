@@ -342,6 +342,12 @@ pub fn parse_dockerfile(src: &[u8]) -> Result<Dockerfile, Error> {
             continue;
         }
         let ins = parse_instruction(n).map_err(loc)?;
+        if n.keyword == "maintainer" {
+            df.warnings.push((
+                n.start_line,
+                "MAINTAINER is deprecated; use LABEL org.opencontainers.image.authors=...".into(),
+            ));
+        }
         if matches!(n.keyword.as_str(), "env" | "label")
             && n.args.get(2).is_some_and(|s| s.is_empty())
         {

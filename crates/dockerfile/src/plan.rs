@@ -494,8 +494,18 @@ impl StageEnv {
             }
             Instruction::Workdir(w) => Instruction::Workdir(x(w)?),
             Instruction::User(w) => Instruction::User(x(w)?),
-            Instruction::StopSignal(w) => Instruction::StopSignal(x(w)?),
-            Instruction::Expose(v) => Instruction::Expose(xs(v)?),
+            Instruction::StopSignal(w) => {
+                let sig = x(w)?;
+                validate_signal(&sig)?;
+                Instruction::StopSignal(sig)
+            }
+            Instruction::Expose(v) => {
+                let ports = xs(v)?;
+                for p in &ports {
+                    validate_port(p)?;
+                }
+                Instruction::Expose(ports)
+            }
             Instruction::Volume(v) => Instruction::Volume(xs(v)?),
             Instruction::Copy(c) | Instruction::Add(c) => {
                 let mut c2 = c.clone();
@@ -590,6 +600,69 @@ impl StageEnv {
             .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
             .collect()
     }
+}
+
+/// Linux signal names accepted by STOPSIGNAL (Go's `signal.ParseSignal` on Linux).
+const SIGNALS: &[&str] = &[
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+    "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ", "RTMIN", "RTMAX",
+];
+
+/// STOPSIGNAL values: a number 1–255 or a signal name with or without `SIG`, as
+/// moby/sys `signal.ParseSignal` accepts (`RTMIN+n` / `RTMAX-n` included).
+pub fn validate_signal(v: &str) -> Result<(), Error> {
+    let bad = || Error::new(ErrorKind::InvalidSignal { value: v.into() });
+    if let Ok(n) = v.parse::<u8>() {
+        return if n == 0 { Err(bad()) } else { Ok(()) };
+    }
+    let upper = v.to_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let ok = SIGNALS.contains(&name)
+        || ["RTMIN+", "RTMAX-"].iter().any(|p| {
+            name.strip_prefix(p)
+                .and_then(|n| n.parse::<u8>().ok())
+                .is_some_and(|n| (1..=15).contains(&n))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// EXPOSE values: `port[/proto]` or `start-end[/proto]`, proto tcp/udp/sctp (docker/go-connections
+/// `nat.ParsePortSpecs`; an `ip:host:` prefix is tolerated as Docker does).
+pub fn validate_port(v: &str) -> Result<(), Error> {
+    let bad = |reason: &str| {
+        Error::new(ErrorKind::InvalidPort {
+            value: v.into(),
+            reason: reason.into(),
+        })
+    };
+    let (port, proto) = match v.split_once('/') {
+        Some((p, proto)) => (p, proto),
+        None => (v, "tcp"),
+    };
+    if !matches!(proto.to_lowercase().as_str(), "tcp" | "udp" | "sctp") {
+        return Err(bad("protocol must be tcp, udp or sctp"));
+    }
+    let container = port.rsplit(':').next().unwrap_or(port);
+    let num = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| bad("not a port number 0-65535"))
+    };
+    match container.split_once('-') {
+        Some((a, b)) => {
+            if num(a)? > num(b)? {
+                return Err(bad("range end is below its start"));
+            }
+        }
+        None => {
+            num(container)?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses, plans and expands, rendering the result for `kiln debug plan`.

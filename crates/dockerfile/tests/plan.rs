@@ -154,3 +154,37 @@ fn dispatch_expands_copy_fields_and_mounts() {
     };
     assert_eq!(c.heredocs[0].content, "1000 \"q\" $U\n");
 }
+
+#[test]
+fn onbuild_triggers_from_a_base_image_parse_as_instructions() {
+    let t = kiln_dockerfile::parse_trigger("COPY --chown=1:1 . /app", '\\', 7).expect("trigger");
+    assert_eq!(t.start_line, 7);
+    let Instruction::Copy(c) = &t.value else {
+        panic!("{:?}", t.value)
+    };
+    assert_eq!(c.chown.as_deref(), Some("1:1"));
+    for bad in [
+        "ONBUILD RUN x",
+        "FROM alpine",
+        "MAINTAINER me",
+        "RUNN x",
+        "RUN a\nRUN b",
+    ] {
+        let e = kiln_dockerfile::parse_trigger(bad, '\\', 3).expect_err(bad);
+        assert_eq!(e.line(), 3, "{bad}: {e}");
+    }
+}
+
+#[test]
+fn error_render_points_at_line_and_column() {
+    let src = "FROM alpine\n  COPY --chmodd=644 a /b\n";
+    let e = parse_dockerfile(src.as_bytes()).expect_err("bad flag");
+    assert_eq!((e.line(), e.col()), (2, 8));
+    let r = e.render("Dockerfile", src);
+    assert!(
+        r.starts_with("Dockerfile:2:8: unknown flag: --chmodd on COPY\n"),
+        "{r}"
+    );
+    assert!(r.contains("\n      |        ^\n"), "{r}");
+    assert!(r.ends_with("hint: did you mean --chmod?\n"), "{r}");
+}
