@@ -189,6 +189,47 @@ fn steps(dir: &Path, files: usize, total_mb: usize, level: u32) {
     );
     drop(idx2);
 
+    // The whole rootfs as one layer (a base image), then unpacked into an empty rootfs.
+    let t = Instant::now();
+    let all = ChangeSet::from_paths(&root, &[PathBuf::from("/")]).unwrap();
+    let mut w =
+        LayerWriter::new(&store, Compression::Gzip { level }, LayerOptions::default()).unwrap();
+    write_layer(&root, &all, &mut w).unwrap();
+    let base = w.finish().unwrap();
+    println!(
+        "whole rootfs as one layer: {} entries, {:.0} MB blob in {:.2} s",
+        all.len(),
+        base.size as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let target = dir.join("unpacked");
+    fs::create_dir(&target).unwrap();
+    let t = Instant::now();
+    kiln_rootfs::unpack_layer(
+        &Root::open(&target).unwrap(),
+        fs::File::open(store.path(&base.digest)).unwrap(),
+        &kiln_rootfs::UnpackOptions::default(),
+    )
+    .unwrap();
+    println!("unpack of that layer: {:.2} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir '{0}/untar' && gzip -dc '{1}' | tar -C '{0}/untar' -xf -",
+            dir.display(),
+            store.path(&base.digest).display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    println!(
+        "gzip -dc | tar -x of the same layer: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let _ = fs::remove_dir_all(&target);
+    let _ = fs::remove_dir_all(dir.join("untar"));
+
     let list = all_files(&rootfs);
     let mut results = Vec::new();
     // Step 1: 10 files rewritten.
