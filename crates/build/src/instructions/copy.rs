@@ -2,8 +2,10 @@
 //!
 //! Semantics follow BuildKit: a relative destination is relative to WORKDIR; the destination is
 //! a directory when it ends in `/`, when there are several sources, or when it already is a
-//! directory; a source directory contributes its *contents*; owners are 0:0 unless `--chown`;
-//! modes come from the source unless `--chmod`; mtimes are kept. Every write goes through
+//! directory; a source directory contributes its *contents*; owners are `--chown`'s, else 0:0
+//! for the build context and the source's own for another stage; directories COPY creates on
+//! the way get the `--chown` owner; a source that is itself a symlink is followed (inside its
+//! root); modes come from the source unless `--chmod`; mtimes are kept. Every write goes through
 //! [`kiln_rootfs::Root`], so a destination path through a symlink stays inside the rootfs.
 
 use super::chmod::Chmod;
@@ -98,26 +100,30 @@ pub fn copy(
     spec: &CopySpec<'_>,
 ) -> Result<Vec<PathBuf>, CopyError> {
     let (dest, spelled_dir) = dest_path(&spec.dest, spec.workdir);
-    // Sources as (context-or-root-relative path, host path safe to read).
-    let mut matched: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let preserve_owner = matches!(source, Source::Root(_));
+    let mut matched: Vec<Matched> = Vec::new();
     for s in &spec.sources {
-        let found: Vec<(PathBuf, PathBuf)> = match source {
-            Source::Context(ctx) => ctx
-                .expand(s)?
-                .into_iter()
-                .map(|rel| {
-                    let abs = ctx.root().join(&rel);
-                    (rel, abs)
-                })
-                .collect(),
+        let found: Vec<Matched> = match source {
+            Source::Context(ctx) => {
+                let mut v = Vec::new();
+                for rel in ctx.expand(s)? {
+                    v.push(follow_in_context(ctx, rel)?);
+                }
+                v
+            }
             Source::Root(r) => {
                 let plain = Context::plain(r.path());
                 let mut v = Vec::new();
                 for rel in plain.expand(s)? {
                     // Resolve inside the stage's root: a symlink such as `/rootlink -> /`
-                    // stays inside it (CVE-2024-1753).
+                    // stays inside it (CVE-2024-1753). A symlink named as the source is
+                    // followed, as BuildKit's copy does (`FollowSymlinks`).
                     match r.resolve(&rel) {
-                        Ok(abs) if fs::symlink_metadata(&abs).is_ok() => v.push((rel, abs)),
+                        Ok(abs) if fs::symlink_metadata(&abs).is_ok() => v.push(Matched {
+                            walk_rel: rel.clone(),
+                            rel,
+                            abs,
+                        }),
                         Ok(_) | Err(kiln_rootfs::RootError::NotFound { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -125,23 +131,24 @@ pub fn copy(
                 v
             }
         };
-        if found.is_empty() {
+        // BuildKit copies with `AllowEmptyWildcard`: a pattern matching nothing is not an
+        // error, a plain path that does not exist is.
+        if found.is_empty() && !has_glob(s) {
             return Err(CopyError::NotFound(s.clone()));
         }
         matched.extend(found);
     }
     let n_items = matched.len() + spec.heredocs.len();
-    let dest_exists_as_dir = match root.resolve(&dest) {
-        Ok(p) => fs::metadata(p).is_ok_and(|m| m.is_dir()),
-        Err(_) => false,
-    };
-    let dest_is_dir = spelled_dir
-        || n_items > 1
-        || spec.sources.iter().any(|s| s.contains(['*', '?', '[']))
-        || dest_exists_as_dir;
+    let dest_exists_as_dir = is_dir_in(root, &dest);
+    // A destination is a directory when spelled so, when it already is one, or when several
+    // items go there. A pattern with a single match behaves as that one path (so
+    // `COPY dir/* /foo` with one match writes the file `/foo`, as BuildKit does).
+    let dest_is_dir = spelled_dir || n_items > 1 || dest_exists_as_dir;
     let owner = spec.owner.unwrap_or((0, 0));
     let mut written = Vec::new();
-    let parent_meta = Meta::with_mode(0o755);
+    // Directories COPY creates on the way get the `--chown` owner (fsutil's `MkdirAll` with
+    // the copy's chowner), else root.
+    let parent_meta = meta(0o755, owner, None);
     if dest_is_dir {
         if !dest.as_os_str().is_empty() {
             if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -165,19 +172,25 @@ pub fn copy(
         root.write_file(&target, &mut content.as_bytes(), &meta(mode, owner, None))?;
         written.push(target);
     }
-    for (rel, abs) in matched {
+    for Matched { rel, walk_rel, abs } in matched {
         let m = fs::symlink_metadata(&abs).map_err(|e| CopyError::Read {
             path: abs.clone(),
             source: e,
         })?;
         if m.is_dir() {
-            // A directory contributes its contents.
+            // A directory contributes its contents. A destination that does not exist yet is
+            // created with the source directory's mode, owner and mtime (`--chmod`/`--chown`
+            // applied), as fsutil's copyDirectory does; an existing one is left as it is.
+            if !dest.as_os_str().is_empty() && !is_dir_in(root, &dest) {
+                copy_entry(root, &abs, &dest, spec, preserve_owner)?;
+                written.push(dest.clone());
+            }
             let walker = match source {
-                Source::Context(ctx) => ctx.walk(&rel)?,
+                Source::Context(ctx) => ctx.walk(&walk_rel)?,
                 Source::Root(_) => Context::plain(&abs).walk(Path::new(""))?,
             };
             let base = match source {
-                Source::Context(_) => rel.clone(),
+                Source::Context(_) => walk_rel.clone(),
                 Source::Root(_) => PathBuf::new(),
             };
             let src_root = match source {
@@ -193,7 +206,7 @@ pub fn copy(
                     continue;
                 }
                 let target = dest.join(&sub);
-                copy_entry(root, &src_root.join(&e), &target, spec, owner)?;
+                copy_entry(root, &src_root.join(&e), &target, spec, preserve_owner)?;
                 written.push(target);
             }
         } else {
@@ -205,11 +218,59 @@ pub fn copy(
             } else {
                 dest.clone()
             };
-            copy_entry(root, &abs, &target, spec, owner)?;
+            copy_entry(root, &abs, &target, spec, preserve_owner)?;
             written.push(target);
         }
     }
     Ok(written)
+}
+
+/// One matched source: the path as named (for the destination file name), the path to walk
+/// (symlinks followed), and the host path to read.
+struct Matched {
+    rel: PathBuf,
+    walk_rel: PathBuf,
+    abs: PathBuf,
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn is_dir_in(root: &Root, rel: &Path) -> bool {
+    match root.resolve(rel) {
+        Ok(p) => fs::metadata(p).is_ok_and(|m| m.is_dir()),
+        Err(_) => false,
+    }
+}
+
+/// A context path named by a COPY source. When it is itself a symlink it is followed, as
+/// BuildKit does (`FollowSymlinks` on the source path), but resolved inside the context root,
+/// so a link pointing out of the context never reads a host file (HOSTILE-INPUTS 28).
+/// Symlinks *below* a copied directory are copied as symlinks.
+fn follow_in_context(ctx: &Context, rel: PathBuf) -> Result<Matched, CopyError> {
+    let abs = ctx.root().join(&rel);
+    let is_link = fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(Matched {
+            walk_rel: rel.clone(),
+            rel,
+            abs,
+        });
+    }
+    let resolved = Root::open(ctx.root())?.resolve(&rel)?;
+    if fs::symlink_metadata(&resolved).is_err() {
+        return Err(CopyError::NotFound(rel.display().to_string()));
+    }
+    let walk_rel = resolved
+        .strip_prefix(ctx.root())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    Ok(Matched {
+        rel,
+        walk_rel,
+        abs: resolved,
+    })
 }
 
 fn meta(mode: u32, owner: (u32, u32), mtime: Option<(i64, u32)>) -> Meta {
@@ -229,13 +290,20 @@ fn copy_entry(
     src: &Path,
     target: &Path,
     spec: &CopySpec<'_>,
-    owner: (u32, u32),
+    preserve_owner: bool,
 ) -> Result<(), CopyError> {
     let read_err = |e| CopyError::Read {
         path: src.to_path_buf(),
         source: e,
     };
     let m = fs::symlink_metadata(src).map_err(read_err)?;
+    // Without `--chown`, files from the build context belong to root, and files from another
+    // stage keep their owner (BuildKit copies the stage's uid/gid).
+    let owner = spec.owner.unwrap_or(if preserve_owner {
+        (m.uid(), m.gid())
+    } else {
+        (0, 0)
+    });
     let src_mode = m.permissions().mode() & 0o7777;
     let mode = spec
         .chmod
