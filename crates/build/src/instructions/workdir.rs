@@ -1,5 +1,7 @@
-//! WORKDIR: sets the working directory and creates it (owned by the current USER, as BuildKit
-//! does) when it does not exist yet.
+//! WORKDIR: sets the working directory and creates it when it does not exist yet. Every
+//! directory it creates, parents included, belongs to the current USER: BuildKit's
+//! `llb.Mkdir(wd, 0755, WithParents(true), WithUser(user))` chowns each directory its
+//! `MkdirAll` makes.
 
 use kiln_oci::config::ImageConfig;
 use kiln_rootfs::{Meta, Root, RootError};
@@ -38,15 +40,15 @@ pub fn workdir(
         match root.resolve(&rel) {
             Ok(host) if host.is_dir() => None,
             _ => {
-                if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    root.create_dir_all(parent, &Meta::with_mode(0o755))?;
-                }
                 let meta = Meta {
                     mode: 0o755,
                     uid: owner.0,
                     gid: owner.1,
                     ..Meta::default()
                 };
+                if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    root.create_dir_all(parent, &meta)?;
+                }
                 let logical = root.mkdir(&rel, &meta)?;
                 Some(PathBuf::from(
                     String::from_utf8_lossy(&logical).into_owned(),
