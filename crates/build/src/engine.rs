@@ -492,6 +492,13 @@ impl Builder<'_> {
         steps.extend(stage.instructions.iter().cloned());
         let mut env = StageEnv::new(&self.plan, stage.index, &config.env_pairs());
         let mut index: Option<Index> = None;
+        // --single-snapshot: the target stage's steps make no layers of their own; one
+        // comparison at the end (against this index of the base) makes a single layer.
+        let single = self.opts.single_snapshot && stage.index == self.plan.target;
+        if single {
+            chain = None;
+            index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
+        }
         // Whether CMD was set in this stage: ENTRYPOINT then keeps it (BuildKit's cmd.IsSet).
         let mut cmd_set = false;
         let n = steps.len();
@@ -559,6 +566,7 @@ impl Builder<'_> {
                 &mut cmd_set,
             )?;
             let changes = match outcome.fs {
+                _ if single => ChangeSet::default(),
                 FsEffect::None => ChangeSet::default(),
                 FsEffect::Paths(paths) => snapshot::from_paths(&root, &paths, index.as_mut())?,
                 FsEffect::Unknown => match index.as_mut() {
@@ -586,6 +594,21 @@ impl Builder<'_> {
                 elapsed: t0.elapsed(),
                 layer_size: size,
             });
+        }
+        if single {
+            let changes = match index.as_mut() {
+                Some(ix) => ix.diff(&root)?,
+                None => ChangeSet::default(),
+            };
+            if let Some(l) = snapshot::write(&root, &changes, &self.store, &self.settings)? {
+                config.history.push(History {
+                    created: Some(self.created.clone()),
+                    created_by: Some("kiln --single-snapshot".into()),
+                    ..History::default()
+                });
+                config.rootfs.diff_ids.push(l.diff_id.clone());
+                layers.push(l);
+            }
         }
         Ok(StageResult {
             final_key: chain.map(|c| c.current().clone()),

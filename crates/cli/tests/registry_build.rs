@@ -278,3 +278,75 @@ fn pull_and_push_verbs_round_trip() {
         assert_eq!(raw, info.manifest);
     }
 }
+
+#[test]
+fn single_snapshot_makes_one_layer_over_the_base() {
+    let reg = require!(Registry::start());
+    let base = require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "f.txt", "f\n");
+    write(
+        tmp.path(),
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox\nCOPY f.txt /f.txt\nRUN echo a > /a && rm /etc/group\nRUN echo b > /b\n",
+            reg.addr()
+        ),
+    );
+    let layout = tmp.path().join("oci");
+    let out = kiln()
+        .arg("build")
+        .arg("-c")
+        .arg(tmp.path())
+        .args([
+            "--no-push",
+            "--insecure-pull",
+            "--single-snapshot",
+            "--log-format=text",
+        ])
+        .arg("--oci-layout-path")
+        .arg(&layout)
+        .arg("--kiln-dir")
+        .arg(tmp.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let d = index["manifests"][0]["digest"].as_str().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), base.layers.len() + 1);
+    // The one layer holds all three steps' changes, including the deletion.
+    let top = layers.last().unwrap()["digest"].as_str().unwrap();
+    let f = std::fs::File::open(
+        layout
+            .join("blobs/sha256")
+            .join(top.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["f.txt", "a", "b", "etc/.wh.group"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+}
