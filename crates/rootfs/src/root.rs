@@ -981,11 +981,21 @@ impl Root {
         }
         fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777)).map_err(Self::io("chmod", rel))?;
         for (k, v) in &meta.xattrs {
-            xattr::fset(fd, k, v).map_err(|source| RootError::StdIo {
-                op: "set xattr on",
-                path: show(rel),
-                source,
-            })?;
+            match xattr::fset(fd, k, v) {
+                Ok(()) => {}
+                // The file system has no xattrs (EOPNOTSUPP), or we may not set this name
+                // (EPERM: security.* unprivileged): the content is still right; say so.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {
+                    tracing::warn!(path = %show(rel), xattr = ?k, error = %e, "xattr not set");
+                }
+                Err(source) => {
+                    return Err(RootError::StdIo {
+                        op: "set xattr on",
+                        path: show(rel),
+                        source,
+                    })
+                }
+            }
         }
         if let Some((s, ns)) = meta.mtime {
             let t = TimeSpec::new(s, ns.into());

@@ -19,6 +19,12 @@ fn layer() -> Vec<u8> {
         .file("var/empty/inside", b"written after a 0555 dir entry")
         .file_mode("usr/bin/su", b"#!", 0o4755)
         .chr("dev/null", 1, 3)
+        // Not settable without privilege: a warning, not a failed unpack.
+        .pax(&[(
+            "SCHILY.xattr.security.capability",
+            &[0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        )])
+        .file_mode("bin/ping", b"x", 0o755)
         .raw(b"etc/owned-by-1000", b'0', 0o600, 1, b"", b"x")
         .dir("proc", 0o555)
         .finish()
@@ -73,6 +79,7 @@ fn unprivileged_unpack() {
     assert_eq!(su.mode() & 0o7777, 0o4755);
     assert_eq!(su.uid(), 65534, "no chown without privilege");
     assert!(!rootfs.join("dev/null").exists());
+    assert!(rootfs.join("bin/ping").is_file());
     assert!(!rootfs.join("var/empty").exists());
     assert_eq!(
         fs::metadata(rootfs.join("proc")).unwrap().mode() & 0o7777,
