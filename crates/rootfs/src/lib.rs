@@ -6,6 +6,19 @@
 //!   OCI whiteouts, bounded resources and every write confined.
 //! - [`Index`] and [`ChangeSet`]: the snapshot differ, and [`write_layer`] to turn a change set
 //!   into a layer through [`kiln_oci::LayerWriter`].
+//!
+//! # Using it from the engine
+//!
+//! - Base layers: `unpack_layer(&root, blob, &UnpackOptions { expected_diff_id, .. })` per layer;
+//!   on any error discard the staging rootfs (it is partly written) and keep the blob out of
+//!   the cache. `ADD x.tar` uses `whiteouts: false`.
+//! - A stage: `Index::scan(&root, &ignore, mode)` once before its first RUN; after each RUN
+//!   `index.diff(&root)`, or `ChangeSet::from_overlay_upper(upper, Some(&lower))` when the RUN
+//!   ran on overlayfs; after COPY/ADD/WORKDIR `ChangeSet::from_paths` then `index.record`.
+//! - `write_layer(&root, &changes, &mut LayerWriter::new(..))` then `finish()`; an empty change
+//!   set means no layer.
+//! - [`Root::with_ignore`] refuses every operation that resolves into an ignored path
+//!   (`RootError::Ignored`; `unpack_layer` counts and skips those entries).
 #![forbid(unsafe_code)]
 
 mod error;
