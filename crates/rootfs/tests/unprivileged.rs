@@ -86,3 +86,29 @@ fn unprivileged_unpack() {
         0o555
     );
 }
+
+#[test]
+fn ownership_map_shifts_ids() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: chown to mapped ids needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let map = kiln_rootfs::IdMap {
+        uids: vec![(0, 100_000, 65_536)],
+        gids: vec![(0, 200_000, 65_536)],
+    };
+    let root = Root::open(tmp.path())
+        .unwrap()
+        .with_ownership(Ownership::Map(map));
+    let mut t = RawTar::new();
+    t.file("root-owned", b"r");
+    // uid/gid 1000 via PAX records.
+    t.pax(&[("uid", b"1000"), ("gid", b"1000")])
+        .file("user-owned", b"u");
+    unpack_layer(&root, &t.finish()[..], &UnpackOptions::default()).unwrap();
+    let m = fs::metadata(tmp.path().join("root-owned")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (100_000, 200_000));
+    let m = fs::metadata(tmp.path().join("user-owned")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (101_000, 201_000));
+}
