@@ -394,7 +394,17 @@ impl Builder<'_> {
                 }
                 self.out
                     .event(Event::Info(&format!("pulling {reference} ({platform})")));
+                let t0 = Instant::now();
                 let pulled = self.client().pull_image(&reference, &platform, &store)?;
+                let bytes: u64 = pulled.layers.iter().map(|d| d.size()).sum();
+                let secs = t0.elapsed().as_secs_f64().max(0.001);
+                self.out.event(Event::Info(&format!(
+                    "pulled {reference}@{}: {} layers, {:.1} MB in {secs:.2}s ({:.1} MB/s; blobs already in the store are not fetched again)",
+                    pulled.manifest_digest,
+                    pulled.layers.len(),
+                    bytes as f64 / 1e6,
+                    bytes as f64 / 1e6 / secs
+                )));
                 let config = ImageConfig::from_slice(&pulled.config_bytes)?;
                 let layers = pulled
                     .layers
@@ -1368,6 +1378,7 @@ impl Builder<'_> {
                 .collect::<Result<Vec<_>, _>>()?;
             let sources = std::mem::take(&mut b.sources);
             let store = b.store.clone();
+            let t0 = Instant::now();
             let report = b.client().push_image_with_sources(
                 &refs,
                 &assembled.manifest_bytes,
@@ -1378,10 +1389,14 @@ impl Builder<'_> {
             let digest = report
                 .digest
                 .unwrap_or_else(|| assembled.manifest_digest.clone());
+            let secs = t0.elapsed().as_secs_f64();
             for r in &refs {
                 b.out.event(Event::Info(&format!(
-                    "pushed {r}@{digest} ({} blobs uploaded, {} mounted, {} already there)",
-                    report.uploaded, report.mounted, report.existed
+                    "pushed {r}@{digest} ({} blobs uploaded, {} mounted, {} already there; {:.1} MB image in {secs:.2}s)",
+                    report.uploaded,
+                    report.mounted,
+                    report.existed,
+                    assembled.size() as f64 / 1e6
                 )));
                 pushed.push((r.to_string(), digest.clone()));
             }

@@ -88,7 +88,7 @@ fn registry_cache_serves_a_fresh_pod_and_misses_on_change() {
     assert_eq!(l1, l2, "same layers, so the RUNs did not run again");
     // Only the new config (its `created` differs) is uploaded; every layer is already there.
     assert!(
-        out2.contains("(1 blobs uploaded, 0 mounted, 4 already there)"),
+        out2.contains("(1 blobs uploaded, 0 mounted, 4 already there;"),
         "a cached rebuild pushes no new layer: {out2}"
     );
 
