@@ -41,7 +41,30 @@ pub enum RootError {
     LinkToDirectory { path: String, target: String },
 }
 
-/// Errors of [`crate::unpack_layer`]: every one names the entry.
+impl UnpackError {
+    /// The entry an error is about, when it names one.
+    pub fn entry(&self) -> Option<&str> {
+        match self {
+            UnpackError::Breakout { entry }
+            | UnpackError::LinkBreakout { entry, .. }
+            | UnpackError::InvalidWhiteout { entry }
+            | UnpackError::NameTooLong { entry }
+            | UnpackError::TooDeep { entry, .. }
+            | UnpackError::EntryTooLarge { entry, .. }
+            | UnpackError::TooManyEntries { entry, .. }
+            | UnpackError::ForbiddenXattr { entry, .. }
+            | UnpackError::Unsupported { entry, .. }
+            | UnpackError::DeviceRefused { entry }
+            | UnpackError::Root { entry, .. }
+            | UnpackError::Content { entry, .. } => Some(entry),
+            UnpackError::TooLarge { entry, .. } => entry.as_deref(),
+            UnpackError::MetadataTooLarge { after, .. } => after.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Errors of [`crate::unpack_layer`]: every one names the entry (or its position).
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("reading the layer stream: {0}")]
@@ -70,10 +93,19 @@ pub enum UnpackError {
     },
     #[error("layer has more than {limit} entries (at {entry:?})")]
     TooManyEntries { entry: String, limit: u64 },
-    #[error("layer has a {size}-byte PAX or GNU long-name header; the limit is {limit} bytes")]
-    MetadataTooLarge { size: u64, limit: u64 },
-    #[error("layer exceeds the limit of {limit} uncompressed bytes")]
-    TooLarge { limit: u64 },
+    #[error("layer has a {size}-byte PAX or GNU long-name header (after entry {after:?}); the limit is {limit} bytes")]
+    MetadataTooLarge {
+        size: u64,
+        limit: u64,
+        /// The last entry read before it, if any.
+        after: Option<String>,
+    },
+    #[error("layer exceeds the limit of {limit} uncompressed bytes (in or after entry {entry:?})")]
+    TooLarge {
+        limit: u64,
+        /// The entry being read when the limit was hit, if known.
+        entry: Option<String>,
+    },
     #[error("layer entry {entry:?}: extended attribute {name:?} is not allowed in a layer")]
     ForbiddenXattr { entry: String, name: String },
     #[error("layer entry {entry:?}: unsupported entry ({what})")]

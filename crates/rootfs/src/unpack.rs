@@ -489,15 +489,19 @@ fn consume(
         diff_id: Digest::of(b""),
         uncompressed_size: 0,
     };
+    let last_entry: Cell<Option<String>> = Cell::new(None);
     let too_large = |e: UnpackError| {
+        let entry = e.entry().map(str::to_string).or_else(|| last_entry.take());
         if let Some(size) = too_big.get() {
             UnpackError::MetadataTooLarge {
                 size,
                 limit: opts.max_metadata_size,
+                after: entry,
             }
         } else if exceeded.load(Ordering::Relaxed) {
             UnpackError::TooLarge {
                 limit: opts.max_total_size,
+                entry,
             }
         } else {
             e
@@ -515,6 +519,7 @@ fn consume(
                     source,
                 })
                 .map_err(too_large)?;
+            last_entry.set(Some(show(&entry.path_bytes())));
             let r = apply_entry(
                 root,
                 &mut entry,

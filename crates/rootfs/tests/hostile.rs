@@ -563,6 +563,7 @@ fn item22_gzip_bomb_hits_the_size_limit() {
     };
     let err = apply_opts(&sb.root(), &blob, &o).unwrap_err();
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    assert_eq!(err.entry(), Some("zeros"), "{err}");
     let o = UnpackOptions {
         max_entry_size: 1 << 20,
         ..UnpackOptions::default()
