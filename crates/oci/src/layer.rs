@@ -576,14 +576,10 @@ impl LayerWriter {
                 pax_record(&mut data, k.as_bytes(), v);
             }
             // Go names the extended header `<dir>/PaxHeaders.0/<base>`; readers ignore it.
-            let (dir, base) = match name
-                .strip_suffix(b"/")
-                .unwrap_or(name)
-                .iter()
-                .rposition(|&b| b == b'/')
-            {
-                Some(i) => (&name[..=i], &name[i + 1..]),
-                None => (&name[..0], name),
+            let bare = name.strip_suffix(b"/").unwrap_or(name);
+            let (dir, base) = match bare.iter().rposition(|&b| b == b'/') {
+                Some(i) => (&bare[..=i], &bare[i + 1..]),
+                None => (&bare[..0], bare),
             };
             let mut pname = dir.to_vec();
             pname.extend_from_slice(b"PaxHeaders.0/");
