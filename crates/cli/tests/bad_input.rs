@@ -1,0 +1,85 @@
+//! Bad input of every kind gets one clear error naming what and where, and a non-zero exit.
+
+use std::path::Path;
+use std::process::Command;
+
+fn kiln_build(args: &[&str], state: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("build")
+        .args(args)
+        .args(["--no-push", "--log-format=text"])
+        .arg("--kiln-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_context_dockerfile_and_sources_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let (code, err) = kiln_build(&["-c", "/nonexistent/ctx"], &state);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("build context /nonexistent/ctx: not found"),
+        "{err}"
+    );
+
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let ctx_s = ctx.to_str().unwrap();
+    let (code, err) = kiln_build(&["-c", ctx_s, "-f", "Nope.Dockerfile"], &state);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Dockerfile Nope.Dockerfile: not found"),
+        "{err}"
+    );
+
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPPY a b\n").unwrap();
+    let (code, err) = kiln_build(&["-c", ctx_s], &state);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Dockerfile:2:1: unknown instruction: COPPY")
+            && err.contains("did you mean COPY?"),
+        "{err}"
+    );
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\n\nCOPY missing.txt /\n",
+    )
+    .unwrap();
+    let (code, err) = kiln_build(&["-c", ctx_s], &state);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Dockerfile:3: COPY: source not found: missing.txt"),
+        "{err}"
+    );
+
+    let (code, err) = kiln_build(&["-c", ctx_s, "--snapshot-mode=fast"], &state);
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid --snapshot-mode \"fast\""), "{err}");
+
+    // Nothing was written outside the state directory we gave, and no build dir is left.
+    let builds = state.join("builds");
+    let left: Vec<_> = std::fs::read_dir(&builds)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn no_destination_without_no_push_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-c"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no --destination given"));
+}
