@@ -408,7 +408,13 @@ fn run_case(case: &Path, env: &Env<'_>) -> Outcome {
         why.extend(tail(&log, 15));
         return Outcome::Fail(why);
     }
-    let image = match Image::from_layout(&layout, tmp.path()) {
+    // Unpacking costs more than reading the config: only when paths are checked.
+    let unpack = env.bless
+        || env.buildah.is_some()
+        || ["files", "absent", "tree"]
+            .iter()
+            .any(|k| expected.get(*k).is_some());
+    let image = match Image::from_layout(&layout, tmp.path(), unpack) {
         Ok(i) => i,
         Err(e) => return Outcome::Fail(vec![e]),
     };
@@ -439,7 +445,7 @@ struct Image {
 }
 
 impl Image {
-    fn from_layout(layout: &Path, tmp: &Path) -> Result<Image, String> {
+    fn from_layout(layout: &Path, tmp: &Path, unpack: bool) -> Result<Image, String> {
         let index = read_json(&layout.join("index.json"));
         let desc = &index["manifests"][0];
         let blob = |d: &Value| {
@@ -452,6 +458,13 @@ impl Image {
             .as_str()
             .unwrap_or("latest");
         let bundle = tmp.join("bundle");
+        if !unpack {
+            return Ok(Image {
+                manifest,
+                config,
+                rootfs: bundle.join("rootfs"),
+            });
+        }
         let out = Command::new("umoci")
             .arg("unpack")
             .args(if uid() == 0 {
@@ -785,7 +798,7 @@ impl Buildah {
         }
         let btmp = tmp.join("buildah");
         fs::create_dir_all(&btmp).unwrap();
-        let theirs = match Image::from_layout(&layout, &btmp) {
+        let theirs = match Image::from_layout(&layout, &btmp, true) {
             Ok(i) => i,
             Err(e) => return vec![e],
         };
