@@ -695,7 +695,12 @@ impl Index {
     /// [`ChangeSet::from_paths`]), so the next walk does not report them again.
     pub fn record(&mut self, root: &Root, changes: &ChangeSet) -> Result<(), DiffError> {
         let mut buf = vec![0u8; 256 * 1024];
-        for c in changes.changes() {
+        // Removals first: in archive order an opaque `d/.wh..wh..opq` can follow `d/-x`.
+        let (removals, entries): (Vec<&Change>, Vec<&Change>) = changes
+            .changes()
+            .iter()
+            .partition(|c| !matches!(c, Change::Entry(_)));
+        for c in removals.into_iter().chain(entries) {
             let rel = c.path().as_os_str().as_bytes();
             match c {
                 Change::Entry(p) => {

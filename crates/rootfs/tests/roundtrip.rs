@@ -609,3 +609,27 @@ fn overlay_upper_with_lower_gives_the_walks_change_set() {
     }
     assert!(!names.contains(&"etc/passwd".to_string()), "{names:?}");
 }
+
+#[test]
+fn record_after_applying_an_opaque_change_set_keeps_children_sorting_first() {
+    let c = Case::new(|p| {
+        base(p);
+        fs::write(p.join("var/cache/apt/old"), b"o").unwrap();
+    });
+    let root = Root::open(&c.new).unwrap();
+    let mut index = Index::scan(&root, &[], SnapshotMode::Full).unwrap();
+    fs::remove_dir_all(c.new.join("var/cache/apt")).unwrap();
+    fs::create_dir(c.new.join("var/cache/apt")).unwrap();
+    // `-x` sorts before `.wh..wh..opq`.
+    fs::write(c.new.join("var/cache/apt/-x"), b"dash").unwrap();
+    let cs = ChangeSet::new(vec![
+        Change::Entry("var/cache/apt".into()),
+        Change::Opaque("var/cache/apt".into()),
+        Change::Entry("var/cache/apt/-x".into()),
+        Change::Whiteout("var/cache/apt/pkg.bin".into()),
+    ]);
+    assert_eq!(paths(&cs)[1], "var/cache/apt/-x");
+    index.record(&root, &cs).unwrap();
+    let rest = index.diff(&root).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
