@@ -107,6 +107,14 @@ impl Dockerignore {
                     text.remove(0);
                 }
             }
+            // patternmatcher.New: a bare `!` is an error, not "exclude nothing".
+            if exclusion && text.is_empty() {
+                return Err(Error::new(ErrorKind::BadIgnorePattern {
+                    pattern: raw.to_string(),
+                    reason: "illegal exclusion pattern: \"!\"".into(),
+                })
+                .at(line, 1));
+            }
             let kind = compile(&text).map_err(|reason| {
                 Error::new(ErrorKind::BadIgnorePattern {
                     pattern: raw.to_string(),
@@ -257,7 +265,12 @@ fn compile(pattern: &str) -> Result<Kind, String> {
                         return Err("missing closing ]".into());
                     };
                     i += 1;
-                    if c == ']' && !first {
+                    if c == ']' {
+                        // Go's filepath.Match (used by patternmatcher to vet patterns)
+                        // rejects an empty class `[]`.
+                        if first {
+                            return Err("empty character class".into());
+                        }
                         break;
                     }
                     first = false;
@@ -403,5 +416,7 @@ mod tests {
         assert!(!d.is_excluded("# comment"));
         assert_eq!(clean_path("a/../../b/./c/"), "../b/c");
         assert!(Dockerignore::parse("[a-").is_err());
+        assert!(Dockerignore::parse("a\n!\n").is_err());
+        assert!(Dockerignore::parse("[]a]").is_err());
     }
 }

@@ -24,11 +24,20 @@
 //! plan(&Dockerfile, &PlanOptions) -> Result<Plan, Error>
 //!   Plan { stages: Vec<PlannedStage>, target, unused_build_args, global_args, .. }
 //!   Plan::resolve_from(current, reference) -> FromRef::{Stage(idx), Image(ref)}
-//! StageEnv::new(&plan, stage_index, base_env); dispatch(&Instruction) -> Instruction;
-//!   env(), run_build_args(), history_args(), expand(word)
+//! StageEnv::new(&plan, stage_index, base_env); dispatch(&Instruction) -> Result<Instruction, Error>;
+//!   env() (config Env), run_build_args(), run_env() (= env() + run_build_args()),
+//!   history_args() (proxy args excluded), expand(word), lookup() -> impl Env
+//! validate_signal(&str), validate_port(&str)        (also applied by dispatch after expansion)
 //! debug_plan(&[u8], &PlanOptions) -> Result<String, Error>
 //! Dockerignore::parse(&str) -> Result<Dockerignore, Error>; is_excluded(path); must_descend(dir)
 //! ```
+//!
+//! ARG/ENV follow BuildKit's `dispatchArg`/`dispatchEnv`: ARG declarations are applied one
+//! at a time; a build arg beats a default, which beats the global value of a re-declared
+//! global ARG; expansion and RUN see ENV and ARG values together with the later one winning
+//! (`ENV X=1` then `ARG X=2` gives RUN `X=2`, while the image config keeps `X=1`); heredoc
+//! bodies of COPY/ADD expand variables but keep quotes (`ExpandRaw`); RUN/CMD/ENTRYPOINT/
+//! SHELL/HEALTHCHECK text and ONBUILD triggers are never expanded by the builder.
 //!
 //! Stage indices (`Base::Stage`, `PlannedStage::index`, `Plan::target`, `StageEnv::new`) are
 //! always the stage's original 0-based position in the Dockerfile.
@@ -36,7 +45,10 @@
 //! Where kiln is stricter than BuildKit (each is an error with a line): invalid UTF-8 outside
 //! comments, `${...}` nested deeper than [`shell::MAX_NESTING`], unknown instructions (BuildKit's
 //! parser accepts them and its instruction layer rejects them), `--mount` ids or sources with a
-//! `..` component, a FROM/`--from` naming the current or a later stage.
+//! `..` component, a FROM/`--from` naming the current or a later stage, an expanded word over
+//! [`shell::MAX_EXPANSION`] bytes, `#`/`%`/`/` pattern matching over [`shell::MATCH_BUDGET`],
+//! and `ONBUILD ONBUILD` already in [`parse`]. Costs are linear in the input: no recursion on
+//! input depth (JSON and stage walks use explicit stacks; `${}` nesting is bounded).
 
 mod dockerignore;
 mod error;

@@ -4,7 +4,7 @@
 //! The output ([`Ast`]) is untyped: keyword, flags (`--x=y` words), arguments as the line
 //! parser split them, heredocs, spans. [`Ast::dump`] prints BuildKit's `Node.Dump()` format,
 //! which the conformance test compares byte for byte with BuildKit's golden files.
-//! Typed instructions are built from it in [`crate::instructions`].
+//! Typed instructions are built from it by [`crate::parse_dockerfile`].
 
 use crate::error::{Error, ErrorKind};
 use crate::json::{parse_json_array, JsonArray};

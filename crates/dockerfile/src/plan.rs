@@ -300,7 +300,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
         // Expand the stage's instructions to find `--from` references.
         let mut senv = StageEnv::from_parts(escape, globals.clone(), build_args.clone(), &[]);
         for ins in &st.instructions {
-            let at = |e: Error| e.at(ins.start_line, 1).through_line(ins.end_line);
+            let at = |e: Error| locate(e, ins);
             let x = senv.dispatch(&ins.value).map_err(at)?;
             let mut refs = Vec::new();
             match &x {
@@ -602,6 +602,23 @@ impl StageEnv {
     }
 }
 
+/// Gives a dispatch error the instruction's lines, and a column when the failing word can
+/// be found on the instruction's first line.
+fn locate(e: Error, ins: &Spanned<Instruction>) -> Error {
+    let first = ins.original.split('\n').next().unwrap_or("");
+    let needle = match e.kind() {
+        ErrorKind::Expand { word, .. } => Some(word.as_str()),
+        ErrorKind::InvalidMount { spec, .. } => Some(spec.as_str()),
+        ErrorKind::BadStageRef { reference, .. } => Some(reference.as_str()),
+        _ => None,
+    };
+    let col = needle
+        .filter(|n| !n.is_empty())
+        .and_then(|n| first.find(n))
+        .map_or(1, |b| first[..b].chars().count() + 1);
+    e.at(ins.start_line, col).through_line(ins.end_line)
+}
+
 /// Linux signal names accepted by STOPSIGNAL (Go's `signal.ParseSignal` on Linux).
 const SIGNALS: &[&str] = &[
     "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
@@ -717,9 +734,7 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
         };
         let mut senv = StageEnv::new(&p, st.index, &base_env);
         for ins in &st.instructions {
-            let x = senv
-                .dispatch(&ins.value)
-                .map_err(|e| e.at(ins.start_line, 1).through_line(ins.end_line))?;
+            let x = senv.dispatch(&ins.value).map_err(|e| locate(e, ins))?;
             out.push_str(&format!("  {:>4}: {x}\n", ins.start_line));
             if let Instruction::Run(_) = x {
                 let h: Vec<String> = senv

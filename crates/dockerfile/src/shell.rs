@@ -123,17 +123,17 @@ impl ShellLex {
 
     /// Expands `word` as one word (BuildKit `ProcessWord`).
     pub fn process_word(&self, word: &str, env: &dyn Env) -> Result<String, Error> {
-        self.run(word, env, false).map(|r| r.0)
+        self.run(word, env, false, false).map(|r| r.0)
     }
 
     /// Splits `word` into words on unquoted whitespace and expands each (`ProcessWords`).
     pub fn process_words(&self, word: &str, env: &dyn Env) -> Result<Vec<String>, Error> {
-        self.run(word, env, false).map(|r| r.1)
+        self.run(word, env, false, true).map(|r| r.1)
     }
 
     /// Like [`process_word`](Self::process_word) and reports which variables were used.
     pub fn process_word_with_matches(&self, word: &str, env: &dyn Env) -> Result<Expansion, Error> {
-        let (value, _, matched, unmatched) = self.run(word, env, true)?;
+        let (value, _, matched, unmatched) = self.run(word, env, true, false)?;
         Ok(Expansion {
             value,
             matched,
@@ -141,8 +141,15 @@ impl ShellLex {
         })
     }
 
-    fn run(&self, word: &str, env: &dyn Env, track: bool) -> Result<RunOutput, Error> {
+    fn run(
+        &self,
+        word: &str,
+        env: &dyn Env,
+        track: bool,
+        want_words: bool,
+    ) -> Result<RunOutput, Error> {
         let mut sw = ShellWord {
+            want_words,
             lex: *self,
             chars: word.chars().collect(),
             pos: 0,
@@ -171,6 +178,7 @@ fn is_space(c: char) -> bool {
 
 #[derive(Default)]
 struct Words {
+    enabled: bool,
     word: String,
     words: Vec<String>,
     in_word: bool,
@@ -178,6 +186,9 @@ struct Words {
 
 impl Words {
     fn add_char(&mut self, c: char) {
+        if !self.enabled {
+            return;
+        }
         if is_space(c) {
             if self.in_word && !self.word.is_empty() {
                 self.words.push(std::mem::take(&mut self.word));
@@ -188,15 +199,24 @@ impl Words {
         }
     }
     fn add_raw_char(&mut self, c: char) {
+        if !self.enabled {
+            return;
+        }
         self.word.push(c);
         self.in_word = true;
     }
     fn add_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         for c in s.chars() {
             self.add_char(c);
         }
     }
     fn add_raw_string(&mut self, s: &str) {
+        if !self.enabled {
+            return;
+        }
         self.word.push_str(s);
         self.in_word = true;
     }
@@ -209,6 +229,8 @@ impl Words {
 }
 
 struct ShellWord<'a> {
+    /// Word splitting is only needed by `process_words`; skipping it halves the work.
+    want_words: bool,
     lex: ShellLex,
     chars: Vec<char>,
     pos: usize,
@@ -253,7 +275,10 @@ impl ShellWord<'_> {
         raw_escapes: bool,
     ) -> R<(String, Vec<String>, Option<char>)> {
         let mut result = String::new();
-        let mut words = Words::default();
+        let mut words = Words {
+            enabled: self.want_words,
+            ..Words::default()
+        };
         while let Some(c) = self.peek() {
             if stops.contains(&c) {
                 self.pos += 1;
