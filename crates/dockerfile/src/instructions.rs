@@ -315,7 +315,9 @@ pub fn parse_dockerfile(src: &[u8]) -> Result<Dockerfile, Error> {
         warnings: Vec::new(),
     };
     if let Some(check) = &df.directives.check {
-        validate_check(check).map_err(|k| Error::new(k).at(1, 1))?;
+        for w in validate_check(check).map_err(|k| Error::new(k).at(1, 1))? {
+            df.warnings.push((1, w));
+        }
     }
     let mut stage_names = std::collections::HashSet::new();
     for n in &ast.nodes {
@@ -382,8 +384,11 @@ pub fn parse_dockerfile(src: &[u8]) -> Result<Dockerfile, Error> {
     Ok(df)
 }
 
-fn validate_check(v: &str) -> Result<(), ErrorKind> {
-    // `# check=skip=A,B;error=true` (BuildKit linter directive).
+/// Checks `# check=skip=A,B;error=true;experimental=C` (BuildKit's linter directive).
+/// A malformed `error=` value is an error; unknown keys are returned as warnings, since
+/// newer front ends add keys.
+fn validate_check(v: &str) -> Result<Vec<String>, ErrorKind> {
+    let mut warnings = Vec::new();
     for part in v.split(';') {
         let part = part.trim();
         if part.is_empty() {
@@ -396,7 +401,7 @@ fn validate_check(v: &str) -> Result<(), ErrorKind> {
             });
         };
         match k.trim().to_lowercase().as_str() {
-            "skip" => {}
+            "skip" | "experimental" => {}
             "error" => {
                 if !matches!(val.trim().to_lowercase().as_str(), "true" | "false") {
                     return Err(ErrorKind::InvalidCheck {
@@ -405,15 +410,10 @@ fn validate_check(v: &str) -> Result<(), ErrorKind> {
                     });
                 }
             }
-            other => {
-                return Err(ErrorKind::InvalidCheck {
-                    value: v.into(),
-                    reason: format!("unknown key {other:?}"),
-                })
-            }
+            other => warnings.push(format!("unknown key {other:?} in the check directive")),
         }
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Flag kinds of BuildKit's `BFlags`.

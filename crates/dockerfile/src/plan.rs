@@ -501,7 +501,8 @@ impl StageEnv {
             }
             Instruction::Expose(v) => {
                 let ports = xs(v)?;
-                for p in &ports {
+                // An empty word (an unset `$PORT`) exposes nothing, as Docker treats it.
+                for p in ports.iter().filter(|p| !p.is_empty()) {
                     validate_port(p)?;
                 }
                 Instruction::Expose(ports)
