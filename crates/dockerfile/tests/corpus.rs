@@ -319,3 +319,61 @@ fn shell_process_with_matches() {
     assert_eq!(n, 50);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Kaniko's integration Dockerfiles are all valid for `docker build`: every one must parse
+/// and plan (with the build args its test passes where a FROM needs one).
+#[test]
+fn kaniko_integration_dockerfiles_parse_and_plan() {
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/kaniko-dockerfiles");
+    if !root.is_dir() {
+        println!("skipped: corpus not found at {}", root.display());
+        return;
+    }
+    let mut stack = vec![root];
+    let mut files = Vec::new();
+    let mut ignores = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".dockerignore") {
+                ignores.push(p);
+            } else if name.starts_with("Dockerfile") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let opts = kiln_dockerfile::PlanOptions {
+        build_args: vec![("image".into(), "scratch".into())],
+        target_platform: "linux/amd64".into(),
+        build_platform: "linux/amd64".into(),
+        ..Default::default()
+    };
+    let mut failures = Vec::new();
+    for f in &files {
+        let src = fs::read(f).expect("read");
+        let r = kiln_dockerfile::parse_dockerfile(&src)
+            .and_then(|df| kiln_dockerfile::plan(&df, &opts).map(|_| ()));
+        if let Err(e) = r {
+            failures.push(format!("{}: {e}", f.display()));
+        }
+    }
+    for f in &ignores {
+        let text = fs::read_to_string(f).expect("read");
+        if let Err(e) = kiln_dockerfile::Dockerignore::parse(&text) {
+            failures.push(format!("{}: {e}", f.display()));
+        }
+    }
+    println!(
+        "kaniko-dockerfiles: {} Dockerfiles and {} .dockerignore files, {} failed",
+        files.len(),
+        ignores.len(),
+        failures.len()
+    );
+    assert!(files.len() > 50, "corpus shrank: {}", files.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
