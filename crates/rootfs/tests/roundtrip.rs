@@ -633,3 +633,93 @@ fn record_after_applying_an_opaque_change_set_keeps_children_sorting_first() {
     let rest = index.diff(&root).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+#[test]
+fn gnu_tar_archives_unpack_like_gnu_tar_extracts_them() {
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().join("src");
+    fs::create_dir(&s).unwrap();
+    base(&s);
+    fs::hard_link(s.join("etc/passwd"), s.join("etc/passwd-link")).unwrap();
+    fs::write(s.join("x".repeat(180)), b"long").unwrap();
+    fs::write(s.join(OsStr::from_bytes(b"caf\xc3\xa9")), b"utf8").unwrap();
+    fs::set_permissions(s.join("etc/hosts"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let _ = rustix::fs::lsetxattr(
+        s.join("etc/hosts"),
+        "user.k",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    );
+    let work = src.path();
+    for format in ["posix", "gnu"] {
+        let tarfile = work.join(format!("{format}.tar"));
+        let made = Command::new("tar")
+            .args([
+                &format!("--format={format}"),
+                "--xattrs",
+                "--numeric-owner",
+                "-cf",
+            ])
+            .arg(&tarfile)
+            .arg("-C")
+            .arg(&s)
+            .arg(".")
+            .status();
+        if !matches!(made, Ok(st) if st.success()) {
+            println!("skipped: GNU tar not available");
+            return;
+        }
+        let by_gnu = work.join(format!("gnu-{format}"));
+        fs::create_dir(&by_gnu).unwrap();
+        let st = Command::new("tar")
+            .args([
+                "--xattrs",
+                "--xattrs-include=user.*",
+                "--numeric-owner",
+                "-xpf",
+            ])
+            .arg(&tarfile)
+            .arg("-C")
+            .arg(&by_gnu)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let by_us = work.join(format!("kiln-{format}"));
+        fs::create_dir(&by_us).unwrap();
+        unpack_layer(
+            &Root::open(&by_us).unwrap(),
+            fs::File::open(&tarfile).unwrap(),
+            &UnpackOptions::default(),
+        )
+        .unwrap();
+        let (a, b) = (tree(&by_gnu), tree(&by_us));
+        assert_eq!(a.len(), b.len(), "{format}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                (
+                    String::from_utf8_lossy(&x.0),
+                    x.1,
+                    x.2,
+                    x.3,
+                    x.4,
+                    &x.5,
+                    &x.6,
+                    &x.7
+                ),
+                (
+                    String::from_utf8_lossy(&y.0),
+                    y.1,
+                    y.2,
+                    y.3,
+                    y.4,
+                    &y.5,
+                    &y.6,
+                    &y.7
+                ),
+                "{format}"
+            );
+        }
+        let ino = |r: &Path, n: &str| fs::metadata(r.join(n)).unwrap().ino();
+        assert_eq!(ino(&by_us, "etc/passwd"), ino(&by_us, "etc/passwd-link"));
+    }
+}
