@@ -44,6 +44,8 @@ enum Outcome {
 /// Everything a case needs from the suite.
 struct Env<'a> {
     registry: &'a str,
+    /// `127.0.0.1:PORT` of the file server for `ADD <url>` (each case's `http/` files).
+    http: &'a str,
     bless: bool,
     buildah: Option<&'a Buildah>,
 }
@@ -120,8 +122,13 @@ fn conformance() {
     } else {
         None
     };
+    let http = match serve_http_files(&cases) {
+        Ok(h) => h,
+        Err(e) => panic!("starting the file server: {e}"),
+    };
     let env = Env {
         registry: reg.addr(),
+        http: http.addr(),
         bless: std::env::var_os("BLESS").is_some_and(|v| v == "1"),
         buildah: buildah.as_ref(),
     };
@@ -237,9 +244,35 @@ fn copy_context(from: &Path, to: &Path) {
     }
 }
 
+/// Serves every case's `http/<file>` at `/<case>/<file>` (for `ADD <url>`), with a
+/// `Last-Modified` header as a real server would send.
+fn serve_http_files(cases: &[PathBuf]) -> std::io::Result<kiln_testkit::RecordingServer> {
+    let mut routes = Vec::new();
+    for case in cases {
+        let dir = case.join("http");
+        if !dir.is_dir() {
+            continue;
+        }
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let body = fs::read(e.path())?;
+            let resp = kiln_testkit::http::Response::new(200, body)
+                .with_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT");
+            routes.push((
+                format!("/{name}/{}", e.file_name().to_string_lossy()),
+                resp,
+            ));
+        }
+    }
+    kiln_testkit::RecordingServer::start(routes)
+}
+
 /// Replaces the suite's placeholders in a Dockerfile or an `args` line.
 fn substitute(text: &str, env: &Env<'_>, case: &Path, tmp: &Path) -> String {
-    text.replace("{{BUSYBOX}}", &format!("{}/library/busybox", env.registry))
+    let name = case.file_name().unwrap().to_string_lossy();
+    text.replace("{{HTTP}}", &format!("http://{}/{name}", env.http))
+        .replace("{{BUSYBOX}}", &format!("{}/library/busybox", env.registry))
         .replace("{{REGISTRY}}", env.registry)
         .replace("{{CASE}}", &case.display().to_string())
         .replace("{{TMP}}", &tmp.display().to_string())
