@@ -259,10 +259,7 @@ fn serve_http_files(cases: &[PathBuf]) -> std::io::Result<kiln_testkit::Recordin
             let body = fs::read(e.path())?;
             let resp = kiln_testkit::http::Response::new(200, body)
                 .with_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT");
-            routes.push((
-                format!("/{name}/{}", e.file_name().to_string_lossy()),
-                resp,
-            ));
+            routes.push((format!("/{name}/{}", e.file_name().to_string_lossy()), resp));
         }
     }
     kiln_testkit::RecordingServer::start(routes)
