@@ -41,6 +41,8 @@ struct StageResult {
     config: ImageConfig,
     layers: Vec<LayerRecord>,
     format: ImageFormat,
+    /// The ARG/ENV state at the end, inherited by a stage built FROM this one.
+    env: StageEnv,
 }
 
 /// What one instruction did to the file system.
@@ -501,6 +503,11 @@ impl Builder<'_> {
         }
         steps.extend(stage.instructions.iter().cloned());
         let mut env = StageEnv::new(&self.plan, stage.index, &config.env_pairs());
+        if let Base::Stage(idx) = &stage.base {
+            if let Some(parent) = results.get(idx) {
+                env.inherit(&parent.env);
+            }
+        }
         let mut index: Option<Index> = None;
         // --single-snapshot: the target stage's steps make no layers of their own; one
         // comparison at the end (against this index of the base) makes a single layer.
@@ -589,13 +596,16 @@ impl Builder<'_> {
                 self.store_in_cache(key, layer.clone());
             }
             let size = layer.as_ref().map(|l| l.size);
-            config.history.push(History {
-                created: Some(self.created.clone()),
-                created_by: Some(outcome.created_by),
-                comment: Some("buildkit.dockerfile.v0".into()),
-                empty_layer: layer.is_none(),
-                ..History::default()
-            });
+            // ONBUILD records no history (BuildKit's dispatchOnbuild does not commit).
+            if !matches!(expanded, Instruction::Onbuild(_)) {
+                config.history.push(History {
+                    created: Some(self.created.clone()),
+                    created_by: Some(outcome.created_by),
+                    comment: Some("buildkit.dockerfile.v0".into()),
+                    empty_layer: layer.is_none(),
+                    ..History::default()
+                });
+            }
             if let Some(l) = layer {
                 config.rootfs.diff_ids.push(l.diff_id.clone());
                 layers.push(l);
@@ -626,6 +636,7 @@ impl Builder<'_> {
             config,
             layers,
             format,
+            env,
         })
     }
 
@@ -894,9 +905,7 @@ impl Builder<'_> {
     fn current_owner(&self, config: &ImageConfig, root: &Root) -> Result<(u32, u32), String> {
         match config.config.as_ref().and_then(|c| c.user.as_deref()) {
             None | Some("") => Ok((0, 0)),
-            Some(u) => kiln_sandbox::resolve_user(root.path(), u)
-                .map(|r| (r.uid, r.gid))
-                .map_err(|e| e.to_string()),
+            Some(u) => file_owner(root, u),
         }
     }
 
@@ -939,9 +948,7 @@ impl Builder<'_> {
         }
         let owner = match &args.chown {
             Some(spec) => {
-                let r = kiln_sandbox::resolve_user(root.path(), spec)
-                    .map_err(|e| bad(format!("--chown={spec}: {e}")))?;
-                Some((r.uid, r.gid))
+                Some(file_owner(root, spec).map_err(|e| bad(format!("--chown={spec}: {e}")))?)
             }
             None => None,
         };
@@ -1155,13 +1162,9 @@ impl Builder<'_> {
         let _scratch_cleanup = WorkDir(scratch.clone());
         let shell = metadata::shell_of(config);
         let argv = run::argv(r, &shell, &scratch).map_err(|e| bad(e.to_string()))?;
-        // Environment: config Env, then build args in scope that ENV does not set.
-        let mut envv = config.env_pairs();
-        for (k, v) in env.run_build_args() {
-            if !envv.iter().any(|(ek, _)| ek == &k) {
-                envv.push((k, v));
-            }
-        }
+        // Environment: config Env and the build args in scope; of an ARG and an ENV with the
+        // same name the later one wins, as in BuildKit's LLB state.
+        let envv = env.run_env();
         let user_spec = config
             .config
             .as_ref()
@@ -1447,6 +1450,20 @@ fn write_digest_files(opts: &BuildOptions, image: &Assembled) -> Result<(), Buil
         write(p, lines.concat())?;
     }
     Ok(())
+}
+
+/// The owner BuildKit gives files it creates for `--chown=SPEC` and for WORKDIR under USER:
+/// a bare numeric uid means uid:uid (llb's UserOpt by id sets both, without a passwd lookup);
+/// names and `user:group` forms are resolved in the rootfs's passwd/group.
+fn file_owner(root: &Root, spec: &str) -> Result<(u32, u32), String> {
+    if !spec.contains(':') {
+        if let Ok(uid) = spec.parse::<u32>() {
+            return Ok((uid, uid));
+        }
+    }
+    kiln_sandbox::resolve_user(root.path(), spec)
+        .map(|r| (r.uid, r.gid))
+        .map_err(|e| e.to_string())
 }
 
 /// BuildKit's history text of COPY/ADD: flags --parents, --chown, --chmod (never --from),

@@ -472,7 +472,9 @@ impl StageEnv {
                     let mut d2 = d.clone();
                     let value = match build_arg(&self.build_args, &d.name) {
                         Some(v) => {
-                            d2.default = self.expand_opt(&d.default)?;
+                            // Expanded for its errors; the instruction then carries the value
+                            // in force, as BuildKit records it (`ARG B=<--build-arg value>`).
+                            self.expand_opt(&d.default)?;
                             Some(v)
                         }
                         None => match &d.default {
@@ -487,6 +489,8 @@ impl StageEnv {
                     if let Some(v) = &value {
                         self.state.set(&d.name, (v.clone(), true));
                     }
+                    // BuildKit's history shows `ARG K=<value in force>`, `ARG K` when unset.
+                    d2.default = value.clone();
                     self.args.set(&d.name, value);
                     exp.push(d2);
                 }
@@ -594,12 +598,30 @@ impl StageEnv {
     /// The args docker shows in RUN history as `|N K=V ...`: declared ARGs with values,
     /// proxy args excluded (they may hold credentials).
     pub fn history_args(&self) -> Vec<(String, String)> {
+        // BuildKit's runCommandString: every declared ARG, with the value the command sees
+        // (a later ENV of the same name wins), `K=` when unset.
         self.args
             .list
             .iter()
             .filter(|(k, _)| !is_proxy_arg(k))
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+            .map(|(k, v)| {
+                let seen = self
+                    .state
+                    .get(k)
+                    .map(|(sv, _)| sv.clone())
+                    .or_else(|| v.clone())
+                    .unwrap_or_default();
+                (k.clone(), seen)
+            })
             .collect()
+    }
+
+    /// A stage built `FROM` an earlier stage starts with that stage's ARGs and their values
+    /// (BuildKit's `dispatchState.init` copies the parent's build args and LLB state), so
+    /// `ARG NAME="$NAME-dev"` in the child sees the parent's NAME.
+    pub fn inherit(&mut self, parent: &StageEnv) {
+        self.args = parent.args.clone();
+        self.state = parent.state.clone();
     }
 }
 

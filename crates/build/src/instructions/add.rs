@@ -82,7 +82,12 @@ pub fn extract(root: &Root, archive: &Path, dest: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .with_ownership(root.ownership().clone());
     let f = File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    unpack_layer(&sub, io::BufReader::new(f), &UnpackOptions::default())
+    // An archive given to ADD is not a layer: `.wh.` names are plain files there.
+    let opts = UnpackOptions {
+        whiteouts: false,
+        ..UnpackOptions::default()
+    };
+    unpack_layer(&sub, io::BufReader::new(f), &opts)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
