@@ -1217,7 +1217,8 @@ impl Builder<'_> {
             path: cache_root.clone(),
             source,
         })?;
-        let mut mounts = run::mounts(&r.mounts, &mc).map_err(|e| bad(e.to_string()))?;
+        let step_mounts = run::mounts(&r.mounts, &mc).map_err(|e| bad(e.to_string()))?;
+        let mut mounts = step_mounts.mounts;
         if argv.first().is_some_and(|a| a.starts_with("/.kiln-run/")) {
             mounts.push(kiln_sandbox::Mount::Bind {
                 source: scratch.join("heredoc-script"),
@@ -1228,6 +1229,10 @@ impl Builder<'_> {
         let isolation = self.isolation()?;
         let mut spec = kiln_sandbox::RunSpec::new(root.path(), argv.clone());
         spec.env = envv;
+        for (k, v) in step_mounts.secret_env {
+            spec.env.retain(|(ek, _)| ek != &k);
+            spec.env.push((k, v));
+        }
         spec.cwd = cwd;
         spec.user = kiln_sandbox::User {
             uid: user.uid,

@@ -126,12 +126,30 @@ fn abs_target(target: &str, workdir: &str) -> String {
     }
 }
 
-/// The sandbox mounts for a RUN's `--mount` flags.
-pub fn mounts(
-    specs: &[MountSpec],
-    mc: &MountContext<'_>,
-) -> Result<Vec<kiln_sandbox::Mount>, RunSetupError> {
+/// What a RUN's `--mount` flags give it: sandbox mounts, and environment variables holding
+/// secrets (`type=secret,env=NAME`: for that RUN's process only, never in the config, the
+/// history or a cache key).
+#[derive(Default)]
+pub struct StepMounts {
+    pub mounts: Vec<kiln_sandbox::Mount>,
+    pub secret_env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for StepMounts {
+    // Never the secret values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.secret_env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("StepMounts")
+            .field("mounts", &self.mounts)
+            .field("secret_env", &names)
+            .finish()
+    }
+}
+
+/// The sandbox mounts (and secret environment) for a RUN's `--mount` flags.
+pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, RunSetupError> {
     let mut out = Vec::new();
+    let mut secret_env = Vec::new();
     for (i, m) in specs.iter().enumerate() {
         match m.kind {
             MountType::Secret => {
@@ -146,11 +164,6 @@ pub fn mounts(
                         .ok_or_else(|| {
                             RunSetupError::Mount("type=secret needs id= or target=".into())
                         })?;
-                if m.env.is_some() && m.target.is_none() {
-                    return Err(RunSetupError::Unsupported(
-                        "--mount=type=secret,env= (secrets as environment variables)".into(),
-                    ));
-                }
                 let Some(src) = mc.secrets.iter().find(|s| s.id == id) else {
                     if m.required {
                         return Err(RunSetupError::MissingSecret { id });
@@ -170,6 +183,13 @@ pub fn mounts(
                         None => continue,
                     },
                 };
+                if let Some(var) = &m.env {
+                    secret_env.push((var.clone(), String::from_utf8_lossy(&bytes).into_owned()));
+                    if m.target.is_none() {
+                        // env= alone: no file (BuildKit mounts a file only when a target is given).
+                        continue;
+                    }
+                }
                 let path = mc.scratch.join(format!("secret-{i}"));
                 write_private(&path, &bytes, m.mode.unwrap_or(0o400))?;
                 if m.uid.is_some() || m.gid.is_some() {
@@ -265,7 +285,10 @@ pub fn mounts(
             }
         }
     }
-    Ok(out)
+    Ok(StepMounts {
+        mounts: out,
+        secret_env,
+    })
 }
 
 fn nix_chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> std::io::Result<()> {
