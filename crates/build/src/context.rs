@@ -30,8 +30,15 @@ pub enum ContextError {
 }
 
 /// A build context directory.
+///
+/// Every path kiln reads from it is first resolved *inside* it (`scope`, kiln-rootfs's
+/// RESOLVE_IN_ROOT resolution): a symlink anywhere in a source path, `link/secret` with
+/// `link -> /etc`, resolves within the context, so no host file outside it is ever read
+/// (HOSTILE-INPUTS 28), and `.dockerignore` is checked on the resolved path as well as the
+/// named one, so an alias symlink cannot reach an excluded file.
 pub struct Context {
     root: PathBuf,
+    scope: Option<kiln_rootfs::Root>,
     ignore: Option<Dockerignore>,
 }
 
@@ -79,8 +86,44 @@ impl Context {
         };
         Ok(Context {
             root: root.to_path_buf(),
+            scope: Some(Self::scope(root)?),
             ignore,
         })
+    }
+
+    fn scope(root: &Path) -> Result<kiln_rootfs::Root, ContextError> {
+        kiln_rootfs::Root::open(root).map_err(|e| ContextError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// `rel` with every symlink resolved inside the context, as a context-relative path;
+    /// `None` when it does not exist.
+    pub fn resolve(&self, rel: &Path) -> Result<Option<PathBuf>, ContextError> {
+        let Some(scope) = &self.scope else {
+            return Ok(fs::symlink_metadata(self.root.join(rel))
+                .ok()
+                .map(|_| rel.to_path_buf()));
+        };
+        if rel.as_os_str().is_empty() {
+            return Ok(Some(PathBuf::new()));
+        }
+        match scope.resolve(rel) {
+            Ok(host) => {
+                let inside = host
+                    .strip_prefix(&self.root)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                Ok(fs::symlink_metadata(&host).ok().map(|_| inside))
+            }
+            Err(kiln_rootfs::RootError::NotFound { .. })
+            | Err(kiln_rootfs::RootError::NotADirectory { .. }) => Ok(None),
+            Err(e) => Err(ContextError::Io {
+                path: self.root.join(rel),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
     }
 
     /// A directory read without any `.dockerignore` (another stage's root, resolved by the
@@ -88,6 +131,7 @@ impl Context {
     pub fn plain(root: &Path) -> Context {
         Context {
             root: root.to_path_buf(),
+            scope: Self::scope(root).ok(),
             ignore: None,
         }
     }
@@ -109,23 +153,30 @@ impl Context {
     /// sorted. A pattern matching nothing gives an empty list (the caller reports it).
     pub fn expand(&self, source: &str) -> Result<Vec<PathBuf>, ContextError> {
         let rel = clean_rel(source);
-        if !has_glob(source) {
-            let abs = self.root.join(&rel);
-            return Ok(match fs::symlink_metadata(&abs) {
-                Ok(_) if !self.is_excluded(&rel) => vec![rel],
-                Ok(_) => Vec::new(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(source) => return Err(ContextError::Io { path: abs, source }),
-            });
+        let candidates = if !has_glob(source) {
+            vec![rel]
+        } else {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            let mut found = Vec::new();
+            self.glob_walk(PathBuf::new(), &parts, &mut found)?;
+            found
+        };
+        // Keep what exists inside the context and is hidden neither as named nor as resolved.
+        let mut out = Vec::new();
+        for c in candidates {
+            if self.is_excluded(&c) {
+                continue;
+            }
+            match self.resolve(&c)? {
+                Some(r) if !self.is_excluded(&r) => out.push(c),
+                _ => {}
+            }
         }
-        let parts: Vec<String> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        let mut found = Vec::new();
-        self.glob_walk(PathBuf::new(), &parts, &mut found)?;
-        found.sort();
-        Ok(found)
+        out.sort();
+        Ok(out)
     }
 
     fn glob_walk(
@@ -135,19 +186,18 @@ impl Context {
         found: &mut Vec<PathBuf>,
     ) -> Result<(), ContextError> {
         let Some((first, rest)) = parts.split_first() else {
-            if !self.is_excluded(&at) {
-                found.push(at);
-            }
+            found.push(at);
             return Ok(());
         };
         if !has_glob(first) {
-            let next = at.join(first);
-            if fs::symlink_metadata(self.root.join(&next)).is_ok() {
-                self.glob_walk(next, rest, found)?;
-            }
+            self.glob_walk(at.join(first), rest, found)?;
             return Ok(());
         }
-        let dir = self.root.join(&at);
+        // List the directory as resolved inside the context.
+        let Some(resolved) = self.resolve(&at)? else {
+            return Ok(());
+        };
+        let dir = self.root.join(&resolved);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -174,7 +224,18 @@ impl Context {
     /// Lists `rel` and everything below it that `.dockerignore` does not hide, parents before
     /// children, sorted by name. Directories that are excluded are still entered when an
     /// exception pattern could re-include something below them.
+    ///
+    /// `rel` is resolved inside the context first, and the paths returned are below the
+    /// resolved path: no component of them is a symlink (entries are listed, not followed),
+    /// so `root().join(path)` never leaves the context.
     pub fn walk(&self, rel: &Path) -> Result<Vec<PathBuf>, ContextError> {
+        let Some(rel) = self.resolve(rel)? else {
+            return Err(ContextError::Io {
+                path: self.root.join(rel),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        };
+        let rel = rel.as_path();
         let mut out = Vec::new();
         let mut stack = vec![rel.to_path_buf()];
         while let Some(p) = stack.pop() {
@@ -207,6 +268,60 @@ impl Context {
             }
         }
         Ok(out)
+    }
+
+    /// The host path to bind-mount for `RUN --mount=type=bind` of `rel` from the context:
+    /// the resolved path itself, or, when a `.dockerignore` exists, a copy of what it does not
+    /// hide made under `scratch` (hard links where possible), so a RUN sees exactly what COPY
+    /// would.
+    pub fn bind_source(&self, rel: &Path, scratch: &Path) -> Result<PathBuf, ContextError> {
+        let Some(inside) = self.resolve(rel)? else {
+            return Err(ContextError::Io {
+                path: self.root.join(rel),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        };
+        if self.ignore.is_none() || self.is_excluded(&inside) && !inside.as_os_str().is_empty() {
+            if self.ignore.is_some() {
+                return Err(ContextError::Io {
+                    path: self.root.join(rel),
+                    source: io::Error::other("excluded by .dockerignore"),
+                });
+            }
+            return Ok(self.root.join(inside));
+        }
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ContextError::Io { path, source }
+        };
+        let _ = fs::remove_dir_all(scratch);
+        let top = self.root.join(&inside);
+        if !fs::symlink_metadata(&top).map_err(io_err(&top))?.is_dir() {
+            fs::create_dir_all(scratch).map_err(io_err(scratch))?;
+            let dst = scratch.join("file");
+            fs::hard_link(&top, &dst)
+                .or_else(|_| fs::copy(&top, &dst).map(|_| ()))
+                .map_err(io_err(&top))?;
+            return Ok(dst);
+        }
+        for p in self.walk(&inside)? {
+            let sub = p.strip_prefix(&inside).unwrap_or(&p);
+            let src = self.root.join(&p);
+            let dst = scratch.join(sub);
+            let m = fs::symlink_metadata(&src).map_err(io_err(&src))?;
+            if m.is_dir() {
+                fs::create_dir_all(&dst).map_err(io_err(&dst))?;
+                fs::set_permissions(&dst, m.permissions()).map_err(io_err(&dst))?;
+            } else if m.file_type().is_symlink() {
+                let t = fs::read_link(&src).map_err(io_err(&src))?;
+                std::os::unix::fs::symlink(t, &dst).map_err(io_err(&dst))?;
+            } else if m.is_file() {
+                fs::hard_link(&src, &dst)
+                    .or_else(|_| fs::copy(&src, &dst).map(|_| ()))
+                    .map_err(io_err(&src))?;
+            }
+        }
+        Ok(scratch.to_path_buf())
     }
 
     fn may_reinclude_below(&self, rel: &Path) -> bool {

@@ -1094,14 +1094,21 @@ impl Builder<'_> {
         for s in sources {
             let matched = self.context.expand(s).map_err(|e| e.to_string())?;
             let mut any = false;
+            let mut archive_names = Vec::new();
             for rel in &matched {
-                let abs = self.context.root().join(rel);
+                // Resolved inside the context: a symlink to an archive is followed (as BuildKit
+                // does), a symlink out of the context is not.
+                let Some(inside) = self.context.resolve(rel).map_err(|e| e.to_string())? else {
+                    continue;
+                };
+                let abs = self.context.root().join(&inside);
                 if !fs::symlink_metadata(&abs).is_ok_and(|m| m.is_file()) {
                     continue;
                 }
                 match add::sniff(&abs).map_err(|e| format!("{}: {e}", rel.display()))? {
                     add::ArchiveKind::Tar => {
-                        archives.push(rel.clone());
+                        archives.push(inside);
+                        archive_names.push(rel.clone());
                         any = true;
                     }
                     add::ArchiveKind::Unsupported(kind) => {
@@ -1118,7 +1125,7 @@ impl Builder<'_> {
             } else {
                 // Other (non-archive) files matched by the same pattern are copied one by one.
                 for rel in matched {
-                    if !archives.contains(&rel) {
+                    if !archive_names.contains(&rel) {
                         rest.push(rel.display().to_string());
                     }
                 }
@@ -1180,11 +1187,13 @@ impl Builder<'_> {
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into());
         let cache_root = self.opts.state_dir.join("cache-mounts");
-        let context_root = self.context.root().to_path_buf();
+        let context = &self.context;
+        let bind_copy = scratch.join("context-bind");
         let resolve_context = |src: &str| -> Result<PathBuf, String> {
-            let ctx_root = Root::open(&context_root).map_err(|e| e.to_string())?;
-            ctx_root
-                .resolve(crate::context::clean_rel(src))
+            // The context as COPY sees it: resolved inside it, and without what .dockerignore
+            // hides (a filtered copy of the tree when there is a .dockerignore).
+            context
+                .bind_source(&crate::context::clean_rel(src), &bind_copy)
                 .map_err(|e| e.to_string())
         };
         let plan = &self.plan;

@@ -555,7 +555,6 @@ pub fn hash_context_sources(
 // The engine calls it once the cache is wired in (docs/cache.md); until then only tests do.
 #[allow(dead_code)]
 pub(crate) fn context_sources(ctx: &Context, sources: &[String]) -> io::Result<FileDigests> {
-    let confined = kiln_rootfs::Root::open(ctx.root()).map_err(io::Error::other)?;
     let mut out = FileDigests::new();
     for source in sources {
         let rels = ctx.expand(source).map_err(io::Error::other)?;
@@ -566,7 +565,10 @@ pub(crate) fn context_sources(ctx: &Context, sources: &[String]) -> io::Result<F
             Digest::of(&(rels.len() as u64).to_be_bytes()),
         );
         for rel in rels {
-            let inside = confined.resolve_nofollow(&rel).map_err(io::Error::other)?;
+            // Resolved as COPY resolves it (inside the context, symlinks followed).
+            let Some(inside) = ctx.resolve(&rel).map_err(io::Error::other)? else {
+                continue;
+            };
             let mut h = Sha256::new();
             for sub in ctx.walk(&inside).map_err(io::Error::other)? {
                 let within = sub.strip_prefix(&inside).unwrap_or(&sub).to_path_buf();

@@ -249,28 +249,13 @@ fn is_dir_in(root: &Root, rel: &Path) -> bool {
 /// so a link pointing out of the context never reads a host file (HOSTILE-INPUTS 28).
 /// Symlinks *below* a copied directory are copied as symlinks.
 fn follow_in_context(ctx: &Context, rel: PathBuf) -> Result<Matched, CopyError> {
-    let abs = ctx.root().join(&rel);
-    let is_link = fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link {
-        return Ok(Matched {
-            walk_rel: rel.clone(),
-            rel,
-            abs,
-        });
-    }
-    let resolved = Root::open(ctx.root())?.resolve(&rel)?;
-    if fs::symlink_metadata(&resolved).is_err() {
+    // Every component is resolved inside the context (a symlink named as the source is
+    // followed, as BuildKit's copy does with FollowSymlinks), so `abs` never leaves it.
+    let Some(walk_rel) = ctx.resolve(&rel)? else {
         return Err(CopyError::NotFound(rel.display().to_string()));
-    }
-    let walk_rel = resolved
-        .strip_prefix(ctx.root())
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    Ok(Matched {
-        rel,
-        walk_rel,
-        abs: resolved,
-    })
+    };
+    let abs = ctx.root().join(&walk_rel);
+    Ok(Matched { rel, walk_rel, abs })
 }
 
 fn meta(mode: u32, owner: (u32, u32), mtime: Option<(i64, u32)>) -> Meta {

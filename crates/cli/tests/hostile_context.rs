@@ -1,0 +1,140 @@
+//! A hostile build context (HOSTILE-INPUTS 28): symlinks out of the context, anywhere in a
+//! source path, never make kiln read a host file, and `.dockerignore` cannot be bypassed
+//! through a symlink or a RUN bind mount.
+
+use kiln_testkit::{push_busybox, require, Registry};
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+fn build(ctx: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("build")
+        .arg("-c")
+        .arg(ctx)
+        .args(["--no-push", "--insecure-pull", "--log-format=text"])
+        .args(extra)
+        .arg("--oci-layout-path")
+        .arg(out.join("oci"))
+        .arg("--kiln-dir")
+        .arg(out.join("state"))
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Every byte of every layer, decompressed.
+fn all_layer_bytes(layout: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    let Ok(rd) = std::fs::read_dir(layout.join("blobs/sha256")) else {
+        return all;
+    };
+    for e in rd {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        let mut plain = Vec::new();
+        if flate2::read::MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut plain)
+            .is_err()
+        {
+            plain = bytes;
+        }
+        all.extend(plain);
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn symlinks_out_of_the_context_are_resolved_inside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(outside.join("sub")).unwrap();
+    std::fs::write(outside.join("secret.txt"), "HOST-SECRET-1").unwrap();
+    std::fs::write(outside.join("sub/f"), "HOST-SECRET-2").unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::os::unix::fs::symlink(&outside, ctx.join("link")).unwrap();
+    std::os::unix::fs::symlink("../../outside", ctx.join("rel")).unwrap();
+    for (i, src) in ["link/secret.txt", "link/sub", "link/*", "rel/secret.txt"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM scratch\nCOPY {src} /x/\n"),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("out{i}"));
+        let (ok, err) = build(&ctx, &out, &[]);
+        // Resolved inside the context these paths do not exist: the build fails by name (a
+        // wildcard matching nothing is allowed, as in BuildKit)...
+        if !src.contains('*') {
+            assert!(!ok, "COPY {src} succeeded");
+            assert!(err.contains("source not found"), "{src}: {err}");
+        }
+        // ...and no host byte reached a layer.
+        let bytes = all_layer_bytes(&out.join("oci"));
+        assert!(!contains(&bytes, "HOST-SECRET"), "{src} leaked a host file");
+    }
+}
+
+#[test]
+fn dockerignore_cannot_be_bypassed_through_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("secret.env"), "IGNORED-SECRET").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "secret.env\n").unwrap();
+    std::os::unix::fs::symlink(".", ctx.join("alias")).unwrap();
+    std::os::unix::fs::symlink("secret.env", ctx.join("l2")).unwrap();
+    for (i, src) in ["alias/secret.env", "l2"].iter().enumerate() {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM scratch\nCOPY {src} /x\n"),
+        )
+        .unwrap();
+        let out = tmp.path().join(format!("out{i}"));
+        let (ok, err) = build(&ctx, &out, &[]);
+        assert!(!ok, "COPY {src} of an ignored file succeeded");
+        assert!(err.contains("source not found"), "{err}");
+        assert!(!contains(
+            &all_layer_bytes(&out.join("oci")),
+            "IGNORED-SECRET"
+        ));
+    }
+}
+
+#[test]
+fn run_bind_mount_of_the_context_hides_ignored_files() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("secret.env"), "IGNORED-SECRET").unwrap();
+    std::fs::write(ctx.join("visible.txt"), "visible").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "secret.env\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/library/busybox\nRUN --mount=type=bind,target=/ctx ls /ctx > /listing && cat /ctx/visible.txt > /seen\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let (ok, err) = build(&ctx, &out, &[]);
+    assert!(ok, "{err}");
+    let bytes = all_layer_bytes(&out.join("oci"));
+    assert!(contains(&bytes, "visible.txt"), "listing missing");
+    assert!(
+        !contains(&bytes, "secret.env"),
+        "the bind mount showed an ignored file"
+    );
+}
