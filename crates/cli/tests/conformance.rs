@@ -44,6 +44,8 @@ enum Outcome {
 /// Everything a case needs from the suite.
 struct Env<'a> {
     registry: &'a str,
+    /// The busybox manifest digest (`{{BUSYBOX_DIGEST}}`).
+    busybox_digest: String,
     /// `127.0.0.1:PORT` of the file server for `ADD <url>` (each case's `http/` files).
     http: &'a str,
     bless: bool,
@@ -106,10 +108,18 @@ fn conformance() {
         Err(e) if e.is_not_installed() => return skip_all(&e.to_string()),
         Err(e) => panic!("registry: {e}"),
     };
-    match push_busybox(&reg, "library/busybox") {
-        Ok(_) => {}
+    let busybox = match push_busybox(&reg, "library/busybox") {
+        Ok(info) => info,
         Err(e) if e.is_not_installed() => return skip_all(&e.to_string()),
         Err(e) => panic!("pushing busybox: {e}"),
+    };
+    // The same busybox with Docker v2s2 media types, and a two-platform index (host: busybox;
+    // the other platform: a one-file image), for base-image format and platform cases.
+    if let Err(e) = kiln_testkit::push_busybox_docker(&reg, "library/busybox-docker") {
+        panic!("pushing the Docker-format busybox: {e}");
+    }
+    if let Err(e) = kiln_testkit::push_multiplatform(&reg, "library/multiplatform") {
+        panic!("pushing the two-platform index: {e}");
     }
     let buildah = if std::env::var_os("KILN_DIFF_BUILDAH").is_some_and(|v| v == "1") {
         match Buildah::new() {
@@ -128,6 +138,7 @@ fn conformance() {
     };
     let env = Env {
         registry: reg.addr(),
+        busybox_digest: busybox.manifest_digest.to_string(),
         http: http.addr(),
         bless: std::env::var_os("BLESS").is_some_and(|v| v == "1"),
         buildah: buildah.as_ref(),
@@ -269,6 +280,22 @@ fn serve_http_files(cases: &[PathBuf]) -> std::io::Result<kiln_testkit::Recordin
 fn substitute(text: &str, env: &Env<'_>, case: &Path, tmp: &Path) -> String {
     let name = case.file_name().unwrap().to_string_lossy();
     text.replace("{{HTTP}}", &format!("http://{}/{name}", env.http))
+        .replace(
+            "{{BUSYBOX_DIGEST}}",
+            &format!("{}/library/busybox@{}", env.registry, env.busybox_digest),
+        )
+        .replace(
+            "{{BUSYBOX_DOCKER}}",
+            &format!("{}/library/busybox-docker", env.registry),
+        )
+        .replace(
+            "{{MULTIPLATFORM}}",
+            &format!("{}/library/multiplatform", env.registry),
+        )
+        .replace(
+            "{{OTHER_PLATFORM}}",
+            &kiln_testkit::image::other_platform().to_string(),
+        )
         .replace("{{BUSYBOX}}", &format!("{}/library/busybox", env.registry))
         .replace("{{REGISTRY}}", env.registry)
         .replace("{{CASE}}", &case.display().to_string())
@@ -689,6 +716,14 @@ fn compare(expected: &Value, image: &Image) -> Vec<String> {
             }
         }
     }
+    if let Some(top) = expected.get("manifest").and_then(Value::as_object) {
+        for (field, want) in top {
+            let got = image.manifest.get(field).cloned().unwrap_or(Value::Null);
+            if &got != want {
+                why.push(format!("manifest {field} is {got}, want {want}"));
+            }
+        }
+    }
     if let Some(want) = expected.get("history") {
         let got = image.history();
         if &got != want {
@@ -744,6 +779,16 @@ fn bless(expected: &Value, image: &Image) -> Value {
             );
         }
         out.insert("image".into(), Value::Object(c));
+    }
+    if let Some(top) = expected.get("manifest").and_then(Value::as_object) {
+        let mut c = Map::new();
+        for field in top.keys() {
+            c.insert(
+                field.clone(),
+                image.manifest.get(field).cloned().unwrap_or(Value::Null),
+            );
+        }
+        out.insert("manifest".into(), Value::Object(c));
     }
     if expected.get("history").is_some() {
         out.insert("history".into(), image.history());
