@@ -20,6 +20,7 @@ use kiln_oci::{BlobStore, Digest};
 use kiln_rootfs::{ChangeSet, Index, Ownership, Root};
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -76,7 +77,7 @@ impl Drop for WorkDir {
 
 /// Removes a tree kiln created, making directories writable first (a layer may have made them
 /// read-only, and an unprivileged owner could not otherwise delete their entries).
-fn remove_tree(path: &Path) -> std::io::Result<()> {
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for entry in walkdir::WalkDir::new(path)
         .follow_links(false)
@@ -88,6 +89,22 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
         }
     }
     fs::remove_dir_all(path)
+}
+
+/// Removes build directories left by kiln processes that no longer exist (killed with
+/// SIGKILL, or a machine that went down): they may hold stage file systems and secrets.
+fn sweep_stale_builds(builds: &Path) {
+    let Ok(rd) = fs::read_dir(builds) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            tracing::info!(path = %e.path().display(), "removing a stale build directory");
+            let _ = remove_tree(&e.path());
+        }
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -185,11 +202,17 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         .state_dir
         .join("builds")
         .join(format!("{}-{nanos}", std::process::id()));
-    fs::create_dir_all(&work).map_err(|source| BuildError::Io {
-        what: "creating the build directory",
-        path: work.clone(),
-        source,
-    })?;
+    sweep_stale_builds(&opts.state_dir.join("builds"));
+    // 0700: a RUN's scratch directory below it may hold a mounted secret.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&work)
+        .map_err(|source| BuildError::Io {
+            what: "creating the build directory",
+            path: work.clone(),
+            source,
+        })?;
     let _cleanup = WorkDir(work.clone());
     let context = Context::open(&opts.context, &opts.dockerfile)?;
     let created = if opts.reproducible {

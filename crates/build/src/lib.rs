@@ -18,7 +18,7 @@ pub mod options;
 pub mod output;
 mod snapshot;
 
-pub use engine::{build, BuildOutcome};
+pub use engine::{build, remove_tree, BuildOutcome};
 pub use error::BuildError;
 
 /// The plan options for a target, build args and platform (the host's when `None`).

@@ -14,11 +14,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = executor_args(std::env::args_os().collect());
-    let cli = flags::Cli::parse_from(args);
-    if matches!(cli.command, flags::Command::Build(_)) {
-        if let Some(code) = userns::reexec_if_unprivileged() {
-            return code;
-        }
+    let cli = flags::Cli::parse_from(args.clone());
+    if let flags::Command::Build(b) = &cli.command {
+        userns::reexec_if_unprivileged(&args[1..]);
+        // From here on SIGINT/SIGTERM/SIGHUP are handled by one thread that removes this
+        // build's directories (which may hold secrets for a running RUN) before exiting.
+        run::cleanup_on_signals(&run::state_dir_of(b));
     }
     match run::run(cli) {
         Ok(code) => code,

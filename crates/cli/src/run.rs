@@ -158,6 +158,11 @@ fn opt_path(s: &str) -> Option<PathBuf> {
 
 /// The state directory: `--kiln-dir`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`,
 /// else `/kiln` (the executor image, where HOME may be unset).
+/// The state directory a build with these flags uses.
+pub fn state_dir_of(flags: &BuildFlags) -> PathBuf {
+    state_dir(flags)
+}
+
 fn state_dir(flags: &BuildFlags) -> PathBuf {
     default_state_dir(flags.kiln_dir.as_ref())
 }
@@ -631,4 +636,48 @@ fn cache_prune(kiln_dir: Option<PathBuf>, max_size: &str) -> Result<ExitCode> {
     let report = cache.prune(parse_size(max_size)?)?;
     println!("{report:?}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every thread spawned later) and
+/// waits for them on a dedicated thread, which removes this process's build directories under
+/// `state` (stage root file systems, RUN scratch directories that may hold a mounted secret,
+/// an extracted context) and exits with 128 + the signal, as a shell reports it. RUN steps
+/// reset their signal mask and die with kiln (PR_SET_PDEATHSIG).
+pub fn cleanup_on_signals(state: &Path) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if set.thread_block().is_err() {
+        return;
+    }
+    let state = state.to_path_buf();
+    std::thread::spawn(move || {
+        let Ok(sig) = set.wait() else { return };
+        eprintln!("kiln: {sig:?} received, removing this build's files");
+        remove_own_dirs(&state);
+        std::process::exit(128 + sig as i32);
+    });
+}
+
+/// Removes `<state>/builds/<pid>-*` and `<state>/tmp/*-<pid>-*` of this process.
+fn remove_own_dirs(state: &Path) {
+    let pid = std::process::id().to_string();
+    for (dir, matches) in [
+        (
+            "builds",
+            Box::new(|n: &str| n.starts_with(&format!("{pid}-"))) as Box<dyn Fn(&str) -> bool>,
+        ),
+        ("tmp", Box::new(|n: &str| n.contains(&format!("-{pid}-")))),
+    ] {
+        let Ok(rd) = std::fs::read_dir(state.join(dir)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if matches(&e.file_name().to_string_lossy()) {
+                let _ = kiln_build::remove_tree(&e.path());
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@
 //! whether to use it. `KILN_USERNS` marks the re-executed child so it does not loop.
 
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 
 const MARK: &str = "KILN_USERNS";
 
@@ -30,16 +30,19 @@ fn probe(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// For an unprivileged caller, runs this same command line inside a user namespace and
-/// returns its exit code; `None` when kiln should go on in this process (already root, already
-/// re-executed, or no user namespace available).
-pub fn reexec_if_unprivileged() -> Option<ExitCode> {
+/// For an unprivileged caller, replaces this process (exec) with `unshare … -- kiln ARGS`, so
+/// the build runs as root of a user namespace with the same pid, signals and exit status.
+/// Returns only when kiln should go on in this process (already root, already re-executed, or
+/// no user namespace available). `args` are the normalised arguments (the `executor` alias
+/// already turned into `build`), without argv[0].
+pub fn reexec_if_unprivileged(args: &[std::ffi::OsString]) {
+    use std::os::unix::process::CommandExt;
     if euid() == 0 || std::env::var_os(MARK).is_some() {
-        return None;
+        return;
     }
     let full = ["--user", "--map-root-user", "--map-auto"];
     let single = ["--user", "--map-root-user"];
-    let (args, kind): (&[&str], &str) = if probe(&full) {
+    let (flags, kind): (&[&str], &str) = if probe(&full) {
         (&full, "full")
     } else if probe(&single) {
         (&single, "single")
@@ -47,21 +50,17 @@ pub fn reexec_if_unprivileged() -> Option<ExitCode> {
         eprintln!(
             "warning: no user namespace available: files in the image will be owned by your uid; run as root or enable unprivileged user namespaces"
         );
-        return None;
+        return;
     };
-    let exe = std::env::current_exe().ok()?;
-    let status = Command::new("unshare")
-        .args(args)
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = Command::new("unshare")
+        .args(flags)
         .arg("--")
         .arg(exe)
-        .args(std::env::args_os().skip(1))
+        .args(args)
         .env(MARK, kind)
-        .status();
-    match status {
-        Ok(s) => Some(ExitCode::from(s.code().unwrap_or(1).clamp(0, 255) as u8)),
-        Err(e) => {
-            eprintln!("warning: could not enter a user namespace ({e}); building without one");
-            None
-        }
-    }
+        .exec();
+    eprintln!("warning: could not enter a user namespace ({err}); building without one");
 }

@@ -350,3 +350,70 @@ fn single_snapshot_makes_one_layer_over_the_base() {
         );
     }
 }
+
+/// SIGTERM during a RUN that has a secret mounted: kiln exits 143 and leaves neither the
+/// build directory nor the secret file behind (HOSTILE-INPUTS 31: no secret on disk).
+#[test]
+fn sigterm_removes_the_build_and_its_secrets() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = "SIGTERM-SECRET-4242";
+    write(tmp.path(), "tok", secret);
+    write(
+        &tmp.path().join("ctx"),
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox\nRUN --mount=type=secret,id=tok sleep 30\n",
+            reg.addr()
+        ),
+    );
+    let state = tmp.path().join("state");
+    let mut child = kiln()
+        .arg("build")
+        .arg("-c")
+        .arg(tmp.path().join("ctx"))
+        .args(["--no-push", "--insecure-pull", "--log-format=text"])
+        .arg("--secret")
+        .arg(format!("id=tok,src={}", tmp.path().join("tok").display()))
+        .arg("--kiln-dir")
+        .arg(&state)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the RUN has started (its scratch directory with the secret exists).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let find_secret = || -> bool {
+        let Ok(builds) = std::fs::read_dir(state.join("builds")) else {
+            return false;
+        };
+        builds.flatten().any(|b| {
+            std::fs::read_dir(b.path())
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("run-"))
+                })
+                .unwrap_or(false)
+        })
+    };
+    while !find_secret() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    let left: Vec<_> = std::fs::read_dir(state.join("builds"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "build directories left: {left:?}");
+}
