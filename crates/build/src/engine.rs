@@ -501,10 +501,18 @@ impl Builder<'_> {
             text: &stage.from.span.original,
         });
         let (mut config, mut layers, format, base_id) = self.base(stage, &root, results)?;
-        let mut chain = self
-            .cache
-            .as_ref()
-            .map(|_| KeyChain::new(&base_id, &self.platform));
+        let mut chain = self.cache.as_ref().map(|_| {
+            let mut c = KeyChain::new(&base_id, &self.platform);
+            // Layers made with exact ownership and with a single-id map differ for the same
+            // inputs: keep their cache entries apart.
+            let ownership = if self.privileged {
+                "exact"
+            } else {
+                "single-id"
+            };
+            c.step(&cache::StepInputs::new(format!("ownership {ownership}")));
+            c
+        });
         let mut explained = false;
         // ONBUILD triggers of the base run first, then are cleared (docker semantics).
         let triggers = config
@@ -617,6 +625,14 @@ impl Builder<'_> {
             let layer = snapshot::write(&root, &changes, &self.store, &self.settings)?;
             if let Some(key) = key {
                 self.store_in_cache(key, layer.clone());
+            }
+            if let (Some(chain), true) = (chain.as_mut(), content_not_in_key(&expanded)) {
+                // An ADD of a URL is keyed by its text, not by the bytes it fetched: fold what
+                // it produced into the chain, so later steps miss when the download changed.
+                let produced = layer
+                    .as_ref()
+                    .map_or_else(|| "no layer".to_string(), |l| l.diff_id.to_string());
+                chain.step(&cache::StepInputs::new(format!("produced {produced}")));
             }
             let size = layer.as_ref().map(|l| l.size);
             // ONBUILD records no history (BuildKit's dispatchOnbuild does not commit).
@@ -1055,7 +1071,15 @@ impl Builder<'_> {
                     }
                     spec.sources = rest;
                 }
-                if is_add {
+                // `ADD --unpack=false` copies archives as files; `--unpack=true` of a URL (which
+                // BuildKit then extracts) is not supported yet.
+                if args.unpack == Some(true) && args.sources.iter().any(is_url) {
+                    return Err(BuildError::Unsupported {
+                        what: "ADD --unpack=true of a URL".into(),
+                        line: Some(ins.start_line),
+                    });
+                }
+                if is_add && args.unpack != Some(false) {
                     let (archives, rest) = self.split_archives(&args.sources).map_err(&bad)?;
                     if !archives.is_empty() {
                         let (dest, _) = copy::dest_path(&args.dest, &workdir);
@@ -1162,7 +1186,7 @@ impl Builder<'_> {
     fn needs_walk(&self, ins: &Instruction) -> bool {
         match ins {
             Instruction::Run(_) => true,
-            Instruction::Add(a) if a.from.is_none() => self
+            Instruction::Add(a) if a.from.is_none() && a.unpack != Some(false) => self
                 .split_archives(&a.sources)
                 .is_ok_and(|(archives, _)| !archives.is_empty()),
             _ => false,
@@ -1277,6 +1301,10 @@ impl Builder<'_> {
             _ => kiln_sandbox::Network::Host,
         };
         spec.isolation = isolation;
+        // `RUN --security=insecure`: every capability (still inside the step's namespaces);
+        // BuildKit's entitlement check is the user's explicit flag here.
+        spec.keep_all_capabilities =
+            matches!(r.security, Some(kiln_dockerfile::Security::Insecure));
         let mut stdout = OutputWriter {
             out: self.out,
             stderr: false,
@@ -1487,6 +1515,12 @@ fn write_digest_files(opts: &BuildOptions, image: &Assembled) -> Result<(), Buil
         write(p, lines.concat())?;
     }
     Ok(())
+}
+
+/// Whether a step's result depends on something its cache key does not cover (the bytes
+/// behind an ADD URL).
+fn content_not_in_key(ins: &Instruction) -> bool {
+    matches!(ins, Instruction::Add(a) if a.sources.iter().any(|s| s.starts_with("http://") || s.starts_with("https://")))
 }
 
 /// The owner BuildKit gives files it creates for `--chown=SPEC` and for WORKDIR under USER:

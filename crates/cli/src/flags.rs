@@ -5,6 +5,16 @@
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Go's `strconv.ParseBool`, which Kaniko's flags use: 1, t, T, TRUE, true, True, 0, f, F,
+/// FALSE, false, False.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (use true or false)")),
+    }
+}
+
 /// kiln: build container images from Dockerfiles, with no daemon and no privileges.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, long_about = None)]
@@ -75,7 +85,7 @@ pub struct BuildFlags {
     #[arg(short = 'd', long = "destination")]
     pub destinations: Vec<String>,
     /// Build only; do not push the image.
-    #[arg(long = "no-push", env = "KANIKO_NO_PUSH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "no-push", env = "KANIKO_NO_PUSH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub no_push: bool,
     /// Also write a docker-archive tarball (`docker load`-able) here.
     #[arg(long = "tar-path", alias = "tarPath", default_value = "")]
@@ -115,7 +125,7 @@ pub struct BuildFlags {
     pub secrets: Vec<String>,
 
     /// Use the layer cache.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub cache: bool,
     /// Where cache layers go (default: `<destination repo>/cache`; `oci:/path` for a layout).
     #[arg(long = "cache-repo", default_value = "")]
@@ -127,16 +137,16 @@ pub struct BuildFlags {
     #[arg(long = "cache-ttl", default_value = "336h")]
     pub cache_ttl: String,
     /// Cache RUN layers.
-    #[arg(long = "cache-run-layers", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    #[arg(long = "cache-run-layers", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub cache_run_layers: bool,
     /// Cache COPY layers.
-    #[arg(long = "cache-copy-layers", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "cache-copy-layers", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub cache_copy_layers: bool,
     /// Do not push cache layers.
-    #[arg(long = "no-push-cache", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "no-push-cache", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub no_push_cache: bool,
     /// Compress layers in memory to compute digests (kiln always streams; accepted for compatibility).
-    #[arg(long = "compressed-caching", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
+    #[arg(long = "compressed-caching", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub compressed_caching: bool,
     /// Layer compression: gzip or zstd.
     #[arg(long, default_value = "gzip")]
@@ -149,26 +159,28 @@ pub struct BuildFlags {
     #[arg(long = "snapshot-mode", alias = "snapshotMode", default_value = "full")]
     pub snapshot_mode: String,
     /// Take one snapshot at the end: a single layer on top of the base.
-    #[arg(long = "single-snapshot", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "single-snapshot", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub single_snapshot: bool,
     /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
-    #[arg(long = "use-new-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "use-new-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub use_new_run: bool,
     /// Build only the stages the target needs (always on in kiln).
-    #[arg(long = "skip-unused-stages", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "skip-unused-stages", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub skip_unused_stages: bool,
     /// Zero timestamps in layers, config and history.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub reproducible: bool,
     /// Delete the build's file systems at the end.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub cleanup: bool,
     /// Extra paths to exclude from snapshots (repeatable).
     #[arg(long = "ignore-path")]
     pub ignore_paths: Vec<String>,
-    /// Exclude /var/run from snapshots.
-    #[arg(long = "ignore-var-run", alias = "whitelist-var-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set)]
-    pub ignore_var_run: bool,
+    /// Exclude /var/run from snapshots. Kaniko's default (true) protects the runtime files of
+    /// the container it builds in; kiln builds in a private rootfs, so /var/run is kept
+    /// (as docker build does) unless this is given explicitly.
+    #[arg(long = "ignore-var-run", alias = "whitelist-var-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
+    pub ignore_var_run: Option<bool>,
     /// Kaniko's work directory (kiln's state lives in --kiln-dir).
     #[arg(long = "kaniko-dir", env = "KANIKO_DIR", default_value = "/kaniko")]
     pub kaniko_dir: String,
@@ -176,10 +188,10 @@ pub struct BuildFlags {
     #[arg(long = "kiln-dir", env = "KILN_DIR")]
     pub kiln_dir: Option<PathBuf>,
     /// Allow building on the live root file system outside a detected container.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub force: bool,
     /// Emit layers even for metadata-only instructions.
-    #[arg(long = "force-build-metadata", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "force-build-metadata", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub force_build_metadata: bool,
     /// RUN isolation: userns, chroot or container (default: detect).
     #[arg(long, default_value = "")]
@@ -198,7 +210,7 @@ pub struct BuildFlags {
     #[arg(long = "log-format", default_value = "color")]
     pub log_format: String,
     /// Timestamps in log lines.
-    #[arg(long = "log-timestamp", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "log-timestamp", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub log_timestamp: bool,
 }
 
@@ -206,19 +218,19 @@ pub struct BuildFlags {
 #[derive(Debug, Clone, Args)]
 pub struct RegistryFlags {
     /// Push over plain HTTP.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub insecure: bool,
     /// Pull over plain HTTP.
-    #[arg(long = "insecure-pull", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "insecure-pull", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub insecure_pull: bool,
     /// Plain HTTP for these registries (repeatable).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
     /// Push without TLS verification.
-    #[arg(long = "skip-tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "skip-tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub skip_tls_verify: bool,
     /// Pull without TLS verification.
-    #[arg(long = "skip-tls-verify-pull", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "skip-tls-verify-pull", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub skip_tls_verify_pull: bool,
     /// No TLS verification for these registries (repeatable).
     #[arg(long = "skip-tls-verify-registry")]
@@ -240,16 +252,16 @@ pub struct RegistryFlags {
     #[arg(long = "registry-map", env = "KANIKO_REGISTRY_MAP")]
     pub registry_maps: Vec<String>,
     /// Fail instead of falling back to the original registry after mirrors.
-    #[arg(long = "skip-default-registry-fallback", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "skip-default-registry-fallback", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub skip_default_registry_fallback: bool,
     /// Push retries.
     #[arg(long = "push-retry", default_value_t = 0)]
     pub push_retry: u32,
     /// Treat immutable-tag errors as success.
-    #[arg(long = "push-ignore-immutable-tag-errors", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "push-ignore-immutable-tag-errors", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub push_ignore_immutable_tag_errors: bool,
     /// Skip the up-front push-permission check.
-    #[arg(long = "skip-push-permission-check", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(long = "skip-push-permission-check", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub skip_push_permission_check: bool,
     /// Base image download retries.
     #[arg(long = "image-download-retry", default_value_t = 0)]
@@ -313,7 +325,7 @@ pub struct WarmFlags {
     #[arg(long = "cache-ttl", default_value = "336h")]
     pub cache_ttl: String,
     /// Overwrite fresh entries.
-    #[arg(short = 'f', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    #[arg(short = 'f', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub force: bool,
     /// os/arch[/variant] to pick from indexes.
     #[arg(long = "customPlatform", alias = "custom-platform")]

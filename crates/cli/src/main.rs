@@ -114,5 +114,18 @@ mod tests {
         };
         assert!(b.cache && b.no_push && !b.cache_run_layers);
         assert_eq!(b.destinations, vec!["a", "b"]);
+        let cli = flags::Cli::try_parse_from(strs(&[
+            "kiln",
+            "build",
+            "--cache=1",
+            "--no-push=True",
+            "--reproducible=F",
+        ]))
+        .unwrap();
+        let flags::Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert!(b.cache && b.no_push && !b.reproducible);
+        assert!(flags::Cli::try_parse_from(strs(&["kiln", "build", "--cache=yes"])).is_err());
     }
 }

@@ -382,7 +382,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         ),
     };
     let mut ignore_paths = flags.ignore_paths.clone();
-    if flags.ignore_var_run {
+    if flags.ignore_var_run == Some(true) {
         ignore_paths.push("/var/run".into());
     }
     let opts = BuildOptions {

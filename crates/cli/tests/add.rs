@@ -94,7 +94,7 @@ fn add_extracts_archives_and_downloads_urls() {
     std::fs::write(
         ctx.join("Dockerfile"),
         format!(
-            "FROM scratch\nADD bundle.tar.gz /opt/\nADD notes.tar /docs/\nADD --checksum={sha} http://{addr}/files/tool.txt /dl/\n",
+            "FROM scratch\nADD bundle.tar.gz /opt/\nADD --unpack=false bundle.tar.gz /raw/\nADD notes.tar /docs/\nADD --checksum={sha} http://{addr}/files/tool.txt /dl/\n",
             addr = server.addr()
         ),
     )
@@ -114,6 +114,10 @@ fn add_extracts_archives_and_downloads_urls() {
         "archive copied instead of extracted"
     );
     assert_eq!(files["docs/notes.tar"].1, b"plain text");
+    assert!(
+        files.contains_key("raw/bundle.tar.gz") && !files.contains_key("raw/pkg/a.txt"),
+        "--unpack=false copies the archive as a file"
+    );
     assert_eq!(
         files["dl/tool.txt"],
         (0o600, b"downloaded bytes\n".to_vec())

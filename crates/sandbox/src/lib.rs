@@ -182,7 +182,7 @@ impl Default for HostPaths {
 }
 
 /// Everything about one RUN.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunSpec {
     /// The rootfs directory (ignored in container mode, where it is `/`).
     pub rootfs: PathBuf,
@@ -221,6 +221,24 @@ pub struct OverlayDirs {
     pub upper: PathBuf,
     /// overlayfs's scratch directory.
     pub work: PathBuf,
+}
+
+impl std::fmt::Debug for RunSpec {
+    // The environment may hold a secret (`RUN --mount=type=secret,env=`) or a proxy password:
+    // names only, never values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("RunSpec")
+            .field("rootfs", &self.rootfs)
+            .field("argv", &self.argv)
+            .field("env", &env_names)
+            .field("cwd", &self.cwd)
+            .field("user", &self.user)
+            .field("mounts", &self.mounts)
+            .field("network", &self.network)
+            .field("isolation", &self.isolation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunSpec {

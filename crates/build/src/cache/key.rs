@@ -144,7 +144,8 @@ pub struct StepInputs {
     env: Vec<(String, String)>,
     sources: Option<FileDigests>,
     destination: Option<String>,
-    from_stage: Option<CacheKey>,
+    /// Every stage the step reads (`COPY --from`, each `RUN --mount=…,from=`), in order.
+    from_stages: Vec<CacheKey>,
     bind_mounts: Vec<(String, FileDigests)>,
     secret_ids: Vec<String>,
 }
@@ -198,9 +199,10 @@ impl StepInputs {
         self
     }
 
-    /// `COPY --from=<stage>` (or `RUN --mount=from=<stage>`): that stage's final key.
+    /// `COPY --from=<stage>` (or `RUN --mount=from=<stage>`): that stage's final key. Each
+    /// call adds one: a RUN binding two stages depends on both.
     pub fn from_stage(mut self, key: CacheKey) -> Self {
-        self.from_stage = Some(key);
+        self.from_stages.push(key);
         self
     }
 
@@ -389,9 +391,13 @@ impl KeyChain {
         if let Some(d) = &inputs.destination {
             f.field("destination".into(), "destination", &[d.as_bytes()]);
         }
-        if let Some(k) = &inputs.from_stage {
+        f.raw(
+            "from-stage-count",
+            &[&(inputs.from_stages.len() as u64).to_be_bytes()],
+        );
+        for (i, k) in inputs.from_stages.iter().enumerate() {
             f.field(
-                "copy --from stage".into(),
+                format!("--from stage #{i}"),
                 "from-stage",
                 &[k.as_str().as_bytes()],
             );
@@ -846,5 +852,26 @@ mod tests {
         fs::remove_file(d.join("l")).unwrap();
         std::os::unix::fs::symlink("t2", d.join("l")).unwrap();
         assert_ne!(h3, hash_tree(&d).unwrap());
+    }
+
+    #[test]
+    fn every_from_stage_is_in_the_key() {
+        let p: kiln_oci::Platform = "linux/amd64".parse().unwrap();
+        let a = CacheKey::from_hex(&"a".repeat(64)).unwrap();
+        let b1 = CacheKey::from_hex(&"b".repeat(64)).unwrap();
+        let b2 = CacheKey::from_hex(&"c".repeat(64)).unwrap();
+        let key = |second: &CacheKey| {
+            let mut chain = KeyChain::new(&BaseIdentity::Scratch, &p);
+            chain.step(
+                &StepInputs::new("RUN x")
+                    .from_stage(a.clone())
+                    .from_stage(second.clone()),
+            )
+        };
+        assert_ne!(
+            key(&b1),
+            key(&b2),
+            "the second bound stage must change the key"
+        );
     }
 }

@@ -151,8 +151,24 @@ pub fn url_file_name(url: &str) -> Option<String> {
 
 /// Downloads `url` to `to`, verifying `--checksum` (`sha256:<hex>`) when given.
 pub fn download(url: &str, to: &Path, checksum: Option<&str>) -> Result<(), String> {
+    // No total timeout (a large download may take long), but a connect timeout; redirects
+    // followed up to 10, never from https to http.
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
+            && attempt.url().scheme() == "http";
+        if downgrade {
+            attempt.error("refusing a redirect from https to http")
+        } else if attempt.previous().len() >= 10 {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    });
     let client = reqwest::blocking::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .timeout(None)
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .redirect(policy)
         .build()
         .map_err(|e| e.to_string())?;
     let mut resp = client
