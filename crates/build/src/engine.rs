@@ -1390,9 +1390,16 @@ impl Builder<'_> {
             }
         }
         config.created = Some(self.created.clone());
-        config.architecture = self.platform.architecture().to_string();
-        config.os = self.platform.os().to_string();
-        config.variant = self.platform.variant().map(str::to_string);
+        // The target stage's `FROM --platform=` wins over --custom-platform, as in BuildKit.
+        let platform = self
+            .plan
+            .stage(self.plan.target)
+            .and_then(|st| st.platform.as_deref())
+            .and_then(|p| p.parse::<Platform>().ok())
+            .unwrap_or_else(|| self.platform.clone());
+        config.architecture = platform.architecture().to_string();
+        config.os = platform.os().to_string();
+        config.variant = platform.variant().map(str::to_string);
         if self.opts.reproducible {
             for h in &mut config.history {
                 h.created = Some(self.created.clone());

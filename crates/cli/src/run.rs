@@ -353,6 +353,21 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
     for w in no_effect_warnings(flags) {
         renderer.event(Event::Warning(&w));
     }
+    for (flag, value) in [
+        ("--digest-file", &flags.digest_file),
+        (
+            "--image-name-with-digest-file",
+            &flags.image_name_with_digest_file,
+        ),
+        (
+            "--image-name-tag-with-digest-file",
+            &flags.image_name_tag_with_digest_file,
+        ),
+    ] {
+        if value.starts_with("http://") || value.starts_with("https://") {
+            bail!("not supported yet: {flag} with a URL ({value}); give a file path");
+        }
+    }
     if flags.destinations.is_empty() && !flags.no_push {
         bail!("no --destination given: pass one or more, or --no-push");
     }
