@@ -668,9 +668,26 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
     let mut last = libc::ENOENT;
     let mut saw_eacces = None;
     for (i, c) in plan.candidates.iter().enumerate() {
-        // SAFETY: argv/envp are NULL-terminated arrays of plan-owned C strings.
-        unsafe { libc::execve(c.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr()) };
-        last = errno();
+        // ETXTBSY: another thread of the parent may have been writing this executable (a
+        // COPY or an unpack) when some other process forked, and that child still holds the
+        // write descriptor until its own exec closes it. The window is short: retry briefly
+        // (execve(2) ERRORS; the classic fork/exec race of multithreaded programs).
+        let mut busy_retries = 0;
+        loop {
+            // SAFETY: argv/envp are NULL-terminated arrays of plan-owned C strings.
+            unsafe { libc::execve(c.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr()) };
+            last = errno();
+            if last != libc::ETXTBSY || busy_retries >= 50 {
+                break;
+            }
+            busy_retries += 1;
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            // SAFETY: nanosleep with a valid timespec and no remainder pointer.
+            unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+        }
         match last {
             libc::ENOENT | libc::ENOTDIR => {}
             libc::EACCES => {
