@@ -153,6 +153,9 @@ struct Builder<'a> {
     cache: Option<Arc<dyn LayerCache>>,
     /// `--cache-dir` base images, with `--cache` when the directory exists.
     base_cache: Option<BaseImageCache>,
+    /// Root file systems of images named by `COPY --from=<image>` / `--mount=from=<image>`,
+    /// pulled and unpacked once per build.
+    image_roots: HashMap<String, PathBuf>,
     /// Cache stores running in the background; joined before the image is written out.
     stores: Vec<std::thread::JoinHandle<Result<(), cache::CacheError>>>,
 }
@@ -240,6 +243,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         sources: HashMap::new(),
         cache: None,
         base_cache: None,
+        image_roots: HashMap::new(),
         stores: Vec::new(),
     };
     b.open_cache()?;
@@ -626,7 +630,15 @@ impl Builder<'_> {
             if let Some(key) = key {
                 self.store_in_cache(key, layer.clone());
             }
-            if let (Some(chain), true) = (chain.as_mut(), content_not_in_key(&expanded)) {
+            if let (Some(chain), true) = (
+                chain.as_mut(),
+                content_not_in_key(&expanded, &|f| {
+                    matches!(
+                        self.plan.resolve_from(stage.index, f),
+                        Ok(FromRef::Image(_))
+                    )
+                }),
+            ) {
                 // An ADD of a URL is keyed by its text, not by the bytes it fetched: fold what
                 // it produced into the chain, so later steps miss when the download changed.
                 let produced = layer
@@ -677,6 +689,52 @@ impl Builder<'_> {
             format,
             env,
         })
+    }
+
+    /// The root file system of `image` (a `COPY --from=` / `--mount=from=` image): pulled for
+    /// the build's platform and unpacked (confined, verified) once per build.
+    fn image_root(&mut self, image: &str) -> Result<PathBuf, BuildError> {
+        if let Some(p) = self.image_roots.get(image) {
+            return Ok(p.clone());
+        }
+        let reference = self.parse_ref(image)?;
+        let dir = self
+            .work
+            .join(format!("image-{}", self.image_roots.len()))
+            .join("rootfs");
+        fs::create_dir_all(&dir).map_err(|source| BuildError::Io {
+            what: "creating an image root",
+            path: dir.clone(),
+            source,
+        })?;
+        self.out
+            .event(Event::Info(&format!("pulling {reference} (for --from)")));
+        let store = self.store.clone();
+        let platform = self.platform.clone();
+        let pulled = self.client().pull_image(&reference, &platform, &store)?;
+        let config = ImageConfig::from_slice(&pulled.config_bytes)?;
+        let layers = pulled
+            .layers
+            .iter()
+            .zip(config.rootfs.diff_ids.iter())
+            .map(|(d, diff_id)| {
+                Ok(LayerRecord {
+                    digest: kiln_oci::manifest::descriptor_digest(d).map_err(|e| {
+                        BuildError::Reference {
+                            reference: image.to_string(),
+                            message: e.to_string(),
+                        }
+                    })?,
+                    diff_id: diff_id.clone(),
+                    size: d.size(),
+                    media_type: d.media_type().to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, BuildError>>()?;
+        let root = self.open_root(&dir)?;
+        self.unpack_into(&root, &layers, image)?;
+        self.image_roots.insert(image.to_string(), dir.clone());
+        Ok(dir)
     }
 
     /// Opens the layer cache (`--cache`): the `--cache-repo` (or `<destination>/cache`) in a
@@ -1015,8 +1073,9 @@ impl Builder<'_> {
             chmod,
             exclude: args.exclude.clone(),
         };
+        let file = self.file.clone();
         let copy_err = |source| BuildError::Copy {
-            file: self.file.clone(),
+            file: file.clone(),
             line: ins.start_line,
             instruction: name.into(),
             source,
@@ -1111,10 +1170,8 @@ impl Builder<'_> {
                         self.open_root(&r.root)?
                     }
                     FromRef::Image(image) => {
-                        return Err(BuildError::Unsupported {
-                            what: format!("{name} --from=<image> ({image})"),
-                            line: Some(ins.start_line),
-                        });
+                        let dir = self.image_root(&image)?;
+                        self.open_root(&dir)?
                     }
                 };
                 copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
@@ -1204,6 +1261,15 @@ impl Builder<'_> {
         results: &HashMap<usize, StageResult>,
         stage: &PlannedStage,
     ) -> Result<StepOutcome, BuildError> {
+        // Images a bind mount names are pulled and unpacked before the closures below borrow
+        // the builder.
+        for m in &r.mounts {
+            if let Some(from) = &m.from {
+                if let Ok(FromRef::Image(image)) = self.plan.resolve_from(stage.index, from) {
+                    self.image_root(&image)?;
+                }
+            }
+        }
         let bad = |m: String| self.step_error(ins, m);
         let scratch = self
             .work
@@ -1243,6 +1309,7 @@ impl Builder<'_> {
                 .bind_source(&crate::context::clean_rel(src), &bind_copy)
                 .map_err(|e| e.to_string())
         };
+        let image_roots = &self.image_roots;
         let plan = &self.plan;
         let resolve_from = |from: &str, src: &str| -> Result<PathBuf, String> {
             match plan
@@ -1257,7 +1324,14 @@ impl Builder<'_> {
                         .and_then(|root| root.resolve(crate::context::clean_rel(src)))
                         .map_err(|e| e.to_string())
                 }
-                FromRef::Image(image) => Err(format!("not supported yet: from=<image> ({image})")),
+                FromRef::Image(image) => {
+                    let dir = image_roots
+                        .get(&image)
+                        .ok_or_else(|| format!("from={from}: image {image} was not pulled"))?;
+                    Root::open(dir)
+                        .and_then(|root| root.resolve(crate::context::clean_rel(src)))
+                        .map_err(|e| e.to_string())
+                }
             }
         };
         let mc = run::MountContext {
@@ -1524,10 +1598,22 @@ fn write_digest_files(opts: &BuildOptions, image: &Assembled) -> Result<(), Buil
     Ok(())
 }
 
-/// Whether a step's result depends on something its cache key does not cover (the bytes
-/// behind an ADD URL).
-fn content_not_in_key(ins: &Instruction) -> bool {
-    matches!(ins, Instruction::Add(a) if a.sources.iter().any(|s| s.starts_with("http://") || s.starts_with("https://")))
+/// Whether a step's result depends on something its cache key does not cover: the bytes
+/// behind an ADD URL, or an image named by `--from` (a tag can move).
+fn content_not_in_key(ins: &Instruction, from_is_image: &dyn Fn(&str) -> bool) -> bool {
+    match ins {
+        Instruction::Add(a) | Instruction::Copy(a) => {
+            a.sources
+                .iter()
+                .any(|s| s.starts_with("http://") || s.starts_with("https://"))
+                || a.from.as_deref().is_some_and(from_is_image)
+        }
+        Instruction::Run(r) => r
+            .mounts
+            .iter()
+            .any(|m| m.from.as_deref().is_some_and(from_is_image)),
+        _ => false,
+    }
 }
 
 /// The owner BuildKit gives files it creates for `--chown=SPEC` and for WORKDIR under USER:
