@@ -1019,9 +1019,9 @@ impl Builder<'_> {
     ) -> Result<StepOutcome, BuildError> {
         let name = if is_add { "ADD" } else { "COPY" };
         let bad = |m: String| self.step_error(ins, m);
-        if args.parents {
+        if args.parents && (args.from.is_some() || is_add || !args.heredocs.is_empty()) {
             return Err(BuildError::Unsupported {
-                what: format!("{name} --parents"),
+                what: format!("{name} --parents with --from, ADD or a heredoc"),
                 line: Some(ins.start_line),
             });
         }
@@ -1082,99 +1082,152 @@ impl Builder<'_> {
         };
         let mut extracted = false;
         let mut downloaded = Vec::new();
-        let written = match &args.from {
-            None => {
-                let mut spec = spec;
-                if is_add && args.sources.iter().any(is_url) {
-                    let (urls, rest): (Vec<String>, Vec<String>) =
-                        args.sources.iter().cloned().partition(is_url);
-                    let (dest, as_dir) = copy::dest_path(&args.dest, &workdir);
-                    let as_dir = as_dir || urls.len() + rest.len() > 1;
-                    for (i, u) in urls.iter().enumerate() {
-                        let tmp = self.work.join(format!("download-{}-{i}", ins.start_line));
-                        add::download(u, &tmp, args.checksum.as_deref()).map_err(&bad)?;
-                        let target = if as_dir {
-                            let name = add::url_file_name(u).ok_or_else(|| {
-                                bad(format!("cannot tell a file name from {u}; give a destination file name"))
-                            })?;
-                            dest.join(name)
-                        } else {
-                            dest.clone()
-                        };
-                        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty())
-                        {
-                            root.create_dir_all(parent, &kiln_rootfs::Meta::with_mode(0o755))?;
+        let written = if args.parents {
+            // `COPY --parents`: each match keeps its path below the context (or below a
+            // `/./` pivot in the source) under the destination directory.
+            let (dest_dir, _) = copy::dest_path(&args.dest, &workdir);
+            let mut written = Vec::new();
+            for s in &args.sources {
+                let pivot = s
+                    .split_once("/./")
+                    .map(|(before, _)| crate::context::clean_rel(before));
+                let matches = self.context.expand(s)?;
+                if matches.is_empty() && !s.contains(['*', '?', '[']) {
+                    return Err(copy_err(copy::CopyError::NotFound(s.clone())));
+                }
+                for rel in matches {
+                    let kept = match &pivot {
+                        Some(p) => rel.strip_prefix(p).unwrap_or(&rel).to_path_buf(),
+                        None => rel.clone(),
+                    };
+                    let sub_dest = match kept.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => dest_dir.join(p),
+                        _ => dest_dir.clone(),
+                    };
+                    let one = copy::CopySpec {
+                        sources: vec![rel.display().to_string()],
+                        heredocs: Vec::new(),
+                        dest: format!("/{}/", sub_dest.display()),
+                        workdir: &workdir,
+                        owner: spec.owner,
+                        chmod: spec.chmod.clone(),
+                        exclude: spec.exclude.clone(),
+                    };
+                    let is_dir = self
+                        .context
+                        .resolve(&rel)?
+                        .is_some_and(|r| self.context.root().join(r).is_dir());
+                    let one = if is_dir {
+                        copy::CopySpec {
+                            dest: format!("/{}/", dest_dir.join(&kept).display()),
+                            ..one
                         }
-                        // docker gives downloaded files mode 0600 unless --chmod says otherwise.
-                        let mode = spec.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false));
-                        let (o_uid, o_gid) = spec.owner.unwrap_or((0, 0));
-                        let mut f = fs::File::open(&tmp).map_err(|source| BuildError::Io {
-                            what: "reading a download",
-                            path: tmp.clone(),
-                            source,
-                        })?;
-                        let (_, logical) = root.write_file(
-                            &target,
-                            &mut f,
-                            &kiln_rootfs::Meta {
-                                mode,
-                                uid: o_uid,
-                                gid: o_gid,
-                                ..Default::default()
-                            },
-                        )?;
-                        downloaded.push(PathBuf::from(
-                            String::from_utf8_lossy(&logical).into_owned(),
-                        ));
-                        let _ = fs::remove_file(&tmp);
-                    }
-                    spec.sources = rest;
-                }
-                // `ADD --unpack=false` copies archives as files; `--unpack=true` of a URL (which
-                // BuildKit then extracts) is not supported yet.
-                if args.unpack == Some(true) && args.sources.iter().any(is_url) {
-                    return Err(BuildError::Unsupported {
-                        what: "ADD --unpack=true of a URL".into(),
-                        line: Some(ins.start_line),
-                    });
-                }
-                if is_add && args.unpack != Some(false) {
-                    let (archives, rest) = self.split_archives(&args.sources).map_err(&bad)?;
-                    if !archives.is_empty() {
-                        let (dest, _) = copy::dest_path(&args.dest, &workdir);
-                        for a in &archives {
-                            add::extract(root, &self.context.root().join(a), &dest)
-                                .map_err(|e| bad(format!("extracting {}: {e}", a.display())))?;
-                        }
-                        extracted = true;
-                        spec.sources = rest;
-                    }
-                }
-                if spec.sources.is_empty() && spec.heredocs.is_empty() {
-                    Vec::new()
-                } else {
-                    copy::copy(root, &copy::Source::Context(&self.context), &spec)
-                        .map_err(copy_err)?
+                    } else {
+                        one
+                    };
+                    written.extend(
+                        copy::copy(root, &copy::Source::Context(&self.context), &one)
+                            .map_err(copy_err)?,
+                    );
                 }
             }
-            Some(from) => {
-                let from_root = match self
-                    .plan
-                    .resolve_from(stage.index, from)
-                    .map_err(|e| bad(e.to_string()))?
-                {
-                    FromRef::Stage(idx) => {
-                        let r = results.get(&idx).ok_or_else(|| {
-                            bad(format!("--from={from}: stage {idx} was not built"))
-                        })?;
-                        self.open_root(&r.root)?
+            written
+        } else {
+            match &args.from {
+                None => {
+                    let mut spec = spec;
+                    if is_add && args.sources.iter().any(is_url) {
+                        let (urls, rest): (Vec<String>, Vec<String>) =
+                            args.sources.iter().cloned().partition(is_url);
+                        let (dest, as_dir) = copy::dest_path(&args.dest, &workdir);
+                        let as_dir = as_dir || urls.len() + rest.len() > 1;
+                        for (i, u) in urls.iter().enumerate() {
+                            let tmp = self.work.join(format!("download-{}-{i}", ins.start_line));
+                            add::download(u, &tmp, args.checksum.as_deref()).map_err(&bad)?;
+                            let target = if as_dir {
+                                let name = add::url_file_name(u).ok_or_else(|| {
+                                bad(format!("cannot tell a file name from {u}; give a destination file name"))
+                            })?;
+                                dest.join(name)
+                            } else {
+                                dest.clone()
+                            };
+                            if let Some(parent) =
+                                target.parent().filter(|p| !p.as_os_str().is_empty())
+                            {
+                                root.create_dir_all(parent, &kiln_rootfs::Meta::with_mode(0o755))?;
+                            }
+                            // docker gives downloaded files mode 0600 unless --chmod says otherwise.
+                            let mode = spec.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false));
+                            let (o_uid, o_gid) = spec.owner.unwrap_or((0, 0));
+                            let mut f = fs::File::open(&tmp).map_err(|source| BuildError::Io {
+                                what: "reading a download",
+                                path: tmp.clone(),
+                                source,
+                            })?;
+                            let (_, logical) = root.write_file(
+                                &target,
+                                &mut f,
+                                &kiln_rootfs::Meta {
+                                    mode,
+                                    uid: o_uid,
+                                    gid: o_gid,
+                                    ..Default::default()
+                                },
+                            )?;
+                            downloaded.push(PathBuf::from(
+                                String::from_utf8_lossy(&logical).into_owned(),
+                            ));
+                            let _ = fs::remove_file(&tmp);
+                        }
+                        spec.sources = rest;
                     }
-                    FromRef::Image(image) => {
-                        let dir = self.image_root(&image)?;
-                        self.open_root(&dir)?
+                    // `ADD --unpack=false` copies archives as files; `--unpack=true` of a URL (which
+                    // BuildKit then extracts) is not supported yet.
+                    if args.unpack == Some(true) && args.sources.iter().any(is_url) {
+                        return Err(BuildError::Unsupported {
+                            what: "ADD --unpack=true of a URL".into(),
+                            line: Some(ins.start_line),
+                        });
                     }
-                };
-                copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
+                    if is_add && args.unpack != Some(false) {
+                        let (archives, rest) = self.split_archives(&args.sources).map_err(&bad)?;
+                        if !archives.is_empty() {
+                            let (dest, _) = copy::dest_path(&args.dest, &workdir);
+                            for a in &archives {
+                                add::extract(root, &self.context.root().join(a), &dest)
+                                    .map_err(|e| bad(format!("extracting {}: {e}", a.display())))?;
+                            }
+                            extracted = true;
+                            spec.sources = rest;
+                        }
+                    }
+                    if spec.sources.is_empty() && spec.heredocs.is_empty() {
+                        Vec::new()
+                    } else {
+                        copy::copy(root, &copy::Source::Context(&self.context), &spec)
+                            .map_err(copy_err)?
+                    }
+                }
+                Some(from) => {
+                    let from_root = match self
+                        .plan
+                        .resolve_from(stage.index, from)
+                        .map_err(|e| bad(e.to_string()))?
+                    {
+                        FromRef::Stage(idx) => {
+                            let r = results.get(&idx).ok_or_else(|| {
+                                bad(format!("--from={from}: stage {idx} was not built"))
+                            })?;
+                            self.open_root(&r.root)?
+                        }
+                        FromRef::Image(image) => {
+                            let dir = self.image_root(&image)?;
+                            self.open_root(&dir)?
+                        }
+                    };
+                    copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
+                }
             }
         };
         let text = copy_history(name, args);
