@@ -20,39 +20,12 @@ fn kiln_build(ctx: &Path, state: &Path, layout: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// Applies the image's layers in order with plain tar semantics, enough for these checks
-/// (no whiteouts involved): returns path → (mode, content).
+/// Path → (mode, content) of the image's layers applied in order.
 fn flatten(layout: &Path) -> std::collections::BTreeMap<String, (u32, Vec<u8>)> {
-    use std::io::Read;
-    let json = |p: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let blob = |d: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let index = json(&layout.join("index.json"));
-    let manifest = json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    let mut files = std::collections::BTreeMap::new();
-    for l in manifest["layers"].as_array().unwrap() {
-        let f = std::fs::File::open(blob(l["digest"].as_str().unwrap())).unwrap();
-        let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let path = e
-                .path()
-                .unwrap()
-                .to_string_lossy()
-                .trim_end_matches('/')
-                .to_string();
-            let mode = e.header().mode().unwrap();
-            let mut content = Vec::new();
-            e.read_to_end(&mut content).unwrap();
-            files.insert(path, (mode, content));
-        }
-    }
-    files
+    kiln_testkit::layout::flatten(layout)
+        .into_iter()
+        .map(|(k, e)| (k, (e.mode, e.content)))
+        .collect()
 }
 
 fn targz(entries: &[(&str, &[u8])]) -> Vec<u8> {

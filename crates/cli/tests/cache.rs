@@ -18,25 +18,7 @@ fn kiln(args: &[String]) -> (bool, String) {
 }
 
 fn layers(layout: &Path) -> Vec<String> {
-    let json = |p: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let index = json(&layout.join("index.json"));
-    let d = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let m = json(
-        &layout
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:")),
-    );
-    m["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
+    kiln_testkit::layout::layer_digests(layout)
 }
 
 #[test]

@@ -51,15 +51,7 @@ fn build_example() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (tmp, layout, tar)
 }
 
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn blob(layout: &Path, digest: &str) -> PathBuf {
-    layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"))
-}
+use kiln_testkit::layout::{blob, read_json};
 
 #[test]
 fn example_config_matches_the_dockerfile() {

@@ -3,7 +3,6 @@
 //! through a symlink or a RUN bind mount.
 
 use kiln_testkit::{push_busybox, require, Registry};
-use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
@@ -26,28 +25,13 @@ fn build(ctx: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
     )
 }
 
-/// Every byte of every layer, decompressed.
+/// Every byte of every blob, decompressed.
 fn all_layer_bytes(layout: &Path) -> Vec<u8> {
-    let mut all = Vec::new();
-    let Ok(rd) = std::fs::read_dir(layout.join("blobs/sha256")) else {
-        return all;
-    };
-    for e in rd {
-        let bytes = std::fs::read(e.unwrap().path()).unwrap();
-        let mut plain = Vec::new();
-        if flate2::read::MultiGzDecoder::new(&bytes[..])
-            .read_to_end(&mut plain)
-            .is_err()
-        {
-            plain = bytes;
-        }
-        all.extend(plain);
-    }
-    all
+    kiln_testkit::layout::all_blob_bytes(layout).concat()
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    kiln_testkit::layout::contains(hay, needle.as_bytes())
 }
 
 #[test]

@@ -62,23 +62,7 @@ fn uid() -> u32 {
         .unwrap_or(0)
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn decompress(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        if flate2::read::GzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .is_ok()
-        {
-            return out;
-        }
-    }
-    bytes.to_vec()
-}
+use kiln_testkit::layout::{contains, decompress};
 
 const DOCKERFILE: &str = r#"FROM {addr}/library/busybox
 ARG GREETING=hi
@@ -315,33 +299,12 @@ fn single_snapshot_makes_one_layer_over_the_base() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let d = index["manifests"][0]["digest"].as_str().unwrap();
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            layout
-                .join("blobs/sha256")
-                .join(d.trim_start_matches("sha256:")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let layers = m["layers"].as_array().unwrap();
+    let layers = kiln_testkit::layout::layer_digests(&layout);
     assert_eq!(layers.len(), base.layers.len() + 1);
     // The one layer holds all three steps' changes, including the deletion.
-    let top = layers.last().unwrap()["digest"].as_str().unwrap();
-    let f = std::fs::File::open(
-        layout
-            .join("blobs/sha256")
-            .join(top.trim_start_matches("sha256:")),
-    )
-    .unwrap();
-    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
-    let names: Vec<String> = ar
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+    let names: Vec<String> = kiln_testkit::layout::layer_entries(&layout, layers.last().unwrap())
+        .into_iter()
+        .map(|e| e.path)
         .collect();
     for want in ["f.txt", "a", "b", "etc/.wh.group"] {
         assert!(

@@ -87,29 +87,11 @@ fn unprivileged_build_gives_root_owned_files() {
     }
     assert!(out.status.success(), "{stderr}");
     // Every entry kiln wrote (the COPY and RUN layers) is owned by root in the image.
-    let json = |p: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let blob = |d: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let index = json(&layout.join("index.json"));
-    let manifest = json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    let layers = manifest["layers"].as_array().unwrap();
     let mut seen = std::collections::BTreeMap::new();
-    for l in &layers[1..] {
-        let f = std::fs::File::open(blob(l["digest"].as_str().unwrap())).unwrap();
-        let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let h = e.header().clone();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut s = String::new();
-            use std::io::Read;
-            let _ = e.read_to_string(&mut s);
-            seen.insert(name, (h.uid().unwrap(), h.gid().unwrap(), s));
+    for d in &kiln_testkit::layout::layer_digests(&layout)[1..] {
+        for e in kiln_testkit::layout::layer_entries(&layout, d) {
+            let text = String::from_utf8_lossy(&e.content).into_owned();
+            seen.insert(e.path, (e.uid, e.gid, text));
         }
     }
     assert_eq!(seen["f.txt"], (0, 0, "from the context\n".to_string()));

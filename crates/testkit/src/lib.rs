@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod image;
+pub mod layout;
 pub mod proxy;
 pub mod registry;
 pub mod tls;
