@@ -157,6 +157,8 @@ fi
 case_args() { # name -> one argument per line
   case $1 in
     Dockerfile_test_run | Dockerfile_test_run_new) echo --build-arg; echo file=/file ;;
+    Dockerfile_test_run_redo) printf '%s\n' --build-arg file=/file --snapshot-mode=redo ;;
+    Dockerfile_test_snapshotter_ignorelist) echo --use-new-run=true ;;
     Dockerfile_test_workdir) echo --build-arg; echo workdir=/arg/workdir ;;
     Dockerfile_test_add) echo --build-arg; echo file=context/foo; echo --single-snapshot ;;
     Dockerfile_test_arg_secret) printf '%s\n' --build-arg SSH_PRIVATE_KEY --build-arg 'SSH_PUBLIC_KEY=Pµbl1cK€Y' ;;
@@ -171,7 +173,7 @@ case_args() { # name -> one argument per line
 }
 # Options of the buildah reference build for the same case (build args and target only).
 buildah_args() {
-  case_args "$1" | grep -v -e '^--single-snapshot$' | sed 's/^--target=/--target\n/' || true
+  case_args "$1" | grep -v -e '^--single-snapshot$' -e '^--snapshot-mode' -e '^--use-new-run' | sed 's/^--target=/--target\n/' || true
 }
 
 # Why a case cannot be built here, or nothing.
@@ -279,8 +281,8 @@ total_t=$(now)
 for entry in "${cases[@]}"; do
   rel=${entry%%|*}
   ctx=${entry#*|}
-  name=${rel##*/}
-  [ "$name" = Dockerfile ] && name=${rel%/Dockerfile}
+  name=${rel%/Dockerfile}
+  name=${name##*/}
   grep -qE -- "$only" <<<"$rel" || continue
   reason=$(skip_reason "$corpus/$rel" "$name")
   if [ -n "$reason" ]; then
@@ -294,6 +296,13 @@ for entry in "${cases[@]}"; do
     "$KILN" build -c "$corpus" -f "$(prepare dockerfiles/Dockerfile_onbuild_base "$corpus")" \
       -d "$reg/gcr/kaniko-test/onbuild-base:latest" "${kiln_common[@]}" --kiln-dir "$work/state" \
       >"$work/onbuild-base.log" 2>&1 && onbuild_done=1
+  fi
+  if [ "$name" = issue-2075 ]; then
+    # The corpus omits this case's ELF test binary; its NOTICE.md: any small executable named
+    # top1 in the context will do.
+    cp -r "$ctx" "$work/ctx-issue-2075"
+    ctx=$work/ctx-issue-2075
+    cp "$(command -v busybox)" "$ctx/top1"
   fi
   df=$(prepare "$rel" "$ctx")
   mapfile -t extra < <(case_args "$name")
