@@ -9,7 +9,8 @@
 #   --reps N   measurements per builder x workload; the table shows the median
 # Environment: KILN (a kiln binary; default: cargo build --release -p kiln into
 # $CARGO_TARGET_DIR or target/), KILN_ARGS (extra kiln build flags), KEEP=1 (keep the work dir),
-# WORKLOADS (space-separated subset of: small-app 60k-files 1gb-file apt-hello multi-stage rebuild).
+# WORKLOADS (space-separated subset of: small-app 60k-files 1gb-file apt-hello multi-stage rebuild),
+# BUILDERS (subset of: kiln buildah buildkit lower-bound).
 #
 # It installs what is missing with apt-get (docker-registry buildah docker.io debootstrap skopeo
 # time busybox-static python3), starts its own registry on 127.0.0.1:<free port> and its own
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --reps) REPS="$2"; shift ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -294,13 +295,16 @@ lb_prepare() { # BASE_NAME
     cp -a "$WORK/base/$1" "$WORK/lb/root"
     cp -a "$WORK/base/$1-oci" "$WORK/lb/oci"
     cp -a "$WORK/base/busybox" "$WORK/lb/root2" # a second stage's root
-    if [ "$1" = debian ]; then # what a builder's RUN provides: device nodes and DNS
-        for n in "null c 1 3" "zero c 1 5" "full c 1 7" "random c 1 8" "urandom c 1 9" "tty c 5 0"; do
-            set -- $n
-            mknod -m 666 "$WORK/lb/root/dev/$1" "$2" "$3" "$4"
+    # What a builder's RUN provides: device nodes and DNS.
+    local r n
+    for r in "$WORK/lb/root" "$WORK/lb/root2"; do
+        mkdir -p "$r/dev" "$r/etc"
+        for n in "null 1 3" "zero 1 5" "full 1 7" "random 1 8" "urandom 1 9" "tty 5 0"; do
+            read -r name major minor <<<"$n"
+            mknod -m 666 "$r/dev/$name" c "$major" "$minor"
         done
-        cp /etc/resolv.conf "$WORK/lb/root/etc/resolv.conf"
-    fi
+        cp /etc/resolv.conf "$r/etc/resolv.conf"
+    done
 }
 lb_measure() { # WORKLOAD REP BASE_NAME TAG STEP...
     local w=$1 rep=$2 base=$3 tag=$4
@@ -380,7 +384,7 @@ DOCKERD_IDLE_KB=0
 for rep in $(seq 1 "$REPS"); do
     for w in $WORKLOADS; do
         say "rep $rep/$REPS: $w"
-        for b in kiln buildah buildkit lower-bound; do
+        for b in ${BUILDERS:-kiln buildah buildkit lower-bound}; do
             reset_builders
             if [ "$w" = rebuild ]; then
                 run_rebuild "$b" "$rep"
