@@ -19,4 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --workspace --all-targets
-cargo test --workspace "$@"
+if [ $# -eq 0 ]; then
+  # --show-output: the conformance table ("N passed, N failed, N skipped") and every
+  # "skipped: <reason>" line are printed even when the tests pass.
+  cargo test --workspace -- --show-output
+else
+  cargo test --workspace "$@"
+fi
