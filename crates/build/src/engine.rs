@@ -1678,9 +1678,13 @@ fn file_owner(root: &Root, spec: &str) -> Result<(u32, u32), String> {
             return Ok((uid, uid));
         }
     }
-    kiln_sandbox::resolve_user(root.path(), spec)
-        .map(|r| (r.uid, r.gid))
-        .map_err(|e| e.to_string())
+    match kiln_sandbox::resolve_user(root.path(), spec) {
+        Ok(r) => Ok((r.uid, r.gid)),
+        // `root` is uid 0 even in an image without /etc/passwd (FROM scratch), as docker's
+        // builders treat it.
+        Err(_) if spec == "root" || spec == "root:root" => Ok((0, 0)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// BuildKit's history text of COPY/ADD: flags --parents, --chown, --chmod (never --from),

@@ -470,6 +470,11 @@ impl StageEnv {
                 let mut exp = Vec::new();
                 for d in decls {
                     let mut d2 = d.clone();
+                    // The name is expanded too (BuildKit's ArgCommand.Expand): `ARG ${X}=v`.
+                    if d.name.contains('$') {
+                        d2.name = self.expand(&d.name)?;
+                    }
+                    let d = &d2.clone();
                     let value = match build_arg(&self.build_args, &d.name) {
                         Some(v) => {
                             // Expanded for its errors; the instruction then carries the value

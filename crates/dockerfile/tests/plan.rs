@@ -188,3 +188,17 @@ fn error_render_points_at_line_and_column() {
     assert!(r.contains("\n      |        ^\n"), "{r}");
     assert!(r.ends_with("hint: did you mean --chmod?\n"), "{r}");
 }
+
+/// BuildKit expands ARG names too (`ArgCommand.Expand`): `ARG ${src}=d` declares the ARG the
+/// variable names, and a --build-arg for that name applies (Kaniko's Dockerfile_test_scratch).
+#[test]
+fn arg_names_are_expanded() {
+    let (env, ins) = run(
+        "FROM scratch\nENV src=file3\nARG ${src}=default\nENV seen=$file3\n",
+        &opts(None, &[("file3", "given")]),
+    );
+    assert!(matches!(&ins[1], Instruction::Arg(d) if d[0].name == "file3"));
+    assert!(env
+        .env()
+        .contains(&("seen".to_string(), "given".to_string())));
+}
