@@ -304,8 +304,10 @@ impl Framer {
             &[&(files.entries.len() as u64).to_be_bytes()],
         );
         for (path, digest) in &files.entries {
+            // The context root itself is the empty path: show it as `.`.
+            let shown = if path.is_empty() { "." } else { path.as_str() };
             self.field(
-                format!("{label_prefix} {path}"),
+                format!("{label_prefix} {shown}"),
                 tag,
                 &[path.as_bytes(), digest.to_string().as_bytes()],
             );
