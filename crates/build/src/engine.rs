@@ -435,34 +435,7 @@ impl Builder<'_> {
                     bytes as f64 / 1e6 / secs
                 )));
                 let config = ImageConfig::from_slice(&pulled.config_bytes)?;
-                let layers = pulled
-                    .layers
-                    .iter()
-                    .zip(config.rootfs.diff_ids.iter())
-                    .map(|(d, diff_id)| {
-                        Ok(LayerRecord {
-                            digest: kiln_oci::manifest::descriptor_digest(d).map_err(|e| {
-                                BuildError::Reference {
-                                    reference: name.clone(),
-                                    message: e.to_string(),
-                                }
-                            })?,
-                            diff_id: diff_id.clone(),
-                            size: d.size(),
-                            media_type: d.media_type().to_string(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, BuildError>>()?;
-                if layers.len() != pulled.layers.len() {
-                    return Err(BuildError::Reference {
-                        reference: name.clone(),
-                        message: format!(
-                            "the manifest has {} layers but the config {} diff_ids",
-                            pulled.layers.len(),
-                            config.rootfs.diff_ids.len()
-                        ),
-                    });
-                }
+                let layers = pulled_layers(&pulled, &config, name)?;
                 self.unpack_into(root, &layers, name)?;
                 for l in &layers {
                     self.sources.insert(l.digest.clone(), pulled.source.clone());
@@ -713,24 +686,7 @@ impl Builder<'_> {
         let platform = self.platform.clone();
         let pulled = self.client().pull_image(&reference, &platform, &store)?;
         let config = ImageConfig::from_slice(&pulled.config_bytes)?;
-        let layers = pulled
-            .layers
-            .iter()
-            .zip(config.rootfs.diff_ids.iter())
-            .map(|(d, diff_id)| {
-                Ok(LayerRecord {
-                    digest: kiln_oci::manifest::descriptor_digest(d).map_err(|e| {
-                        BuildError::Reference {
-                            reference: image.to_string(),
-                            message: e.to_string(),
-                        }
-                    })?,
-                    diff_id: diff_id.clone(),
-                    size: d.size(),
-                    media_type: d.media_type().to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, BuildError>>()?;
+        let layers = pulled_layers(&pulled, &config, image)?;
         let root = self.open_root(&dir)?;
         self.unpack_into(&root, &layers, image)?;
         self.image_roots.insert(image.to_string(), dir.clone());
@@ -1649,6 +1605,39 @@ fn write_digest_files(opts: &BuildOptions, image: &Assembled) -> Result<(), Buil
         write(p, lines.concat())?;
     }
     Ok(())
+}
+
+/// The layers of a pulled image as records, each with its config diffID; the manifest and the
+/// config must agree on the layer count.
+fn pulled_layers(
+    pulled: &kiln_registry::PulledImage,
+    config: &ImageConfig,
+    name: &str,
+) -> Result<Vec<LayerRecord>, BuildError> {
+    let bad = |message: String| BuildError::Reference {
+        reference: name.to_string(),
+        message,
+    };
+    if config.rootfs.diff_ids.len() != pulled.layers.len() {
+        return Err(bad(format!(
+            "the manifest has {} layers but the config {} diff_ids",
+            pulled.layers.len(),
+            config.rootfs.diff_ids.len()
+        )));
+    }
+    pulled
+        .layers
+        .iter()
+        .zip(config.rootfs.diff_ids.iter())
+        .map(|(d, diff_id)| {
+            Ok(LayerRecord {
+                digest: kiln_oci::manifest::descriptor_digest(d).map_err(|e| bad(e.to_string()))?,
+                diff_id: diff_id.clone(),
+                size: d.size(),
+                media_type: d.media_type().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Whether a step's result depends on something its cache key does not cover: the bytes
