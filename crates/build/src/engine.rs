@@ -54,6 +54,9 @@ enum FsEffect {
     Paths(Vec<PathBuf>),
     /// Unknown (RUN): the snapshotter must compare the tree with the stage index.
     Unknown,
+    /// A RUN on an overlay: its changes are the upper directory (no walk); the stage rootfs
+    /// is still the lower one until they are applied.
+    Overlay(PathBuf),
 }
 
 /// The outcome of dispatching one instruction.
@@ -156,6 +159,9 @@ struct Builder<'a> {
     /// Root file systems of images named by `COPY --from=<image>` / `--mount=from=<image>`,
     /// pulled and unpacked once per build.
     image_roots: HashMap<String, PathBuf>,
+    /// RUN steps run on an overlay whose upper directory is their change set (no walk of the
+    /// rootfs); turned off for the rest of the build the first time overlayfs cannot be used.
+    overlay: bool,
     /// Cache stores running in the background; joined before the image is written out.
     stores: Vec<std::thread::JoinHandle<Result<(), cache::CacheError>>>,
 }
@@ -244,6 +250,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         cache: None,
         base_cache: None,
         image_roots: HashMap::new(),
+        overlay: opts.overlay_snapshots,
         stores: Vec::new(),
     };
     b.open_cache()?;
@@ -576,11 +583,12 @@ impl Builder<'_> {
                 });
                 continue;
             }
-            if index.is_none() && self.needs_walk(&expanded) {
+            let on_overlay = self.overlay && !single && matches!(expanded, Instruction::Run(_));
+            if index.is_none() && !on_overlay && self.needs_walk(&expanded) {
                 // The stage's first RUN: index the tree as it is now (base + earlier steps).
                 index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
             }
-            let outcome = self.dispatch(
+            let first = self.dispatch(
                 ins,
                 &expanded,
                 &mut config,
@@ -589,17 +597,53 @@ impl Builder<'_> {
                 results,
                 stage,
                 &mut cmd_set,
-            )?;
-            let changes = match outcome.fs {
-                _ if single => ChangeSet::default(),
-                FsEffect::None => ChangeSet::default(),
-                FsEffect::Paths(paths) => snapshot::from_paths(&root, &paths, index.as_mut())?,
-                FsEffect::Unknown => match index.as_mut() {
-                    Some(ix) => ix.diff(&root)?,
-                    None => ChangeSet::default(),
-                },
+            );
+            let outcome = match first {
+                Err(BuildError::Sandbox { source, .. }) if on_overlay => {
+                    // The sandbox fails before the command starts, so running it again without
+                    // the overlay is safe.
+                    self.out.event(Event::Warning(&format!(
+                        "RUN on an overlay is not possible here ({source}); comparing the file tree instead"
+                    )));
+                    self.overlay = false;
+                    if index.is_none() {
+                        index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
+                    }
+                    self.dispatch(
+                        ins,
+                        &expanded,
+                        &mut config,
+                        &root,
+                        &env,
+                        results,
+                        stage,
+                        &mut cmd_set,
+                    )?
+                }
+                other => other?,
             };
-            let layer = snapshot::write(&root, &changes, &self.store, &self.settings)?;
+            let layer = match outcome.fs {
+                FsEffect::Overlay(upper) => {
+                    let layer = self.apply_overlay(&root, &upper, single)?;
+                    // The tree changed without the index: take a new one when a walk is needed.
+                    index = None;
+                    layer
+                }
+                fs => {
+                    let changes = match fs {
+                        _ if single => ChangeSet::default(),
+                        FsEffect::None | FsEffect::Overlay(_) => ChangeSet::default(),
+                        FsEffect::Paths(paths) => {
+                            snapshot::from_paths(&root, &paths, index.as_mut())?
+                        }
+                        FsEffect::Unknown => match index.as_mut() {
+                            Some(ix) => ix.diff(&root)?,
+                            None => ChangeSet::default(),
+                        },
+                    };
+                    snapshot::write(&root, &changes, &self.store, &self.settings)?
+                }
+            };
             if let Some(key) = key {
                 self.store_in_cache(key, layer.clone());
             }
@@ -691,6 +735,43 @@ impl Builder<'_> {
         self.unpack_into(&root, &layers, image)?;
         self.image_roots.insert(image.to_string(), dir.clone());
         Ok(dir)
+    }
+
+    /// A RUN's overlay upper directory becomes its layer (the same one a walk would give:
+    /// ChangeSet::from_overlay_upper drops what overlayfs only copied up), which is then
+    /// applied to the stage rootfs through the confined unpacker. `single` (--single-snapshot)
+    /// never gets here.
+    fn apply_overlay(
+        &self,
+        root: &Root,
+        upper: &Path,
+        single: bool,
+    ) -> Result<Option<LayerRecord>, BuildError> {
+        debug_assert!(!single);
+        let all = ChangeSet::from_overlay_upper(upper, Some(root))?;
+        // --ignore-path applies as it does to the walk.
+        let ignored: Vec<PathBuf> = self
+            .ignore
+            .iter()
+            .map(|p| crate::context::clean_rel(&p.to_string_lossy()))
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        let changes = ChangeSet::new(
+            all.changes()
+                .iter()
+                .filter(|c| !ignored.iter().any(|i| c.path().starts_with(i)))
+                .cloned()
+                .collect(),
+        );
+        let upper_root = Root::open(upper)?;
+        let layer = snapshot::write(&upper_root, &changes, &self.store, &self.settings)?;
+        if let Some(l) = &layer {
+            self.unpack_into(root, std::slice::from_ref(l), "a RUN's changes")?;
+        }
+        if let Some(dir) = upper.parent() {
+            let _ = remove_tree(dir);
+        }
+        Ok(layer)
     }
 
     /// Opens the layer cache (`--cache`): the `--cache-repo` (or `<destination>/cache`) in a
@@ -1384,6 +1465,23 @@ impl Builder<'_> {
             _ => kiln_sandbox::Network::Host,
         };
         spec.isolation = isolation;
+        // Overlay: only in userns mode (the sandbox mounts it inside the user namespace).
+        let overlay_dir =
+            (self.overlay && isolation == kiln_sandbox::Isolation::Userns).then(|| {
+                self.work
+                    .join(format!("overlay-{}-{}", stage.index, ins.start_line))
+            });
+        if let Some(dir) = &overlay_dir {
+            let (upper, work) = (dir.join("upper"), dir.join("work"));
+            for d in [&upper, &work] {
+                fs::create_dir_all(d).map_err(|source| BuildError::Io {
+                    what: "creating the overlay directories",
+                    path: d.clone(),
+                    source,
+                })?;
+            }
+            spec.overlay = Some(kiln_sandbox::OverlayDirs { upper, work });
+        }
         // `RUN --security=insecure`: every capability (still inside the step's namespaces);
         // BuildKit's entitlement check is the user's explicit flag here.
         spec.keep_all_capabilities =
@@ -1422,7 +1520,10 @@ impl Builder<'_> {
             });
         }
         Ok(StepOutcome {
-            fs: FsEffect::Unknown,
+            fs: match overlay_dir {
+                Some(dir) => FsEffect::Overlay(dir.join("upper")),
+                None => FsEffect::Unknown,
+            },
             created_by: run::history(&argv, &env.history_args()),
         })
     }

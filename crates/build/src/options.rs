@@ -97,6 +97,9 @@ pub struct BuildOptions {
     pub registry: kiln_registry::RegistryConfig,
     /// Where registry credentials come from.
     pub credentials: kiln_registry::CredentialSource,
+    /// Run RUN steps on an overlay and take its upper directory as the change set (no walk of
+    /// the rootfs), falling back to the walk where overlayfs is not available.
+    pub overlay_snapshots: bool,
     /// The layer cache; `None` without `--cache`.
     pub cache: Option<CacheOptions>,
     /// Skip the up-front push-permission probe.

@@ -161,6 +161,12 @@ pub struct BuildFlags {
     /// Take one snapshot at the end: a single layer on top of the base.
     #[arg(long = "single-snapshot", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub single_snapshot: bool,
+    /// Experimental: run RUN steps on an overlay and take its upper directory as the change
+    /// set, instead of comparing the whole file tree (falls back to the comparison where
+    /// overlayfs is unavailable). Off by default: removing a directory that an earlier step
+    /// created fails with EIO on the overlay (being investigated).
+    #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
+    pub overlay_snapshots: bool,
     /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
     #[arg(long = "use-new-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub use_new_run: bool,

@@ -420,6 +420,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         reproducible: flags.reproducible,
         snapshot_mode,
         single_snapshot: flags.single_snapshot,
+        overlay_snapshots: flags.overlay_snapshots,
         ignore_paths,
         isolation: (!flags.isolation.is_empty()).then(|| flags.isolation.clone()),
         secrets: flags

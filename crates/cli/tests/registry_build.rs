@@ -380,3 +380,51 @@ fn sigterm_removes_the_build_and_its_secrets() {
         .unwrap_or_default();
     assert!(left.is_empty(), "build directories left: {left:?}");
 }
+
+/// RUN on an overlay (its upper directory is the change set, no walk) and RUN compared by a
+/// walk of the tree give the same layers: with --reproducible, the same image digest.
+#[test]
+fn overlay_and_walk_snapshots_give_the_same_image() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "ctx/f.txt", "context\n");
+    write(
+        &tmp.path().join("ctx"),
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox\nCOPY f.txt /srv/f.txt\nRUN mkdir -p /a/b && echo 1 > /a/b/c && rm /etc/group && ln -s /a/b/c /link && chmod 4755 /a/b/c\nRUN echo new > /a/x && touch /srv/f.txt && echo more >> /etc/passwd && rm /bin/ls\n",
+            reg.addr()
+        ),
+    );
+    let build = |overlay: &str| -> (String, String) {
+        let digest = tmp.path().join(format!("digest-{overlay}"));
+        let out = kiln()
+            .arg("build")
+            .arg("-c")
+            .arg(tmp.path().join("ctx"))
+            .args([
+                "--no-push",
+                "--insecure-pull",
+                "--reproducible",
+                "--log-format=text",
+            ])
+            .arg(format!("--overlay-snapshots={overlay}"))
+            .arg("--kiln-dir")
+            .arg(tmp.path().join(format!("state-{overlay}")))
+            .arg("--digest-file")
+            .arg(&digest)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        (std::fs::read_to_string(digest).unwrap(), err)
+    };
+    let (walk, _) = build("false");
+    let (overlay, err) = build("true");
+    if err.contains("RUN on an overlay is not possible here") {
+        kiln_testkit::report_skip("overlayfs in a user namespace is not available here");
+        return;
+    }
+    assert_eq!(overlay, walk, "overlay and walk snapshots differ");
+}
