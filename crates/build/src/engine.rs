@@ -1189,14 +1189,21 @@ impl Builder<'_> {
                             } else {
                                 dest.clone()
                             };
+                            let (o_uid, o_gid) = spec.owner.unwrap_or((0, 0));
                             if let Some(parent) =
                                 target.parent().filter(|p| !p.as_os_str().is_empty())
                             {
-                                root.create_dir_all(parent, &kiln_rootfs::Meta::with_mode(0o755))?;
+                                // Directories made on the way get the --chown owner, as COPY's.
+                                let dir_meta = kiln_rootfs::Meta {
+                                    mode: 0o755,
+                                    uid: o_uid,
+                                    gid: o_gid,
+                                    ..Default::default()
+                                };
+                                root.create_dir_all(parent, &dir_meta)?;
                             }
                             // docker gives downloaded files mode 0600 unless --chmod says otherwise.
                             let mode = spec.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false));
-                            let (o_uid, o_gid) = spec.owner.unwrap_or((0, 0));
                             let mut f = fs::File::open(&tmp).map_err(|source| BuildError::Io {
                                 what: "reading a download",
                                 path: tmp.clone(),
