@@ -202,6 +202,12 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
             "build argument {a} was given but no ARG in the stages built declares it"
         )));
     }
+    if opts.image_format == Some(ImageFormat::Docker) && !opts.annotations.is_empty() {
+        return Err(BuildError::Option {
+            flag: "--annotation",
+            message: "Docker v2s2 manifests have no annotations; drop --image-format=docker".into(),
+        });
+    }
     let store = BlobStore::open(&opts.state_dir)?;
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -1596,7 +1602,14 @@ impl Builder<'_> {
                 h.created = Some(self.created.clone());
             }
         }
-        let format = self.opts.image_format.unwrap_or(stage.format);
+        // Annotations need OCI media types: without an explicit --image-format, a build with
+        // --annotation is written as OCI even on a Docker-format base (checked up front when
+        // --image-format=docker is explicit).
+        let format = match self.opts.image_format {
+            Some(f) => f,
+            None if !self.opts.annotations.is_empty() => ImageFormat::Oci,
+            None => stage.format,
+        };
         let assembled = image::assemble(
             &self.store,
             &config,
