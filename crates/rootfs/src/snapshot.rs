@@ -187,11 +187,16 @@ impl ChangeSet {
     /// With `lower` (the rootfs the step started from), entries overlayfs only copied up are
     /// dropped as the `full`-mode walk drops them: directories copied up because a child
     /// changed, and files whose type, mode, owner, kept xattrs and content are unchanged. The
-    /// layer is then the one [`Index::diff`] would give.
+    /// layer is then the one [`Index::diff`] would give. Nothing below an opaque directory is
+    /// dropped: the layer's opaque whiteout removes every lower child, so an entry recreated
+    /// identical to its lower twin (`rm -rf /d && mkdir -p /d/e`) must be in the layer.
     pub fn from_overlay_upper(upper: &Path, lower: Option<&Root>) -> Result<ChangeSet, DiffError> {
         use std::os::unix::fs::FileTypeExt;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
+        // Opaque directories enclosing the current entry; WalkDir yields a directory before
+        // its contents (depth first), so a stack of the open ones suffices.
+        let mut opaque_dirs: Vec<PathBuf> = Vec::new();
         for e in walkdir::WalkDir::new(upper)
             .min_depth(1)
             .follow_links(false)
@@ -205,6 +210,9 @@ impl ChangeSet {
                 source: err.into(),
             })?;
             let rel = PathBuf::from(OsString::from_vec(rel_bytes(upper, e.path()).into_vec()));
+            while opaque_dirs.last().is_some_and(|d| !rel.starts_with(d)) {
+                opaque_dirs.pop();
+            }
             let ft = md.file_type();
             if ft.is_char_device() && md.rdev() == 0 {
                 out.push(Change::Whiteout(rel));
@@ -217,10 +225,11 @@ impl ChangeSet {
                 });
             if opaque {
                 out.push(Change::Entry(rel.clone()));
-                out.push(Change::Opaque(rel));
+                out.push(Change::Opaque(rel.clone()));
+                opaque_dirs.push(rel);
                 continue;
             }
-            if let Some(lower) = lower {
+            if let (Some(lower), true) = (lower, opaque_dirs.is_empty()) {
                 if copied_up_unchanged(e.path(), &md, lower, &rel, &mut buf)? {
                     continue;
                 }

@@ -611,6 +611,55 @@ fn overlay_upper_with_lower_gives_the_walks_change_set() {
 }
 
 #[test]
+fn overlay_upper_keeps_children_recreated_under_an_opaque_dir() {
+    // `rm -rf /usr/lib && mkdir -p /usr/lib/app` plus a file identical to its lower twin:
+    // the opaque whiteout on usr/lib hides all lower children, so the recreated
+    // usr/lib/app and m1 must be in the layer although they equal the lower ones.
+    fn mutate(m: &Path) {
+        let m1 = fs::read(m.join("usr/lib/app/m1")).unwrap();
+        fs::remove_dir_all(m.join("usr/lib")).unwrap();
+        fs::create_dir_all(m.join("usr/lib/app")).unwrap();
+        fs::write(m.join("usr/lib/app/m1"), m1).unwrap();
+    }
+    let c = Case::new(base);
+    let Some((upper, lower, _t)) = overlay_run(&c.old, mutate) else {
+        return;
+    };
+    let lower_root = Root::open(&lower).unwrap();
+    let cs = ChangeSet::from_overlay_upper(&upper, Some(&lower_root)).unwrap();
+    let names = paths(&cs);
+    for want in ["usr/lib/.wh..wh..opq", "usr/lib/app", "usr/lib/app/m1"] {
+        assert!(
+            names.contains(&want.to_string()),
+            "{want} missing from {names:?}"
+        );
+    }
+    // Applied on the old rootfs the layer gives the merged view.
+    let up = Root::open(&upper).unwrap();
+    let mut w = LayerWriter::new(
+        &c.store,
+        Compression::Gzip { level: 1 },
+        LayerOptions::default(),
+    )
+    .unwrap();
+    write_layer(&up, &cs, &mut w).unwrap();
+    let info = w.finish().unwrap();
+    unpack_layer(
+        &Root::open(&c.old).unwrap(),
+        fs::File::open(c.store.path(&info.digest)).unwrap(),
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    mutate(&c.new);
+    let strip = |t: Tree| {
+        t.into_iter()
+            .map(|e| (e.0, e.1, e.2, e.3, e.4, e.5, e.6))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(tree(&c.old)), strip(tree(&c.new)));
+}
+
+#[test]
 fn record_after_applying_an_opaque_change_set_keeps_children_sorting_first() {
     let c = Case::new(|p| {
         base(p);

@@ -166,7 +166,7 @@ pub(crate) struct Plan {
     pub mode: ChildMode,
     /// The directory that becomes `/` (the rootfs, or the overlay's mount point).
     pub rootfs: CString,
-    /// For an overlay root: the options to try, in order (plain, then `userxattr`).
+    /// For an overlay root: the options to try, in order (`userxattr`, then plain).
     pub overlay: Option<[CString; 2]>,
     pub hostname: Option<CString>,
     pub lo_up: bool,
@@ -542,8 +542,8 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
                 fail(msg, Step::MakePrivate, 0, e);
             }
             if let Some(options) = &plan.overlay {
-                // overlayfs(5) in a user namespace (Linux >= 5.11); `userxattr` is needed
-                // where trusted.* xattrs are not available to the namespace.
+                // overlayfs(5) in a user namespace (Linux >= 5.11); `userxattr` comes first
+                // because trusted.* xattrs are never available to the namespace (see run.rs).
                 let mut last = 0;
                 let mut mounted = false;
                 for o in options {

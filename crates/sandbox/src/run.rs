@@ -664,9 +664,16 @@ fn run_in(
             );
             (
                 scratch.dir.join("merged"),
+                // `userxattr` first: in a non-initial user namespace trusted.* xattrs can
+                // never be set, and a plain mount does not fail but falls back to "no
+                // xattr" mode (dmesg: "failed to set xattr on upper"), where every opaque
+                // marker overlayfs needs (rmdir of a lower directory whose children were
+                // removed, mkdir over a whiteout) fails with EIO (ovl_set_opaque_xerr in
+                // fs/overlayfs/util.c). Plain stays as the fallback for kernels without
+                // `userxattr` (< 5.11) that still allow the mount (patched distro kernels).
                 Some([
-                    cstring("overlay", data.as_str())?,
                     cstring("overlay", format!("{data},userxattr"))?,
+                    cstring("overlay", data.as_str())?,
                 ]),
             )
         }
