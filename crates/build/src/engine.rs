@@ -1479,8 +1479,10 @@ impl Builder<'_> {
         };
         spec.isolation = isolation;
         // Overlay: only in userns mode (the sandbox mounts it inside the user namespace).
-        let overlay_dir =
-            (self.overlay && isolation == kiln_sandbox::Isolation::Userns).then(|| {
+        // Not under --single-snapshot: there the target stage's steps make no layers of their own.
+        let single = self.opts.single_snapshot && stage.index == self.plan.target;
+        let overlay_dir = (self.overlay && !single && isolation == kiln_sandbox::Isolation::Userns)
+            .then(|| {
                 self.work
                     .join(format!("overlay-{}-{}", stage.index, ins.start_line))
             });
