@@ -163,8 +163,8 @@ pub struct BuildFlags {
     pub single_snapshot: bool,
     /// Experimental: run RUN steps on an overlay and take its upper directory as the change
     /// set, instead of comparing the whole file tree (falls back to the comparison where
-    /// overlayfs is unavailable). Off by default: removing a directory that an earlier step
-    /// created fails with EIO on the overlay (being investigated).
+    /// overlayfs is unavailable). Off by default until its layers are shown byte-identical to
+    /// the comparison's in every case (a directory removed and recreated can differ).
     #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub overlay_snapshots: bool,
     /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
