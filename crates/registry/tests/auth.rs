@@ -4,7 +4,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{config, store};
+use common::{config, repush, store};
 use kiln_oci::{Platform, Reference};
 use kiln_registry::{Client, Credential, CredentialSource, RegistryConfig, RegistryError, Secret};
 use kiln_testkit::image::{busybox_layout, push_layout};
@@ -98,14 +98,7 @@ fn basic_auth_over_tls_with_config_json_and_helper() {
     assert_eq!(p.manifest.bytes, info.manifest);
     let dest = r(reg.addr(), "pushed/app:v1");
     c.check_push_permission(&dest).unwrap();
-    let d = c
-        .push_image(
-            std::slice::from_ref(&dest),
-            &p.manifest.bytes,
-            &p.media_type,
-            &st,
-        )
-        .unwrap();
+    let d = repush(&c, &dest, &p, &st);
     assert_eq!(d, info.manifest_digest);
 
     // A credential helper named by credHelpers.
@@ -249,14 +242,7 @@ fn token_auth_pull_push_cache_and_insufficient_scope() {
     // One token for the pull scope, reused for manifest, config and layer.
     assert_eq!(ts.requests().len() - before, 1, "token not cached");
     let dest = r(reg.addr(), "app/pushed:v1");
-    let d = c
-        .push_image(
-            std::slice::from_ref(&dest),
-            &p.manifest.bytes,
-            &p.media_type,
-            &st,
-        )
-        .unwrap();
+    let d = repush(&c, &dest, &p, &st);
     assert_eq!(d, info.manifest_digest);
     let scopes: Vec<String> = ts
         .requests()
@@ -335,14 +321,7 @@ fn token_refreshed_once_on_401_mid_upload() {
     );
     let tokens_before = ts.requests().len();
     let dest = r(proxy.addr(), "app/refresh:v1");
-    let d = c
-        .push_image(
-            std::slice::from_ref(&dest),
-            &p.manifest.bytes,
-            &p.media_type,
-            &st,
-        )
-        .unwrap();
+    let d = repush(&c, &dest, &p, &st);
     assert_eq!(d, info.manifest_digest);
     assert!(proxy
         .seen()

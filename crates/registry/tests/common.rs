@@ -31,3 +31,20 @@ pub fn store() -> (tempfile::TempDir, kiln_oci::BlobStore) {
     let store = kiln_oci::BlobStore::open(dir.path()).unwrap();
     (dir, store)
 }
+
+/// Pushes a pulled image (its manifest bytes as served, blobs in `store`) to `dest`;
+/// returns the pushed manifest's digest.
+pub fn repush(
+    c: &Client,
+    dest: &kiln_oci::Reference,
+    p: &kiln_registry::PulledImage,
+    store: &kiln_oci::BlobStore,
+) -> kiln_oci::Digest {
+    c.push_image(
+        std::slice::from_ref(dest),
+        &p.manifest.bytes,
+        &p.media_type,
+        store,
+    )
+    .unwrap()
+}

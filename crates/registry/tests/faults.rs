@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, config, store};
+use common::{client, config, repush, store};
 use kiln_oci::{BlobStore, Digest, Platform, Reference};
 use kiln_registry::{Client, Credential, CredentialSource, RegistryConfig, RegistryError, Secret};
 use kiln_testkit::http::Response;
@@ -454,14 +454,7 @@ fn chunked_upload_recovers_from_416_and_reset_and_digest_invalid_stops_push() {
     s.proxy
         .add("PATCH", "/v2/copy/a/blobs/uploads/", 1, Fault::DropResponse);
     let dest = r(s.proxy.addr(), "copy/a:v1");
-    let d = chunky
-        .push_image(
-            std::slice::from_ref(&dest),
-            &p.manifest.bytes,
-            &p.media_type,
-            &st,
-        )
-        .unwrap();
+    let d = repush(&chunky, &dest, &p, &st);
     assert_eq!(d, s.info.manifest_digest);
     assert_eq!(
         s.proxy.count("GET", "/v2/copy/a/blobs/uploads/"),

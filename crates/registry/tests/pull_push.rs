@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{client, config, store};
+use common::{client, config, repush, store};
 use kiln_oci::{Platform, Reference};
 use kiln_registry::{Client, CredentialSource, RegistryError};
 use kiln_testkit::image::{other_platform, skopeo_inspect_config, skopeo_inspect_raw};
@@ -40,14 +40,7 @@ fn pull_oci_and_docker_byte_exact_then_push_round_trip() {
             &reg,
             &format!("copy/{}", name.split(':').next().unwrap().replace('/', "-")),
         );
-        let digest = c
-            .push_image(
-                std::slice::from_ref(&dest),
-                &p.manifest.bytes,
-                &p.media_type,
-                &st,
-            )
-            .unwrap();
+        let digest = repush(&c, &dest, &p, &st);
         assert_eq!(digest, info.manifest_digest);
         let raw = skopeo_inspect_raw(&reg, &format!("{}:latest", dest.repository())).unwrap();
         assert_eq!(raw, info.manifest, "{name} changed on push");
@@ -193,14 +186,7 @@ fn pull_by_digest_chunked_push_and_permission_probe() {
     );
     let dest = r(&reg, "copy/chunked:latest");
     chunky.check_push_permission(&dest).unwrap();
-    let d = chunky
-        .push_image(
-            std::slice::from_ref(&dest),
-            &p.manifest.bytes,
-            &p.media_type,
-            &st,
-        )
-        .unwrap();
+    let d = repush(&chunky, &dest, &p, &st);
     assert_eq!(d, info.manifest_digest);
     assert_eq!(
         skopeo_inspect_raw(&reg, "copy/chunked:latest").unwrap(),
