@@ -522,24 +522,7 @@ impl Image {
                 rootfs: bundle.join("rootfs"),
             });
         }
-        let out = Command::new("umoci")
-            .arg("unpack")
-            .args(if uid() == 0 {
-                vec![]
-            } else {
-                vec!["--rootless"]
-            })
-            .arg("--image")
-            .arg(format!("{}:{tag}", layout.display()))
-            .arg(&bundle)
-            .output()
-            .map_err(|e| format!("umoci: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "umoci unpack: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        kiln_testkit::layout::umoci_unpack(layout, tag, &bundle)?;
         Ok(Image {
             manifest,
             config,
@@ -658,10 +641,6 @@ impl Image {
     fn layer_count(&self) -> usize {
         self.manifest["layers"].as_array().map_or(0, Vec::len)
     }
-}
-
-fn uid() -> u32 {
-    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
 }
 
 /// Compares an image with a case's expectations; returns every mismatch.

@@ -178,25 +178,10 @@ fn example_flattens_to_the_expected_files() {
         .as_str()
         .unwrap_or("latest")
         .to_string();
-    let bundle = tmp.path().join("bundle");
     let rootless = running_rootless();
-    let mut cmd = Command::new("umoci");
-    cmd.arg("unpack");
-    if rootless {
-        cmd.arg("--rootless");
-    }
-    let out = cmd
-        .arg("--image")
-        .arg(format!("{}:{name}", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "umoci unpack: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tree = flatten_tree(&bundle.join("rootfs"));
+    let rootfs =
+        kiln_testkit::layout::umoci_unpack(&layout, &name, &tmp.path().join("bundle")).unwrap();
+    let tree = flatten_tree(&rootfs);
     let ctx = repo_root().join("examples/hello");
     let file = |rel: &str, mode: u32| Entry {
         kind: "file",

@@ -34,32 +34,7 @@ fn flatten(reg: &Registry, reference: &str, tmp: &Path) -> PathBuf {
         "skopeo copy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bundle = tmp.join("bundle");
-    let out = Command::new("umoci")
-        .arg("unpack")
-        .args(if uid() == 0 {
-            vec![]
-        } else {
-            vec!["--rootless"]
-        })
-        .arg("--image")
-        .arg(format!("{}:t", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "umoci unpack: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bundle.join("rootfs")
-}
-
-fn uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
+    kiln_testkit::layout::umoci_unpack(&layout, "t", &tmp.join("bundle")).unwrap()
 }
 
 use kiln_testkit::layout::{contains, decompress};

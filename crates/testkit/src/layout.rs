@@ -123,3 +123,30 @@ pub fn all_blob_bytes(layout: &Path) -> Vec<Vec<u8>> {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// `umoci unpack` of the manifest named `tag` in `layout` into `bundle` (`--rootless` unless
+/// running as root, which keeps owners); returns the rootfs path.
+pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    let mut cmd = std::process::Command::new("umoci");
+    cmd.arg("unpack");
+    if !root {
+        cmd.arg("--rootless");
+    }
+    let out = cmd
+        .arg("--image")
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(bundle)
+        .output()
+        .map_err(|e| format!("umoci: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "umoci unpack: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(bundle.join("rootfs"))
+}
