@@ -42,7 +42,9 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    pub(crate) fn from_u32(v: u32) -> Option<Step> {
+    /// Every step, in declaration order: `ALL[i] as u32 == i + 1` (checked by a test, so a
+    /// step added to the enum but not here fails the build's tests, as `Overlay` once was).
+    const ALL: [Step; 21] = {
         use Step::*;
         [
             Sync,
@@ -65,9 +67,31 @@ impl Step {
             Exec,
             UnshareMountNs,
             Reaper,
+            Overlay,
         ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
+    };
+
+    pub(crate) fn from_u32(v: u32) -> Option<Step> {
+        Step::ALL.get(v.checked_sub(1)? as usize).copied()
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::Step;
+
+    #[test]
+    fn every_step_decodes() {
+        for (i, s) in Step::ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32 + 1, "{s:?}");
+            assert_eq!(Step::from_u32(*s as u32), Some(*s));
+        }
+        assert_eq!(
+            Step::ALL.last().copied(),
+            Some(Step::Overlay),
+            "a new step is missing from ALL"
+        );
+        assert_eq!(Step::from_u32(0), None);
     }
 }
 
