@@ -91,8 +91,6 @@ pub struct BuildOptions {
     pub secrets: Vec<SecretSource>,
     /// Layer compression.
     pub compression: kiln_oci::layer::Compression,
-    /// `--cleanup`: remove the stage file systems at the end.
-    pub cleanup: bool,
     /// Registry transport options.
     pub registry: kiln_registry::RegistryConfig,
     /// Where registry credentials come from.

@@ -429,7 +429,6 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
             .map(|s| parse_secret(s))
             .collect::<Result<_>>()?,
         compression,
-        cleanup: flags.cleanup,
         registry: registry_options(&flags.registry)?,
         credentials: credentials(),
         skip_push_permission_check: flags.registry.skip_push_permission_check,
