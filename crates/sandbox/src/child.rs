@@ -153,6 +153,13 @@ pub(crate) enum Op {
         target: CString,
         fallback: CString,
     },
+    /// Read-only sysfs as docker gives it; a fresh sysfs needs the network namespace to be
+    /// ours (sysfs(5) in a user namespace), so with the host network fall back to a
+    /// recursive read-only bind of `fallback`.
+    Sys {
+        target: CString,
+        fallback: CString,
+    },
     Mkdir {
         path: CString,
         mode: libc::mode_t,
@@ -343,6 +350,25 @@ fn run_op(op: &Op) -> Result<bool, i32> {
                     None,
                 )
                 .map(|()| true),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Sys { target, fallback } => {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+            match mount(Some(c"sysfs"), target, Some(c"sysfs"), flags, None) {
+                Ok(()) => Ok(false),
+                Err(libc::EPERM) | Err(libc::EACCES) => {
+                    mount(
+                        Some(fallback.as_c_str()),
+                        target,
+                        None,
+                        libc::MS_BIND | libc::MS_REC,
+                        None,
+                    )?;
+                    // Only the top mount becomes read-only; the submounts (cgroup, ...)
+                    // keep their own flags, as in a rootless container with host network.
+                    remount_ro(target).map(|()| false)
+                }
                 Err(e) => Err(e),
             }
         }

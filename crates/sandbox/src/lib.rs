@@ -152,6 +152,8 @@ pub struct HostPaths {
     pub proc: PathBuf,
     /// Device directory whose null/zero/full/random/urandom/tty are bound into the step.
     pub dev: PathBuf,
+    /// sysfs (`/sys`): bound read-only into the step when a fresh sysfs cannot be mounted.
+    pub sys: PathBuf,
     /// subuid(5) file.
     pub subuid: PathBuf,
     /// subgid(5) file.
@@ -171,6 +173,7 @@ impl Default for HostPaths {
         HostPaths {
             proc: "/proc".into(),
             dev: "/dev".into(),
+            sys: "/sys".into(),
             subuid: "/etc/subuid".into(),
             subgid: "/etc/subgid".into(),
             newuidmap: "/usr/bin/newuidmap".into(),

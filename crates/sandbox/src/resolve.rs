@@ -21,6 +21,33 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use crate::error::SandboxError;
 use crate::userdb::file_kind_name;
 
+/// Runs `op` (a create or unlink in `dir`); if that is refused with EACCES and the caller
+/// owns `dir` (an unprivileged build whose rootfs has a read-only directory such as a 0555
+/// `/proc` or `/sys`), grants the owner write access for the call and restores the mode,
+/// which a user namespace's root would not have needed (its CAP_DAC_OVERRIDE).
+fn with_write_access<T>(dir: &OwnedFd, mut op: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    match op() {
+        Err(Errno::EACCES) => {}
+        other => return other,
+    }
+    let st = fstat(dir)?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(Errno::EACCES);
+    }
+    // `dir` may be an O_PATH descriptor, which fchmod(2) refuses: reopen it.
+    let rw = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
+    nix::sys::stat::fchmod(&rw, mode | Mode::S_IRWXU)?;
+    let result = op();
+    nix::sys::stat::fchmod(&rw, mode)?;
+    result
+}
+
 /// What a mount target must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -179,29 +206,31 @@ impl Root {
                     }
                     let want_dir = !last || kind == Kind::Dir;
                     let before = fstat(&current).map_err(|e| self.resolve_err(path, e))?;
-                    if want_dir {
-                        mkdirat(&current, name, Mode::from_bits_truncate(0o755))
-                    } else if let (true, Kind::Node(mode, rdev)) = (last, kind) {
-                        nix::sys::stat::mknodat(
-                            &current,
-                            name,
-                            SFlag::from_bits_truncate(mode & libc::S_IFMT),
-                            Mode::from_bits_truncate(mode & 0o7777),
-                            rdev,
-                        )
-                    } else {
-                        openat(
-                            &current,
-                            name,
-                            OFlag::O_CREAT
-                                | OFlag::O_EXCL
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_WRONLY
-                                | OFlag::O_CLOEXEC,
-                            Mode::from_bits_truncate(0o644),
-                        )
-                        .map(drop)
-                    }
+                    with_write_access(&current, || {
+                        if want_dir {
+                            mkdirat(&current, name, Mode::from_bits_truncate(0o755))
+                        } else if let (true, Kind::Node(mode, rdev)) = (last, kind) {
+                            nix::sys::stat::mknodat(
+                                &current,
+                                name,
+                                SFlag::from_bits_truncate(mode & libc::S_IFMT),
+                                Mode::from_bits_truncate(mode & 0o7777),
+                                rdev,
+                            )
+                        } else {
+                            openat(
+                                &current,
+                                name,
+                                OFlag::O_CREAT
+                                    | OFlag::O_EXCL
+                                    | OFlag::O_NOFOLLOW
+                                    | OFlag::O_WRONLY
+                                    | OFlag::O_CLOEXEC,
+                                Mode::from_bits_truncate(0o644),
+                            )
+                            .map(drop)
+                        }
+                    })
                     // EEXIST here: the name is a dangling symlink.
                     .map_err(|e| self.resolve_err(path, e))?;
                     let after = fstat(&current).map_err(|e| self.resolve_err(path, e))?;
@@ -290,7 +319,8 @@ impl Root {
         } else {
             UnlinkatFlags::NoRemoveDir
         };
-        unlinkat(&parent, stub.name.as_os_str(), flag).map_err(|e| format!("{e}"))?;
+        with_write_access(&parent, || unlinkat(&parent, stub.name.as_os_str(), flag))
+            .map_err(|e| format!("{e}"))?;
         if mtime(&pst) == stub.parent_mtime_after {
             // The step did not change the directory otherwise: give it back its mtime.
             let omit = TimeSpec::UTIME_OMIT;

@@ -245,6 +245,19 @@ fn plan_mounts(
     );
     excluded.push(proc_.in_root);
 
+    // Optional: a RUN that does not look at /sys must not fail where neither sysfs nor a bind
+    // of the host's is allowed (a locked-down pod); the failure is a warning.
+    let sys = root.ensure("/sys", Kind::Dir, stubs)?;
+    ops.push(
+        Op::Sys {
+            target: host_c(&at(&sys))?,
+            fallback: host_c(&spec.host.sys)?,
+        },
+        true,
+        format!("mounting sysfs on {}", sys.in_root),
+    );
+    excluded.push(sys.in_root);
+
     let dev = root.ensure("/dev", Kind::Dir, stubs)?;
     let d = &at(&dev);
     ops.push(

@@ -276,3 +276,64 @@ fn hostile_passwd_fifo_does_not_hang_home_lookup() {
         assert!(e.to_string().contains("not a regular file"), "{e}");
     });
 }
+
+#[test]
+fn sys_is_mounted_read_only_and_leaves_no_stub() {
+    // docker gives a RUN a read-only /sys; with the host network a fresh sysfs is not allowed
+    // in a user namespace, so the sandbox binds the host's read-only instead.
+    need_busybox!();
+    as_root_and_unprivileged("sys_is_mounted_read_only_and_leaves_no_stub", |who| {
+        for network in [Network::Host, Network::None] {
+            let r = busybox_rootfs();
+            let mut spec = sh(
+                r.path(),
+                "test -d /sys/kernel && echo sys; \
+                 mkdir /sys/kiln-probe 2>/dev/null || echo ro; \
+                 grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
+            );
+            spec.network = network;
+            let (res, out, err) = run_capture(&spec);
+            let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+            assert_eq!(o.status, ExitStatus::Code(0), "[{who}] {err}");
+            assert_eq!(out, "sys\nro\nro\n", "[{who}] {network:?}: {err}");
+            assert!(
+                std::fs::symlink_metadata(r.path().join("sys")).is_err(),
+                "[{who}] /sys stub left in the rootfs"
+            );
+        }
+    });
+}
+
+#[test]
+fn mount_target_under_a_read_only_directory() {
+    // A bind target below a 0555 directory (as /proc or /sys are in Debian images): an
+    // unprivileged caller owning the rootfs gets its stub created and removed, and the
+    // directory keeps its mode.
+    need_busybox!();
+    as_root_and_unprivileged("mount_target_under_a_read_only_directory", |who| {
+        use std::os::unix::fs::PermissionsExt;
+        let r = busybox_rootfs();
+        let ro = r.path().join("ro");
+        std::fs::create_dir(&ro).expect("mkdir");
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        let src = tempfile::tempdir().expect("src");
+        std::fs::write(src.path().join("f"), "bound\n").expect("write");
+        let mut spec = sh(r.path(), "cat /ro/m/f");
+        spec.mounts = vec![Mount::Bind {
+            source: src.path().into(),
+            target: "/ro/m".into(),
+            readonly: true,
+        }];
+        let (res, out, err) = run_capture(&spec);
+        let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
+        assert_eq!(o.status, ExitStatus::Code(0), "[{who}] {err}");
+        assert_eq!(out, "bound\n", "[{who}]");
+        assert!(
+            std::fs::symlink_metadata(ro.join("m")).is_err(),
+            "[{who}] stub left"
+        );
+        let mode = std::fs::metadata(&ro).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o555, "[{who}] mode of /ro");
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    });
+}
