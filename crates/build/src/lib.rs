@@ -12,6 +12,7 @@ pub mod cache;
 mod context;
 mod engine;
 mod error;
+pub mod git;
 pub mod image;
 mod instructions;
 pub mod options;
