@@ -46,6 +46,21 @@ struct StageResult {
     env: StageEnv,
 }
 
+/// The layer cache's state for one stage.
+#[derive(Debug, Default)]
+struct StageCache {
+    /// The stage's name for `LayerCache::explain`.
+    name: String,
+    /// Context source digests, computed once for the look-ahead pass and the steps.
+    memo: cache::key::SourceMemo,
+    /// The first change the cache's records show in this stage, told at the first miss.
+    pending: Option<Vec<String>>,
+    /// A step of this stage was a cache hit.
+    hit: bool,
+    /// The first miss was explained (once per stage).
+    told: bool,
+}
+
 /// What one instruction did to the file system.
 enum FsEffect {
     /// Nothing: a metadata-only step.
@@ -503,7 +518,7 @@ impl Builder<'_> {
             c.step(&cache::StepInputs::new(format!("ownership {ownership}")));
             c
         });
-        let mut explained = false;
+        let mut stage_cache = self.stage_cache(stage, &base_id, chain.as_ref());
         // ONBUILD triggers of the base run first, then are cleared (docker semantics).
         let triggers = config
             .config
@@ -537,6 +552,15 @@ impl Builder<'_> {
             chain = None;
             index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
         }
+        self.prefetch_stage(
+            &steps,
+            &config,
+            &env,
+            results,
+            stage,
+            chain.as_ref(),
+            &stage_cache,
+        );
         // Whether CMD was set in this stage: ENTRYPOINT then keeps it (BuildKit's cmd.IsSet).
         let mut cmd_set = false;
         let n = steps.len();
@@ -560,7 +584,7 @@ impl Builder<'_> {
                 results,
                 stage,
                 chain.as_mut(),
-                &mut explained,
+                &mut stage_cache,
             )?;
             if let Some(hit) = hit {
                 // Replay the cached outcome: the step does not run.
@@ -818,8 +842,111 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The cache state of a stage about to run: its name for explaining misses (the
+    /// Dockerfile and the stage's name or position, stable across builds) and the explanation
+    /// of its base (`base changed`, from a record of the previous build's chain start).
+    fn stage_cache(
+        &self,
+        stage: &PlannedStage,
+        base_id: &BaseIdentity,
+        chain: Option<&KeyChain>,
+    ) -> StageCache {
+        let file = fs::canonicalize(&self.opts.dockerfile)
+            .unwrap_or_else(|_| self.opts.dockerfile.clone());
+        let which = match &stage.name {
+            Some(n) => format!("stage {n}"),
+            None => format!("stage #{}", stage.index),
+        };
+        let mut sc = StageCache {
+            name: format!("{}\0{which}", file.display()),
+            ..StageCache::default()
+        };
+        if let (Some(c), Some(chain)) = (&self.cache, chain) {
+            let start = KeyChain::new(base_id, &self.platform);
+            for (key, parts) in [
+                (start.current(), start.last_parts()),
+                (chain.current(), chain.last_parts()),
+            ] {
+                if let cache::Explanation::Changed(why) = c.explain(key, parts, &sc.name) {
+                    sc.pending.get_or_insert(why);
+                }
+            }
+        }
+        sc
+    }
+
+    /// Computes the keys of the stage's cacheable steps before the first one runs and starts
+    /// their lookups in the background (`LayerCache::prefetch`, bounded), so a rebuild pays
+    /// about one registry round trip instead of one per step. A key depends only on its
+    /// parent key and the step's inputs, never on an earlier step's result, so a key computed
+    /// ahead is the key the step computes itself (whether or not the steps before it hit).
+    /// The pass stops at the first step it cannot predict: one whose result is folded into
+    /// the chain (`content_not_in_key`) or that fails to expand (the step reports that). The
+    /// step's own lookup stays authoritative: a prefetched result is only a head start.
+    #[allow(clippy::too_many_arguments)]
+    fn prefetch_stage(
+        &self,
+        steps: &[Spanned<Instruction>],
+        config: &ImageConfig,
+        env: &StageEnv,
+        results: &HashMap<usize, StageResult>,
+        stage: &PlannedStage,
+        chain: Option<&KeyChain>,
+        sc: &StageCache,
+    ) {
+        let (Some(c), Some(chain), Some(opts)) = (&self.cache, chain, &self.opts.cache) else {
+            return;
+        };
+        let mut chain = chain.clone();
+        let mut env = env.clone();
+        // Only the config's Env is an input of later keys; only ENV changes it.
+        let mut config = config.clone();
+        let stage_key = |from: &str| match self.plan.resolve_from(stage.index, from) {
+            Ok(FromRef::Stage(i)) => results.get(&i).and_then(|r| r.final_key.clone()),
+            _ => None,
+        };
+        let mut keys = Vec::new();
+        for ins in steps {
+            let Ok(expanded) = env.dispatch(&ins.value) else {
+                break;
+            };
+            let Ok(inputs) = cache::key::step_inputs(
+                &expanded,
+                &config.env_pairs(),
+                &env.run_build_args(),
+                &self.context,
+                &stage_key,
+                &sc.memo,
+            ) else {
+                break;
+            };
+            let key = chain.step(&inputs);
+            if cache::is_cacheable(&expanded, opts.run_layers, opts.copy_layers, &|f| {
+                stage_key(f).is_some()
+            }) {
+                keys.push(key);
+            }
+            if content_not_in_key(&expanded, &|f| {
+                matches!(
+                    self.plan.resolve_from(stage.index, f),
+                    Ok(FromRef::Image(_))
+                )
+            }) {
+                break;
+            }
+            if let Instruction::Env(pairs) = &expanded {
+                metadata::env(&mut config, pairs);
+            }
+        }
+        tracing::debug!(keys = keys.len(), "prefetching cache lookups");
+        if !keys.is_empty() {
+            c.prefetch(&keys, &self.store);
+        }
+    }
+
     /// Advances the stage's key chain with this step and, when the step may be cached, looks
-    /// its key up. Returns the key to store under after a miss (None: do not store).
+    /// its key up. Returns the key to store under after a miss (None: do not store). At the
+    /// stage's first miss it says why, when the local cache's records know.
     #[allow(clippy::too_many_arguments)]
     fn cache_lookup(
         &self,
@@ -830,7 +957,7 @@ impl Builder<'_> {
         results: &HashMap<usize, StageResult>,
         stage: &PlannedStage,
         chain: Option<&mut KeyChain>,
-        explained: &mut bool,
+        sc: &mut StageCache,
     ) -> Result<(Option<CacheKey>, Option<cache::CachedLayer>), BuildError> {
         let (Some(c), Some(chain), Some(opts)) = (&self.cache, chain, &self.opts.cache) else {
             return Ok((None, None));
@@ -845,19 +972,16 @@ impl Builder<'_> {
             &env.run_build_args(),
             &self.context,
             &stage_key,
+            &sc.memo,
         )
         .map_err(|e| self.step_error(ins, format!("computing the cache key: {e}")))?;
         let key = chain.step(&inputs);
         tracing::debug!(%key, step = %ins.original, "cache key");
-        if !*explained {
-            let why = c.explain(&key, chain.last_parts());
-            if !why.is_empty() {
-                self.out.event(Event::Info(&format!(
-                    "  cache: changed since the cached build: {}",
-                    why.join(", ")
-                )));
-                *explained = true;
-            }
+        // Every step is recorded (metadata ones too): the first new key of the chain is where
+        // the change happened, even when that step is never looked up (an ARG, a COPY).
+        let why = c.explain(&key, chain.last_parts(), &sc.name);
+        if let cache::Explanation::Changed(v) = &why {
+            sc.pending.get_or_insert_with(|| v.clone());
         }
         let cacheable = cache::is_cacheable(expanded, opts.run_layers, opts.copy_layers, &|f| {
             stage_key(f).is_some()
@@ -872,6 +996,26 @@ impl Builder<'_> {
             self.out.event(Event::Warning(&w));
         }
         tracing::debug!(%key, hit = hit.is_some(), "cache lookup");
+        if hit.is_some() {
+            // Whatever changed before this step was cached elsewhere (another machine's
+            // build): it does not explain a later miss.
+            sc.pending = None;
+            sc.hit = true;
+        } else if !sc.told {
+            sc.told = true;
+            match (&sc.pending, &why) {
+                (Some(v), _) => self.out.event(Event::Info(&format!(
+                    "  cache: changed since the cached build: {}",
+                    v.join(", ")
+                ))),
+                // Nothing of this stage was recorded under this parent, and nothing above
+                // came from a cache: a cold cache, or a parent that is new itself.
+                (None, cache::Explanation::Unknown) if !sc.hit => self.out.event(Event::Info(
+                    "  cache: no cached entry for this step's parent",
+                )),
+                _ => {}
+            }
+        }
         let store_key = (hit.is_none() && opts.store).then_some(key);
         Ok((store_key, hit))
     }

@@ -5,8 +5,9 @@
 
 use kiln_build::cache::entry::build_entry;
 use kiln_build::cache::{
-    hash_context_sources, warm, BaseIdentity, BaseImageCache, CacheKey, FileDigests, KeyChain,
-    LayerCache, LocalCache, OciLayoutCache, RegistryCache, StepInputs, Tiered, WarmOptions,
+    hash_context_sources, warm, BaseIdentity, BaseImageCache, CacheKey, Explanation, FileDigests,
+    KeyChain, LayerCache, LocalCache, OciLayoutCache, RegistryCache, StepInputs, Tiered,
+    WarmOptions,
 };
 use kiln_build::image::LayerRecord;
 use kiln_oci::layer::{Compression, EntryMeta, LayerOptions, LayerWriter};
@@ -777,26 +778,159 @@ fn local_cache_explains_a_miss() {
                 inputs = inputs.sources(d);
             }
             let key = chain.step(&inputs);
-            out.push(cache.explain(&key, chain.last_parts()));
+            out.push(cache.explain(&key, chain.last_parts(), "app"));
         }
         out
     };
     assert!(
-        build("1", "a").iter().all(Vec::is_empty),
+        build("1", "a").iter().all(|e| *e == Explanation::Unknown),
         "nothing known yet"
     );
     assert!(
-        build("1", "a").iter().all(Vec::is_empty),
+        build("1", "a").iter().all(|e| *e == Explanation::Seen),
         "same keys: nothing to explain"
     );
     let why = build("2", "a");
-    assert_eq!(why[0], vec!["build arg V changed".to_string()]);
+    assert_eq!(
+        why[0],
+        Explanation::Changed(vec!["build arg V changed".to_string()])
+    );
+    assert_eq!(why[1], Explanation::Unknown, "its parent is new");
     let why = build("1", "b");
-    assert_eq!(why[0], Vec::<String>::new());
+    assert_eq!(why[0], Explanation::Seen);
     assert_eq!(
         why[2],
-        vec!["source b added".to_string(), "source a removed".to_string()]
+        Explanation::Changed(vec![
+            "source b added".to_string(),
+            "source a removed".to_string()
+        ])
     );
+}
+
+/// Regression: on a cold cache, the second of two stages built FROM the same image was
+/// compared with the first one's steps (same parent key) and the miss was "explained" as
+/// "instruction changed". Records are per stage now.
+#[test]
+fn miss_explanation_never_compares_sibling_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = LocalCache::open(tmp.path(), TTL).unwrap();
+    let base = BaseIdentity::Image(Digest::of(b"same base"));
+    let stage = |name: &str, run: &str| {
+        let mut chain = KeyChain::new(&base, &platform());
+        let start = cache.explain(chain.current(), chain.last_parts(), name);
+        let key = chain.step(&StepInputs::new(run));
+        (start, cache.explain(&key, chain.last_parts(), name))
+    };
+    assert_eq!(
+        stage("builder", "RUN make"),
+        (Explanation::Unknown, Explanation::Unknown)
+    );
+    // Same parent key as builder's RUN, another stage: nothing to compare with.
+    assert_eq!(
+        stage("final", "RUN strip"),
+        (Explanation::Unknown, Explanation::Unknown)
+    );
+    // The next build: each stage is compared with its own earlier version only.
+    assert_eq!(
+        stage("final", "RUN strip -s"),
+        (
+            Explanation::Seen,
+            Explanation::Changed(vec!["instruction changed".into()])
+        )
+    );
+    assert_eq!(
+        stage("builder", "RUN make"),
+        (Explanation::Seen, Explanation::Seen)
+    );
+    // A new base: said at the chain's start, where it happened.
+    let mut chain = KeyChain::new(&BaseIdentity::Image(Digest::of(b"moved tag")), &platform());
+    assert_eq!(
+        cache.explain(chain.current(), chain.last_parts(), "builder"),
+        Explanation::Changed(vec!["base changed".into()])
+    );
+    let key = chain.step(&StepInputs::new("RUN make"));
+    assert_eq!(
+        cache.explain(&key, chain.last_parts(), "builder"),
+        Explanation::Unknown
+    );
+}
+
+/// The explanation records hold no unsalted digest of a build-arg value: the salt is a
+/// 0600 file of the cache dir, and neither the plain sha256 of the value nor the key part
+/// digest (sha256 of the framed name and value) appears in any file.
+#[test]
+fn explanation_records_are_salted() {
+    use std::os::unix::fs::PermissionsExt;
+    let value = "hunter2";
+    let tmp = tempfile::tempdir().unwrap();
+    let record = |dir: &Path| {
+        let cache = LocalCache::open(dir, TTL).unwrap();
+        let mut chain = KeyChain::new(&BaseIdentity::Scratch, &platform());
+        let key = chain.step(&StepInputs::new("RUN x").build_args([("TOKEN", value)]));
+        cache.explain(&key, chain.last_parts(), "s");
+        let part = chain
+            .last_parts()
+            .parts
+            .iter()
+            .find(|(l, _)| l == "build arg TOKEN")
+            .map(|(_, d)| d.clone())
+            .unwrap();
+        (key, part)
+    };
+    let (key, part) = record(tmp.path());
+    let salt = tmp.path().join("cache/salt");
+    let mode = fs::metadata(&salt).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "salt file mode");
+    let plain = Digest::of(value.as_bytes()).hex().to_string();
+    let needles = [plain.as_str(), part.as_str()];
+    let found = files_containing(tmp.path(), &needles);
+    assert!(found.is_empty(), "unsalted digests in {found:?}");
+    // Another cache dir gets another salt: its records differ for the same key.
+    let other = tempfile::tempdir().unwrap();
+    assert_eq!(record(other.path()).0, key);
+    let rec = |root: &Path| {
+        walkdir(root.join("cache/explain"))
+            .into_iter()
+            .find(|p| p.ends_with(key.as_str()))
+            .map(|p| fs::read(p).unwrap())
+            .unwrap()
+    };
+    assert_ne!(rec(tmp.path()), rec(other.path()));
+    assert_ne!(
+        fs::read(&salt).unwrap(),
+        fs::read(other.path().join("cache/salt")).unwrap()
+    );
+}
+
+/// Every regular file below `root`.
+fn walkdir(root: PathBuf) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                for e in fs::read_dir(&p).unwrap() {
+                    stack.push(e.unwrap().path());
+                }
+            }
+            Ok(m) if m.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Files below `root` whose bytes contain any of `needles` (as text).
+fn files_containing(root: &Path, needles: &[&str]) -> Vec<PathBuf> {
+    walkdir(root.to_path_buf())
+        .into_iter()
+        .filter(|p| {
+            let b = fs::read(p).unwrap_or_default();
+            needles
+                .iter()
+                .any(|n| b.windows(n.len()).any(|w| w == n.as_bytes()))
+        })
+        .collect()
 }
 
 /// The concurrent-builds test, as two processes: this test binary re-runs itself.

@@ -260,7 +260,7 @@ pub fn explain(old: &KeyParts, new: &KeyParts) -> Vec<String> {
 }
 
 /// Builds a key field by field and records the parts.
-struct Framer {
+pub(crate) struct Framer {
     hasher: Sha256,
     parts: Vec<(String, String)>,
 }
@@ -275,7 +275,8 @@ impl Framer {
         f
     }
 
-    fn frame(tag: &str, values: &[&[u8]]) -> Vec<u8> {
+    /// One frame: tag length and bytes, value count, each value's length and bytes.
+    pub(crate) fn frame(tag: &str, values: &[&[u8]]) -> Vec<u8> {
         let mut buf = Vec::with_capacity(16 + values.iter().map(|v| v.len() + 8).sum::<usize>());
         buf.extend_from_slice(&(tag.len() as u32).to_be_bytes());
         buf.extend_from_slice(tag.as_bytes());
@@ -418,12 +419,23 @@ impl KeyChain {
         let key = CacheKey::of(f.hasher);
         tracing::debug!(
             key = %key,
-            parts = ?f.parts.iter().map(|(l, d)| format!("{l}={}", &d[..12])).collect::<Vec<_>>(),
+            parts = ?f.parts.iter().map(|(l, d)| loggable_part(l, d)).collect::<Vec<_>>(),
             "cache key"
         );
         self.current = key.clone();
         self.last_parts = KeyParts { parts: f.parts };
         key
+    }
+}
+
+/// A part for the debug log: its label, and for parts that are not values of build args or
+/// env vars a short prefix of its digest (to compare two builds' logs). An unsalted digest
+/// of a value would let a reader of the log guess a low-entropy value offline.
+fn loggable_part(label: &str, digest: &str) -> String {
+    if label.starts_with("build arg ") || label.starts_with("env ") {
+        label.to_string()
+    } else {
+        format!("{label}={}", &digest[..12.min(digest.len())])
     }
 }
 
@@ -560,8 +572,6 @@ pub fn hash_context_sources(
 
 /// [`hash_context_sources`] for COPY/ADD source patterns in the build context, with exactly
 /// the expansion (globs) and `.dockerignore` walk COPY itself uses.
-// The engine calls it once the cache is wired in (docs/cache.md); until then only tests do.
-#[allow(dead_code)]
 pub(crate) fn context_sources(ctx: &Context, sources: &[String]) -> io::Result<FileDigests> {
     let mut out = FileDigests::new();
     for source in sources {
@@ -587,6 +597,25 @@ pub(crate) fn context_sources(ctx: &Context, sources: &[String]) -> io::Result<F
         }
     }
     Ok(out)
+}
+
+/// Context source digests already computed, by source list, so that the engine's look-ahead
+/// pass (which computes a stage's keys to prefetch their lookups) and the step itself hash a
+/// COPY's sources once. Scope it to one build: the context does not change during a build.
+#[derive(Debug, Default)]
+pub(crate) struct SourceMemo(
+    std::cell::RefCell<std::collections::HashMap<Vec<String>, FileDigests>>,
+);
+
+impl SourceMemo {
+    fn get(&self, ctx: &Context, sources: &[String]) -> io::Result<FileDigests> {
+        if let Some(d) = self.0.borrow().get(sources) {
+            return Ok(d.clone());
+        }
+        let d = context_sources(ctx, sources)?;
+        self.0.borrow_mut().insert(sources.to_vec(), d.clone());
+        Ok(d)
+    }
 }
 
 /// Whether the outcome of `expanded` may be looked up and stored (Kaniko's rule): RUN when
@@ -629,15 +658,14 @@ pub fn is_cacheable(
 ///   `.dockerignore` walk COPY uses, and the destination;
 /// - `COPY --from` / `RUN --mount=…,from=` a stage: that stage's final key, from
 ///   `stage_key(from)` (`None` for an image reference: the reference text is in the key);
-/// - `RUN --mount=type=bind` from the context: the bound files' digests.
-// Called by the engine once the cache is wired in (docs/cache.md); until then only tests do.
-#[allow(dead_code)]
+/// - `RUN --mount=type=bind` from the context: the bound files' digests (through `memo`).
 pub(crate) fn step_inputs(
     expanded: &kiln_dockerfile::Instruction,
     env: &[(String, String)],
     build_args: &[(String, String)],
     context: &Context,
     stage_key: &dyn Fn(&str) -> Option<CacheKey>,
+    memo: &SourceMemo,
 ) -> io::Result<StepInputs> {
     use kiln_dockerfile::{Instruction, MountType};
     let mut inputs = StepInputs::new(format!("{expanded:?}"))
@@ -661,7 +689,7 @@ pub(crate) fn step_inputs(
                         .filter(|s| !s.contains("://") && !s.starts_with("git@"))
                         .cloned()
                         .collect();
-                    inputs = inputs.sources(context_sources(context, &local)?);
+                    inputs = inputs.sources(memo.get(context, &local)?);
                 }
             }
         }
@@ -677,7 +705,7 @@ pub(crate) fn step_inputs(
                         }
                         None => {
                             let src = m.source.clone().unwrap_or_else(|| ".".into());
-                            inputs = inputs.bind_mount(target, context_sources(context, &[src])?);
+                            inputs = inputs.bind_mount(target, memo.get(context, &[src])?);
                         }
                     },
                     MountType::Secret => {
@@ -797,7 +825,10 @@ mod tests {
             .clone();
         let key_for = |i: &kiln_dockerfile::Instruction, from: &CacheKey| {
             let from = from.clone();
-            let inputs = step_inputs(i, &[], &[], &ctx, &move |_| Some(from.clone())).unwrap();
+            // A fresh memo each time: the test changes the file between calls.
+            let memo = SourceMemo::default();
+            let inputs =
+                step_inputs(i, &[], &[], &ctx, &move |_| Some(from.clone()), &memo).unwrap();
             KeyChain::new(&BaseIdentity::Scratch, &platform()).step(&inputs)
         };
         let before: Vec<CacheKey> = ins.iter().map(|i| key_for(i, &stage)).collect();

@@ -10,20 +10,46 @@
 //! Last use is the index file's mtime: a hit touches it, and [`LocalCache::prune`] keeps the
 //! most recently used entries that fit the budget.
 //!
-//! `<state>/cache/parts/<parent>/<key>` records each key's [`KeyParts`] (digests only), so
-//! that [`LayerCache::explain`] can compare a new key with its siblings; prune drops records
-//! older than the TTL.
+//! `<state>/cache/explain/<bucket>/<key>` records each key's [`KeyParts`] (digests only,
+//! salted with the 0600 file `<state>/cache/salt`), one bucket per stage and parent, so that
+//! [`LayerCache::explain`] can compare a new key with the earlier versions of the same step;
+//! prune drops records older than the TTL.
 
 use super::entry;
+use super::key::Framer;
 use super::layout::{copy_blob, FileLock};
-use super::{CacheError, CacheKey, CachedLayer, KeyParts, LayerCache, Warnings};
+use super::{CacheError, CacheKey, CachedLayer, Explanation, KeyParts, LayerCache, Warnings};
 use crate::image::LayerRecord;
 use kiln_oci::{BlobStore, Digest};
+use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+/// Where the key-part records live (`parts`, their unsalted predecessor, is removed on open).
+const EXPLAIN_DIR: &str = "explain";
+/// The salt of the key-part records, in the cache directory.
+const SALT_FILE: &str = "salt";
+const SALT_LEN: usize = 32;
+/// The kernel's CSPRNG (random(4)); no extra crate for 32 bytes.
+const RANDOM: &str = "/dev/urandom";
+
+/// `parts` with every digest replaced by `sha256(frame(salt, label, digest))`: comparable with
+/// other records of the same cache dir, useless for guessing a value without the salt.
+fn salt_parts(salt: &[u8], parts: &KeyParts) -> KeyParts {
+    KeyParts {
+        parts: parts
+            .parts
+            .iter()
+            .map(|(label, d)| {
+                let framed = Framer::frame("salted-part", &[salt, label.as_bytes(), d.as_bytes()]);
+                (label.clone(), hex::encode(Sha256::digest(framed)))
+            })
+            .collect(),
+    }
+}
 
 /// The on-disk form of an index entry.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -89,6 +115,14 @@ impl LocalCache {
         let dir = state_dir.join("cache");
         let index = dir.join("index");
         fs::create_dir_all(&index).map_err(io_err("creating the cache index", &index))?;
+        // Earlier versions recorded unsalted key parts here (digests of build-arg values):
+        // drop them rather than leave them readable.
+        let legacy = dir.join("parts");
+        if legacy.is_dir() {
+            if let Err(e) = fs::remove_dir_all(&legacy) {
+                tracing::debug!("could not remove {}: {e}", legacy.display());
+            }
+        }
         Ok(LocalCache {
             store,
             dir,
@@ -233,25 +267,32 @@ impl LocalCache {
         Ok(report)
     }
 
-    /// `<state>/cache/parts/<parent field digest>/<key>` holds the parts of each key seen
-    /// with that parent: the siblings a miss is compared with.
-    fn explain_inner(&self, key: &CacheKey, parts: &KeyParts) -> io::Result<Vec<String>> {
-        let Some((_, parent)) = parts
+    /// `<state>/cache/explain/<bucket>/<key>` holds the (salted) parts of each key recorded
+    /// for one stage under one parent: the earlier versions of a step a miss is compared
+    /// with. `bucket` is a salted digest of the stage name and the parent part (`root` for
+    /// a chain's first key), so the directory names say nothing either.
+    fn explain_inner(
+        &self,
+        key: &CacheKey,
+        parts: &KeyParts,
+        stage: &str,
+    ) -> io::Result<Explanation> {
+        let salt = self.salt()?;
+        let parent = parts
             .parts
             .iter()
-            .find(|(l, _)| l == "parent" || l == "base")
-        else {
-            return Ok(Vec::new());
-        };
-        // The part digests are sha256 hex (validated below): safe as a directory name.
-        if parent.len() != 64 || !parent.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(Vec::new());
-        }
-        let dir = self.dir.join("parts").join(parent);
+            .find(|(l, _)| l == "parent")
+            .map_or("root", |(_, d)| d.as_str());
+        let bucket = hex::encode(Sha256::digest(Framer::frame(
+            "explain-bucket",
+            &[&salt, stage.as_bytes(), parent.as_bytes()],
+        )));
+        let dir = self.dir.join(EXPLAIN_DIR).join(bucket);
         if dir.join(key.as_str()).exists() {
             // Seen before: nothing changed here, whatever other siblings there are.
-            return Ok(Vec::new());
+            return Ok(Explanation::Seen);
         }
+        let salted = salt_parts(&salt, parts);
         let mut best: Option<Vec<String>> = None;
         if let Ok(rd) = fs::read_dir(&dir) {
             for e in rd.flatten() {
@@ -266,14 +307,14 @@ impl LocalCache {
                 }) else {
                     continue;
                 };
-                let why = super::key::explain(&old, parts);
-                if !why.is_empty() && best.as_ref().is_none_or(|b| why.len() < b.len()) {
+                let why = super::key::explain(&old, &salted);
+                if best.as_ref().is_none_or(|b| why.len() < b.len()) {
                     best = Some(why);
                 }
             }
         }
         fs::create_dir_all(&dir)?;
-        let bytes = serde_json::to_vec(parts).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec(&salted).map_err(io::Error::other)?;
         let tmp = dir.join(format!(
             ".tmp-{}-{:?}",
             std::process::id(),
@@ -281,7 +322,67 @@ impl LocalCache {
         ));
         fs::write(&tmp, bytes)?;
         fs::rename(&tmp, dir.join(key.as_str()))?;
-        Ok(best.unwrap_or_default())
+        Ok(match best {
+            // Two keys differing only in unnamed framing (counts) have equal parts; say so
+            // rather than nothing.
+            Some(why) if why.is_empty() => Explanation::Changed(vec!["key layout".into()]),
+            Some(why) => Explanation::Changed(why),
+            None => Explanation::Unknown,
+        })
+    }
+
+    /// This cache directory's salt for the recorded key parts, made on first use: 32 random
+    /// bytes in `<state>/cache/salt`, mode 0600. A part digest covers a build arg's or env
+    /// var's value; unsalted, a low-entropy value (a short token, a PIN) could be recovered
+    /// by hashing guesses by anyone who can read the records. With the salt, guessing needs
+    /// the salt file too.
+    fn salt(&self) -> io::Result<Vec<u8>> {
+        let path = self.dir.join(SALT_FILE);
+        match fs::read(&path) {
+            Ok(b) if b.len() == SALT_LEN => return Ok(b),
+            Ok(_) => {
+                // Truncated or foreign: make a new one (old records then simply never match).
+                let _ = fs::remove_file(&path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut salt = vec![0u8; SALT_LEN];
+        io::Read::read_exact(&mut fs::File::open(RANDOM)?, &mut salt)?;
+        // Written under a temporary name with 0600 from the start, then linked into place:
+        // `link(2)` fails if another process made the salt meanwhile, and then both use that
+        // one.
+        let tmp = self.dir.join(format!(
+            ".salt-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            io::Write::write_all(&mut f, &salt)?;
+        }
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(salt),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let b = fs::read(&path)?;
+                if b.len() == SALT_LEN {
+                    Ok(b)
+                } else {
+                    Err(io::Error::other(format!(
+                        "{} is not a {SALT_LEN}-byte salt",
+                        path.display()
+                    )))
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes key-part records (used only to explain misses) older than the TTL.
@@ -290,7 +391,7 @@ impl LocalCache {
             return;
         }
         let now = SystemTime::now();
-        let Ok(dirs) = fs::read_dir(self.dir.join("parts")) else {
+        let Ok(dirs) = fs::read_dir(self.dir.join(EXPLAIN_DIR)) else {
             return;
         };
         for d in dirs.flatten() {
@@ -416,11 +517,15 @@ impl LayerCache for LocalCache {
         self.write_index(key, &f)
     }
 
-    fn explain(&self, key: &CacheKey, parts: &KeyParts) -> Vec<String> {
-        self.explain_inner(key, parts).unwrap_or_else(|e| {
+    fn explain(&self, key: &CacheKey, parts: &KeyParts, stage: &str) -> Explanation {
+        self.explain_inner(key, parts, stage).unwrap_or_else(|e| {
             tracing::debug!(%key, "could not record or explain the cache key: {e}");
-            Vec::new()
+            Explanation::Unknown
         })
+    }
+
+    fn contains(&self, key: &CacheKey) -> bool {
+        self.index_path(key).exists()
     }
 
     fn take_warnings(&self) -> Vec<String> {

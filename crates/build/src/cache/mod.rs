@@ -123,17 +123,29 @@ pub trait LayerCache: Send + Sync {
         blobs: &BlobStore,
     ) -> Result<(), CacheError>;
 
-    /// Starts looking up `keys` in the background so that later [`LayerCache::lookup`] calls
-    /// return at once. The default does nothing (local lookups are cheap).
+    /// Starts looking up `keys` in the background (and, for hits, fetching and verifying
+    /// their layers) so that later [`LayerCache::lookup`] calls return at once or wait for the
+    /// request in flight. Bounded: a few lookups at a time, oldest key first. A failed
+    /// prefetch is a miss with the same warning the lookup itself would give. The default
+    /// does nothing (local lookups are cheap).
     fn prefetch(&self, _keys: &[CacheKey], _blobs: &BlobStore) {}
 
-    /// Records the parts of `key` (see [`KeyChain::last_parts`]) so that a later build's miss
-    /// can be explained, and returns what differs from the closest step recorded before with
-    /// the same parent but another key ("build arg V changed"). Empty when nothing is known.
-    /// Only [`LocalCache`] keeps parts (a registry cannot list a key's siblings cheaply); call
-    /// it for every step, metadata ones included, and show the result of the first miss.
-    fn explain(&self, _key: &CacheKey, _parts: &KeyParts) -> Vec<String> {
-        Vec::new()
+    /// Whether an entry for `key` is here, by a cheap check that verifies nothing (a later
+    /// `lookup` may still miss). [`Tiered`] uses it to skip prefetching from the remote what
+    /// the local cache has. The default says no.
+    fn contains(&self, _key: &CacheKey) -> bool {
+        false
+    }
+
+    /// Records the parts of `key` (see [`KeyChain::last_parts`]) for the stage named `stage`
+    /// (a name stable across builds of the same Dockerfile stage, see [`Explanation`]), and
+    /// says how the key relates to what this cache recorded before: seen already, or which
+    /// parts differ from the closest step recorded with the same parent *in the same stage*.
+    /// Only [`LocalCache`] keeps records (a registry cannot list a key's siblings cheaply).
+    /// Call it for a stage's first key ([`KeyChain::current`] of a new chain) and every step,
+    /// metadata ones included.
+    fn explain(&self, _key: &CacheKey, _parts: &KeyParts, _stage: &str) -> Explanation {
+        Explanation::Unknown
     }
 
     /// Warnings recorded since the last call (bad entries, failed prefetches), for the
@@ -142,6 +154,25 @@ pub trait LayerCache: Send + Sync {
 
     /// A short description for logs (`registry example.com/app/cache`, `local /var/kiln`).
     fn describe(&self) -> String;
+}
+
+/// What [`LayerCache::explain`] knows about a key.
+///
+/// Records are grouped by stage and parent: a step is only ever compared with earlier
+/// versions of the same step, i.e. steps recorded for the same stage with the same parent
+/// key. Two stages of one Dockerfile built FROM the same image share the parent key of their
+/// first steps; comparing one with the other ("instruction changed") would be noise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Explanation {
+    /// The key was recorded before: nothing up to this step changed.
+    Seen,
+    /// A new key: what differs from the closest step recorded with the same parent in the
+    /// same stage ("build arg V changed", "source a.txt added", "base changed").
+    Changed(Vec<String>),
+    /// A new key with no recorded step of this stage under its parent: nothing to compare
+    /// with (a cold cache, or the parent itself is new). Also what caches that keep no
+    /// records answer.
+    Unknown,
 }
 
 /// Where `--cache-repo` points.

@@ -6,12 +6,13 @@ use crate::image::LayerRecord;
 use kiln_oci::manifest::Parsed;
 use kiln_oci::{BlobStore, Platform, Reference};
 use kiln_registry::{Client, RegistryError};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// How many prefetch lookups run at once.
-const PREFETCH_THREADS: usize = 4;
+/// How many prefetch lookups run at once, over all [`LayerCache::prefetch`] calls of one
+/// cache (each is a manifest, a config and possibly a layer download).
+pub const PREFETCH_THREADS: usize = 4;
 
 /// A memoised lookup: in flight, or done.
 enum Slot {
@@ -27,6 +28,15 @@ struct Inner {
     warnings: Warnings,
     memo: Mutex<HashMap<CacheKey, Slot>>,
     ready: Condvar,
+    /// Prefetches not started yet, oldest first (an earlier step's key is needed sooner),
+    /// and how many worker threads are draining it.
+    queue: Mutex<Prefetch>,
+}
+
+#[derive(Default)]
+struct Prefetch {
+    todo: VecDeque<(CacheKey, BlobStore)>,
+    workers: usize,
 }
 
 /// The registry cache (`--cache-repo registry/repo`). Cheap to clone; thread-safe.
@@ -59,6 +69,7 @@ impl RegistryCache {
                 warnings: Warnings::default(),
                 memo: Mutex::new(HashMap::new()),
                 ready: Condvar::new(),
+                queue: Mutex::new(Prefetch::default()),
             }),
         }
     }
@@ -142,6 +153,45 @@ impl Inner {
         })
     }
 
+    /// Drains the prefetch queue, then exits. The worker count is decremented under the same
+    /// lock as the emptiness check, so a key queued concurrently always finds a worker.
+    fn prefetch_worker(&self) {
+        loop {
+            let next = match self.queue.lock() {
+                Ok(mut q) => match q.todo.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        q.workers -= 1;
+                        return;
+                    }
+                },
+                Err(_) => return,
+            };
+            let (key, blobs) = next;
+            // Should the lookup panic, the guard releases the slot (so the step's own lookup
+            // does not wait forever) and the worker count.
+            let mut guard = PrefetchGuard {
+                inner: self,
+                key: Some(key.clone()),
+            };
+            // A failed prefetch is a miss plus the warning `lookup_uncached` records, exactly
+            // as the same lookup made by the step itself.
+            let v = self.lookup_uncached(&key, &blobs);
+            self.memo_set(&key, v);
+            // Disarmed: nothing is left in it to leak.
+            guard.key = None;
+            std::mem::forget(guard);
+        }
+    }
+
+    /// Forgets a claimed slot (the lookup was never made); waiters then make it themselves.
+    fn memo_release(&self, key: &CacheKey) {
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.remove(key);
+        }
+        self.ready.notify_all();
+    }
+
     /// Returns the memoised result, waiting for an in-flight prefetch; or claims the slot.
     fn memo_get_or_claim(&self, key: &CacheKey) -> Option<Option<CachedLayer>> {
         let Ok(mut memo) = self.memo.lock() else {
@@ -169,6 +219,23 @@ impl Inner {
             memo.insert(key.clone(), Slot::Done(v));
         }
         self.ready.notify_all();
+    }
+}
+
+/// Undoes a prefetch worker's claims when its lookup unwinds.
+struct PrefetchGuard<'a> {
+    inner: &'a Inner,
+    key: Option<CacheKey>,
+}
+
+impl Drop for PrefetchGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.inner.memo_release(&k);
+        }
+        if let Ok(mut q) = self.inner.queue.lock() {
+            q.workers = q.workers.saturating_sub(1);
+        }
     }
 }
 
@@ -231,18 +298,25 @@ impl LayerCache for RegistryCache {
         if todo.is_empty() {
             return;
         }
-        let threads = PREFETCH_THREADS.min(todo.len());
-        let queue = Arc::new(Mutex::new(todo));
-        for _ in 0..threads {
+        let spawn = match self.inner.queue.lock() {
+            Ok(mut q) => {
+                q.todo.extend(todo.into_iter().map(|k| (k, blobs.clone())));
+                let spawn = PREFETCH_THREADS.saturating_sub(q.workers).min(q.todo.len());
+                q.workers += spawn;
+                spawn
+            }
+            Err(_) => {
+                // A poisoned queue: release the claimed slots so lookups do not wait forever.
+                for k in todo {
+                    self.inner.memo_release(&k);
+                }
+                return;
+            }
+        };
+        for _ in 0..spawn {
             let inner = self.inner.clone();
-            let queue = queue.clone();
-            let blobs = blobs.clone();
-            std::thread::spawn(move || loop {
-                let next = queue.lock().ok().and_then(|mut q| q.pop());
-                let Some(k) = next else { break };
-                let v = inner.lookup_uncached(&k, &blobs);
-                inner.memo_set(&k, v);
-            });
+            // Detached: a result nobody asks for is simply dropped with the cache.
+            std::thread::spawn(move || inner.prefetch_worker());
         }
     }
 

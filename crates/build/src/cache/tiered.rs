@@ -1,6 +1,6 @@
 //! Local first, then remote: a remote hit is copied into the local cache; a store goes to both.
 
-use super::{CacheError, CacheKey, CachedLayer, KeyParts, LayerCache};
+use super::{CacheError, CacheKey, CachedLayer, Explanation, KeyParts, LayerCache};
 use crate::image::LayerRecord;
 use kiln_oci::BlobStore;
 
@@ -47,15 +47,26 @@ impl<L: LayerCache, R: LayerCache> LayerCache for Tiered<L, R> {
     }
 
     fn prefetch(&self, keys: &[CacheKey], blobs: &BlobStore) {
-        self.remote.prefetch(keys, blobs);
+        // What the local cache has is looked up there (cheaply) by the step itself; asking
+        // the remote too would fetch and verify its layer for nothing.
+        let remote: Vec<CacheKey> = keys
+            .iter()
+            .filter(|k| !self.local.contains(k))
+            .cloned()
+            .collect();
+        self.local.prefetch(keys, blobs);
+        self.remote.prefetch(&remote, blobs);
     }
 
-    fn explain(&self, key: &CacheKey, parts: &KeyParts) -> Vec<String> {
-        let mut why = self.local.explain(key, parts);
-        if why.is_empty() {
-            why = self.remote.explain(key, parts);
+    fn contains(&self, key: &CacheKey) -> bool {
+        self.local.contains(key) || self.remote.contains(key)
+    }
+
+    fn explain(&self, key: &CacheKey, parts: &KeyParts, stage: &str) -> Explanation {
+        match self.local.explain(key, parts, stage) {
+            Explanation::Unknown => self.remote.explain(key, parts, stage),
+            known => known,
         }
-        why
     }
 
     fn take_warnings(&self) -> Vec<String> {
@@ -84,8 +95,11 @@ impl LayerCache for Box<dyn LayerCache> {
     fn prefetch(&self, keys: &[CacheKey], blobs: &BlobStore) {
         (**self).prefetch(keys, blobs)
     }
-    fn explain(&self, key: &CacheKey, parts: &KeyParts) -> Vec<String> {
-        (**self).explain(key, parts)
+    fn contains(&self, key: &CacheKey) -> bool {
+        (**self).contains(key)
+    }
+    fn explain(&self, key: &CacheKey, parts: &KeyParts, stage: &str) -> Explanation {
+        (**self).explain(key, parts, stage)
     }
     fn take_warnings(&self) -> Vec<String> {
         (**self).take_warnings()
