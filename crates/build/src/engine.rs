@@ -778,21 +778,8 @@ impl Builder<'_> {
         single: bool,
     ) -> Result<Option<LayerRecord>, BuildError> {
         debug_assert!(!single);
-        let all = ChangeSet::from_overlay_upper(upper, Some(root))?;
         // --ignore-path applies as it does to the walk.
-        let ignored: Vec<PathBuf> = self
-            .ignore
-            .iter()
-            .map(|p| crate::context::clean_rel(&p.to_string_lossy()))
-            .filter(|p| !p.as_os_str().is_empty())
-            .collect();
-        let changes = ChangeSet::new(
-            all.changes()
-                .iter()
-                .filter(|c| !ignored.iter().any(|i| c.path().starts_with(i)))
-                .cloned()
-                .collect(),
-        );
+        let changes = ChangeSet::from_overlay_upper(upper, Some(root), &self.ignore)?;
         let upper_root = Root::open(upper)?;
         let layer = snapshot::write(&upper_root, &changes, &self.store, &self.settings)?;
         if let Some(l) = &layer {

@@ -152,6 +152,11 @@ pub enum DiffError {
         #[source]
         source: RootError,
     },
+    /// An overlay upper entry overlayfs marked as a redirect or a metadata-only copy
+    /// (`redirect_dir`/`metacopy` on): its content or origin lives in the lower tree, so the
+    /// upper directory alone is not the change set.
+    #[error("overlay upper entry {path} has {xattr} (mount with redirect_dir=off,metacopy=off)")]
+    OverlayRedirect { path: PathBuf, xattr: &'static str },
     #[error(transparent)]
     Layer(#[from] kiln_oci::LayerError),
 }

@@ -13,8 +13,9 @@
 //!   on any error discard the staging rootfs (it is partly written) and keep the blob out of
 //!   the cache. `ADD x.tar` uses `whiteouts: false`.
 //! - A stage: `Index::scan(&root, &ignore, mode)` once before its first RUN; after each RUN
-//!   `index.diff(&root)`, or `ChangeSet::from_overlay_upper(upper, Some(&lower))` when the RUN
-//!   ran on overlayfs; after COPY/ADD/WORKDIR `ChangeSet::from_paths` then `index.record`.
+//!   `index.diff(&root)`, or `ChangeSet::from_overlay_upper(upper, Some(&lower), &ignore)`
+//!   when the RUN ran on overlayfs (both give the same change set for the same change);
+//!   after COPY/ADD/WORKDIR `ChangeSet::from_paths` then `index.record`.
 //! - `write_layer(&root, &changes, &mut LayerWriter::new(..))` then `finish()`; an empty change
 //!   set means no layer.
 //! - [`Root::with_ignore`] refuses every operation that resolves into an ignored path

@@ -3,10 +3,12 @@
 //! Cost follows what changed, not what exists: a walk compares `lstat` metadata with the index
 //! and reads content only for files whose metadata moved (`full` mode), so a touched but
 //! identical file is not re-added. Deletions become `.wh.<name>` whiteouts (only the topmost
-//! deleted path); a directory whose inode changed (removed and re-created) becomes the directory
-//! entry plus an opaque whiteout with all its current children, as an overlay upper dir would
-//! show it; a directory replaced by a file or symlink is just the new entry (applying it removes
-//! the old tree). Entries are sorted by their archive name.
+//! deleted path); a directory removed and re-created is compared child by child like any
+//! other (gone children become whiteouts, no opaque whiteout: BuildKit's differ does the
+//! same, see docs/decisions.md); a directory replaced by a file or symlink is just the new
+//! entry (applying it removes the old tree). A directory whose only change is its mtime is
+//! not a change (as in containerd's `continuity` differ), but the parents of every change are
+//! written (as containerd's tar writer does). Entries are sorted by their archive name.
 
 use crate::error::{DiffError, RootError};
 use crate::root::{Kind, Root};
@@ -182,34 +184,59 @@ impl ChangeSet {
     /// character device is a whiteout, a directory with `trusted.overlay.opaque` or
     /// `user.overlay.opaque` (`userxattr` mounts in a user namespace) set to `y` is an opaque
     /// directory, everything else is an entry. Write it with [`write_layer`] from a [`Root`]
-    /// opened on the upper directory.
+    /// opened on the upper directory. `ignore` lists paths never snapshotted, as for
+    /// [`Index::scan`].
     ///
-    /// With `lower` (the rootfs the step started from), entries overlayfs only copied up are
-    /// dropped as the `full`-mode walk drops them: directories copied up because a child
-    /// changed, and files whose type, mode, owner, kept xattrs and content are unchanged. The
-    /// layer is then the one [`Index::diff`] would give. Nothing below an opaque directory is
-    /// dropped: the layer's opaque whiteout removes every lower child, so an entry recreated
-    /// identical to its lower twin (`rm -rf /d && mkdir -p /d/e`) must be in the layer.
-    pub fn from_overlay_upper(upper: &Path, lower: Option<&Root>) -> Result<ChangeSet, DiffError> {
+    /// With `lower` (the rootfs the step started from) the result is the change set
+    /// [`Index::diff`] gives for the same change, so both make the same layer bytes:
+    /// - entries overlayfs only copied up are dropped as the `full`-mode walk drops them
+    ///   (directories with unchanged mode, owner and kept xattrs; files, links and nodes whose
+    ///   type, mode, owner, xattrs and content are unchanged);
+    /// - an opaque directory is expanded, as BuildKit's overlay differ does (see
+    ///   docs/decisions.md, "Opaque directories in RUN layers"): its subtree is compared with
+    ///   the lower one, a lower child that is gone becomes a `.wh.` whiteout and no opaque
+    ///   whiteout is written;
+    /// - the parent directories of every change are included (as containerd's tar writer
+    ///   includes them).
+    ///
+    /// Without `lower`, opaque directories stay opaque and every upper entry is kept.
+    pub fn from_overlay_upper(
+        upper: &Path,
+        lower: Option<&Root>,
+        ignore: &[PathBuf],
+    ) -> Result<ChangeSet, DiffError> {
         use std::os::unix::fs::FileTypeExt;
+        let ignore = normalise_ignore(ignore);
         let mut out = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
-        // Opaque directories enclosing the current entry; WalkDir yields a directory before
-        // its contents (depth first), so a stack of the open ones suffices.
+        // Upper directories whose path is a real directory in the lower tree too, reached
+        // without a symlink: only below those is a lower path compared (a lower lookup never
+        // follows a symlink the upper tree has replaced).
+        let mut lower_dirs: HashSet<Box<[u8]>> = HashSet::new();
+        // Opaque directories kept opaque (no lower to expand against); WalkDir yields a
+        // directory before its contents (depth first), so a stack of the open ones suffices.
         let mut opaque_dirs: Vec<PathBuf> = Vec::new();
-        for e in walkdir::WalkDir::new(upper)
+        let mut it = walkdir::WalkDir::new(upper)
             .min_depth(1)
             .follow_links(false)
-        {
+            .into_iter();
+        while let Some(e) = it.next() {
             let e = e.map_err(|e| DiffError::Walk {
                 path: upper.to_path_buf(),
                 source: e.into(),
             })?;
+            let relb = rel_bytes(upper, e.path());
+            if ignored(&ignore, &relb) {
+                if e.file_type().is_dir() {
+                    it.skip_current_dir();
+                }
+                continue;
+            }
             let md = e.metadata().map_err(|err| DiffError::Walk {
                 path: e.path().to_path_buf(),
                 source: err.into(),
             })?;
-            let rel = PathBuf::from(OsString::from_vec(rel_bytes(upper, e.path()).into_vec()));
+            let rel = PathBuf::from(OsString::from_vec(relb.to_vec()));
             while opaque_dirs.last().is_some_and(|d| !rel.starts_with(d)) {
                 opaque_dirs.pop();
             }
@@ -223,21 +250,127 @@ impl ChangeSet {
                     let mut v = [0u8; 8];
                     matches!(rustix::fs::lgetxattr(e.path(), *k, &mut v[..]), Ok(1) if v[0] == b'y')
                 });
-            if opaque {
+            // A renamed directory (redirect_dir) or a metadata-only copy-up (metacopy) has its
+            // children or data in the lower tree: refuse rather than write a wrong layer.
+            let marks: &[&'static str] = if ft.is_dir() {
+                &["trusted.overlay.redirect", "user.overlay.redirect"]
+            } else if ft.is_file() {
+                &["trusted.overlay.metacopy", "user.overlay.metacopy"]
+            } else {
+                &[]
+            };
+            for x in marks {
+                // An empty buffer asks for the value's size: Ok means the xattr is set.
+                if rustix::fs::lgetxattr(e.path(), *x, &mut [0u8; 0][..]).is_ok() {
+                    return Err(DiffError::OverlayRedirect {
+                        path: e.path().to_path_buf(),
+                        xattr: x,
+                    });
+                }
+            }
+            let parent_in_lower = match ancestors(&relb).next() {
+                None => true,
+                Some(p) => lower_dirs.contains(p),
+            };
+            let Some(lower) = lower else {
                 out.push(Change::Entry(rel.clone()));
-                out.push(Change::Opaque(rel.clone()));
-                opaque_dirs.push(rel);
+                if opaque {
+                    out.push(Change::Opaque(rel.clone()));
+                    opaque_dirs.push(rel);
+                }
+                continue;
+            };
+            if !parent_in_lower {
+                // New in this step (or below a replaced path): nothing lower to compare.
+                out.push(Change::Entry(rel));
                 continue;
             }
-            if let (Some(lower), true) = (lower, opaque_dirs.is_empty()) {
-                if copied_up_unchanged(e.path(), &md, lower, &rel, &mut buf)? {
+            let lower_st = lower.lstat(&rel).ok();
+            let lower_is_dir = lower_st
+                .as_ref()
+                .is_some_and(|st| Kind::of_mode(st.st_mode) == Kind::Dir);
+            if ft.is_dir() && lower_is_dir {
+                lower_dirs.insert(relb.clone());
+                if opaque {
+                    // The merged view of this directory is the upper one alone: whatever
+                    // the lower tree has below it and the upper lacks was deleted.
+                    lower_gone(upper, lower, &rel, &ignore, &mut out)?;
+                }
+            }
+            if let Some(st) = lower_st {
+                if copied_up_unchanged(e.path(), &md, lower, &st, &rel, &mut buf)? {
                     continue;
                 }
             }
             out.push(Change::Entry(rel));
         }
-        Ok(ChangeSet::new(out))
+        Ok(ChangeSet::new(with_parents(out)))
     }
+}
+
+/// Adds a whiteout for every topmost path below `dir` in `lower` that the upper directory
+/// (opaque at `dir`) does not have. `dir` is a real directory in both trees, reached without
+/// symlinks; a lower directory is only descended when the upper has a real directory there.
+fn lower_gone(
+    upper: &Path,
+    lower: &Root,
+    dir: &Path,
+    ignore: &[Vec<u8>],
+    out: &mut Vec<Change>,
+) -> Result<(), DiffError> {
+    use std::os::unix::fs::FileTypeExt;
+    let host = lower.path().join(dir);
+    let mut it = walkdir::WalkDir::new(&host)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter();
+    while let Some(e) = it.next() {
+        let e = e.map_err(|e| DiffError::Walk {
+            path: host.clone(),
+            source: e.into(),
+        })?;
+        let relb = rel_bytes(lower.path(), e.path());
+        let descend = e.file_type().is_dir();
+        if ignored(ignore, &relb) {
+            if descend {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        let rel = Path::new(OsStr::from_bytes(&relb));
+        let up = std::fs::symlink_metadata(upper.join(rel)).ok();
+        let gone = up
+            .as_ref()
+            .is_none_or(|m| m.file_type().is_char_device() && m.rdev() == 0);
+        if gone {
+            out.push(Change::Whiteout(rel.to_path_buf()));
+        }
+        if descend && !up.is_some_and(|m| m.is_dir()) {
+            it.skip_current_dir();
+        }
+    }
+    Ok(())
+}
+
+/// Adds the parent directories of every change as entries (the root excepted): containerd's
+/// tar writer (`archive.ChangeWriter.includeParents`), which BuildKit's layers come from,
+/// writes each changed path's parents, so `docker build` layers carry them, and applying a
+/// layer then gives new parents their real mode and owner.
+fn with_parents(mut changes: Vec<Change>) -> Vec<Change> {
+    let mut parents: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for c in &changes {
+        for a in ancestors(c.path().as_os_str().as_bytes()) {
+            if !parents.insert(a.to_vec()) {
+                break;
+            }
+        }
+    }
+    changes.extend(
+        parents
+            .into_iter()
+            .map(|p| Change::Entry(PathBuf::from(OsString::from_vec(p)))),
+    );
+    changes
 }
 
 /// True when the upper entry at `host` is only a copy-up of the same entry in `lower`.
@@ -245,12 +378,10 @@ fn copied_up_unchanged(
     host: &Path,
     md: &std::fs::Metadata,
     lower: &Root,
+    st: &nix::sys::stat::FileStat,
     rel: &Path,
     buf: &mut [u8],
 ) -> Result<bool, DiffError> {
-    let Ok(st) = lower.lstat(rel) else {
-        return Ok(false);
-    };
     let kind = Kind::of_mode(md.mode());
     if Kind::of_mode(st.st_mode) != kind
         || st.st_mode != md.mode()
@@ -293,6 +424,19 @@ fn rel_bytes(root: &Path, p: &Path) -> Box<[u8]> {
         .as_bytes()
         .to_vec()
         .into_boxed_slice()
+}
+
+/// Ignore paths as root-relative bytes without leading or trailing `/`.
+fn normalise_ignore(ignore: &[PathBuf]) -> Vec<Vec<u8>> {
+    ignore
+        .iter()
+        .map(|p| {
+            let b = p.as_os_str().as_bytes();
+            let b = b.strip_prefix(b"/").unwrap_or(b);
+            b.strip_suffix(b"/").unwrap_or(b).to_vec()
+        })
+        .filter(|b| !b.is_empty())
+        .collect()
 }
 
 fn ignored(ignore: &[Vec<u8>], rel: &[u8]) -> bool {
@@ -538,15 +682,7 @@ impl Index {
     /// `/sys`, `/dev`, mounted files, `--ignore-path`). In `full` mode, regular files are
     /// hashed now (once per stage), so a later touched-but-identical file is recognised.
     pub fn scan(root: &Root, ignore: &[PathBuf], mode: SnapshotMode) -> Result<Index, DiffError> {
-        let ignore: Vec<Vec<u8>> = ignore
-            .iter()
-            .map(|p| {
-                let b = p.as_os_str().as_bytes();
-                let b = b.strip_prefix(b"/").unwrap_or(b);
-                b.strip_suffix(b"/").unwrap_or(b).to_vec()
-            })
-            .filter(|b| !b.is_empty())
-            .collect();
+        let ignore = normalise_ignore(ignore);
         let nodes = walk(root, &ignore, true, mode == SnapshotMode::Full)?;
         Ok(Index {
             entries: nodes.into_iter().collect(),
@@ -578,15 +714,9 @@ impl Index {
             .collect();
         let mut changes = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
-        let mut opaque: HashSet<Box<[u8]>> = HashSet::new();
         let mut replaced: HashSet<Box<[u8]>> = HashSet::new();
         for (path, n) in new.iter_mut() {
-            let under_opaque = ancestors(path).any(|a| opaque.contains(a));
-            let old = if under_opaque {
-                None
-            } else {
-                self.entries.get(path)
-            };
+            let old = self.entries.get(path);
             let entry = || Change::Entry(PathBuf::from(OsString::from_vec(path.to_vec())));
             let Some(o) = old else {
                 n.xattrs = read_xattrs(&root.path().join(OsStr::from_bytes(path)))?;
@@ -621,25 +751,6 @@ impl Index {
             } else {
                 read_xattrs(&root.path().join(OsStr::from_bytes(path)))?
             };
-            if n.kind() == Kind::Dir && o.ino != n.ino {
-                let prefix = [&path[..], b"/"].concat();
-                let had_children = self
-                    .entries
-                    .range::<[u8], _>((
-                        std::ops::Bound::Excluded(&prefix[..]),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .next()
-                    .is_some_and(|(k, _)| k.starts_with(&prefix));
-                if had_children {
-                    opaque.insert(path.clone());
-                    changes.push(entry());
-                    changes.push(Change::Opaque(PathBuf::from(OsString::from_vec(
-                        path.to_vec(),
-                    ))));
-                    continue;
-                }
-            }
             let meta_changed = o.mode != n.mode
                 || o.uid != n.uid
                 || o.gid != n.gid
@@ -681,9 +792,7 @@ impl Index {
             if new.contains_key(path) {
                 continue;
             }
-            if ancestors(path)
-                .any(|a| deleted.contains(a) || replaced.contains(a) || opaque.contains(a))
-            {
+            if ancestors(path).any(|a| deleted.contains(a) || replaced.contains(a)) {
                 if o.kind() == Kind::Dir {
                     deleted.insert(path.clone());
                 }
@@ -697,7 +806,7 @@ impl Index {
             ))));
         }
         self.entries = new;
-        Ok(ChangeSet::new(changes))
+        Ok(ChangeSet::new(with_parents(changes)))
     }
 
     /// Brings the index up to date for paths an instruction wrote itself (after

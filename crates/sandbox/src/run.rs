@@ -669,6 +669,12 @@ fn run_in(
             {
                 return Err(invalid("overlay paths must not contain ',', ':' or '\\'"));
             }
+            // The upper directory alone must be the step's change set, so no directory
+            // rename may be recorded as a redirect and no copy-up may be metadata-only.
+            // Neither option is given: `userxattr` already turns redirect_dir to nofollow
+            // and metacopy off (an explicit `redirect_dir=off` conflicts with it, EINVAL),
+            // and without it a user namespace cannot set the trusted.* xattrs either needs.
+            // kiln-rootfs ChangeSet::from_overlay_upper refuses both markers anyway.
             let data = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 root.path.display(),
