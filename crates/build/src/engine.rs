@@ -1582,6 +1582,8 @@ impl Builder<'_> {
             source,
         })?;
         let step_mounts = run::mounts(&r.mounts, &mc).map_err(|e| bad(e.to_string()))?;
+        // Held (not `_`) until the step has run: the cache mounts' `sharing=` locks.
+        let _cache_locks = step_mounts.cache_locks;
         let mut mounts = step_mounts.mounts;
         if argv.first().is_some_and(|a| a.starts_with("/.kiln-run/")) {
             mounts.push(kiln_sandbox::Mount::Bind {

@@ -8,7 +8,7 @@
 //! outside the rootfs, mounted read-only, and removed after the step.
 
 use crate::options::{SecretFrom, SecretSource};
-use kiln_dockerfile::{CommandLine, Heredoc, MountSpec, MountType, RunInstr};
+use kiln_dockerfile::{CommandLine, Heredoc, MountSpec, MountType, RunInstr, Sharing};
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -133,6 +133,8 @@ fn abs_target(target: &str, workdir: &str) -> String {
 pub struct StepMounts {
     pub mounts: Vec<kiln_sandbox::Mount>,
     pub secret_env: Vec<(String, String)>,
+    /// flock(2)s on the step's cache mounts (`sharing=`); keep them until the step ends.
+    pub cache_locks: Vec<fs::File>,
 }
 
 impl std::fmt::Debug for StepMounts {
@@ -150,6 +152,7 @@ impl std::fmt::Debug for StepMounts {
 pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, RunSetupError> {
     let mut out = Vec::new();
     let mut secret_env = Vec::new();
+    let mut locks = Vec::new();
     for (i, m) in specs.iter().enumerate() {
         match m.kind {
             MountType::Secret => {
@@ -219,9 +222,9 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                 // The id was validated by the parser (no `..`, no `/` escapes); hash it to a
                 // fixed-length directory name so it can never form a path.
                 let id = m.id.clone().unwrap_or_else(|| target.clone());
-                let dir = mc
-                    .cache_root
-                    .join(kiln_oci::Digest::of(id.as_bytes()).hex());
+                let name = kiln_oci::Digest::of(id.as_bytes()).hex().to_string();
+                let (dir, lock) = cache_instance(mc.cache_root, &name, m.sharing)?;
+                locks.push(lock);
                 if !dir.exists() {
                     fs::create_dir_all(&dir).map_err(|source| RunSetupError::Io {
                         path: dir.clone(),
@@ -288,7 +291,71 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
     Ok(StepMounts {
         mounts: out,
         secret_env,
+        cache_locks: locks,
     })
+}
+
+/// Picks the directory of a cache mount and locks it for the step, per `sharing=`
+/// (BuildKit's semantics, across kiln processes sharing a state dir, with flock(2) on
+/// `<name>.lock` next to the directory):
+/// - `shared` (default): a shared lock; any number of steps use the directory at once;
+/// - `locked`: an exclusive lock; the step waits until no other step uses the directory;
+/// - `private`: the first instance (`<name>`, `<name>-1`, ...) nobody holds, locked
+///   exclusively, so a busy cache gives the step a fresh directory instead of waiting.
+fn cache_instance(
+    root: &Path,
+    name: &str,
+    sharing: Option<Sharing>,
+) -> Result<(PathBuf, fs::File), RunSetupError> {
+    let open = |lock_path: &Path| {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path)
+            .map_err(|source| RunSetupError::Io {
+                path: lock_path.to_path_buf(),
+                source,
+            })
+    };
+    let lock_err = |lock_path: &Path, source: std::io::Error| RunSetupError::Io {
+        path: lock_path.to_path_buf(),
+        source,
+    };
+    match sharing.unwrap_or(Sharing::Shared) {
+        Sharing::Shared | Sharing::Locked => {
+            let lock_path = root.join(format!("{name}.lock"));
+            let f = open(&lock_path)?;
+            if sharing == Some(Sharing::Locked) {
+                f.lock()
+            } else {
+                f.lock_shared()
+            }
+            .map_err(|e| lock_err(&lock_path, e))?;
+            Ok((root.join(name), f))
+        }
+        Sharing::Private => {
+            // Bounded: each busy instance is a running step holding it.
+            for n in 0u32..1024 {
+                let instance = if n == 0 {
+                    name.to_string()
+                } else {
+                    format!("{name}-{n}")
+                };
+                let lock_path = root.join(format!("{instance}.lock"));
+                let f = open(&lock_path)?;
+                match f.try_lock() {
+                    Ok(()) => return Ok((root.join(instance), f)),
+                    Err(fs::TryLockError::WouldBlock) => continue,
+                    Err(fs::TryLockError::Error(e)) => return Err(lock_err(&lock_path, e)),
+                }
+            }
+            Err(RunSetupError::Mount(format!(
+                "type=cache,sharing=private: 1024 instances of this cache are in use under {}",
+                root.display()
+            )))
+        }
+    }
 }
 
 fn nix_chown(path: &Path, uid: Option<u32>, gid: Option<u32>) -> std::io::Result<()> {
@@ -312,6 +379,44 @@ pub fn history(argv: &[String], history_args: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_mount_sharing_modes() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // shared: two holders at once, same directory.
+        let (a, _la) = cache_instance(r, "c", None).unwrap();
+        let (b, _lb) = cache_instance(r, "c", Some(Sharing::Shared)).unwrap();
+        assert_eq!(a, b);
+        // private while `c` is held: the next free instance.
+        let (p, lp) = cache_instance(r, "c", Some(Sharing::Private)).unwrap();
+        assert_eq!(p, r.join("c-1"));
+        let (p2, _lp2) = cache_instance(r, "c", Some(Sharing::Private)).unwrap();
+        assert_eq!(p2, r.join("c-2"));
+        drop(lp);
+        let (p3, _lp3) = cache_instance(r, "c", Some(Sharing::Private)).unwrap();
+        assert_eq!(p3, r.join("c-1"), "a released instance is reused");
+        drop((_la, _lb));
+        // locked: waits while another step holds the cache.
+        let (_, held) = cache_instance(r, "d", Some(Sharing::Locked)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = r.to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            let got = cache_instance(&dir, "d", Some(Sharing::Locked)).map(|(p, _)| p);
+            tx.send(got.is_ok()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "locked cache entered while held"
+        );
+        drop(held);
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(true)
+        );
+        waiter.join().unwrap();
+    }
 
     fn heredoc(name: &str, content: &str) -> Heredoc {
         Heredoc {
