@@ -23,7 +23,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What a successful build produced.
 #[derive(Debug)]
@@ -150,6 +150,15 @@ fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// A base image pull running in the background, and how long it took.
+type PrefetchedBase = std::thread::JoinHandle<(
+    Result<kiln_registry::PulledImage, kiln_registry::RegistryError>,
+    Duration,
+)>;
+
+/// Distinct base images pulled ahead of their stage.
+const PREFETCH_BASES: usize = 4;
+
 /// Everything shared by the stages of one build.
 struct Builder<'a> {
     opts: &'a BuildOptions,
@@ -160,7 +169,10 @@ struct Builder<'a> {
     store: BlobStore,
     work: PathBuf,
     context: Context,
-    client: Option<kiln_registry::Client>,
+    client: Option<Arc<kiln_registry::Client>>,
+    /// Base images of the stages, pulled in the background from the start of the build so a
+    /// later stage's pull overlaps the earlier stages' steps (keyed by name and platform).
+    prefetched: HashMap<(String, String), PrefetchedBase>,
     created: String,
     settings: LayerSettings,
     privileged: bool,
@@ -260,6 +272,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         work,
         context,
         client: None,
+        prefetched: HashMap::new(),
         created,
         settings: LayerSettings {
             compression: opts.compression,
@@ -283,6 +296,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
     b.check_push_permission()?;
 
     let stages = b.plan.stages.clone();
+    b.prefetch_bases(&stages);
     let mut results: HashMap<usize, StageResult> = HashMap::new();
     for (i, stage) in stages.iter().enumerate() {
         let r = b.run_stage(stage, i + 1, stages.len(), &results)?;
@@ -315,11 +329,51 @@ fn can_chown() -> bool {
 }
 
 impl Builder<'_> {
-    fn client(&mut self) -> &kiln_registry::Client {
+    fn client(&mut self) -> &Arc<kiln_registry::Client> {
         let opts = self.opts;
         self.client.get_or_insert_with(|| {
-            kiln_registry::Client::new(opts.registry.clone(), opts.credentials.clone())
+            Arc::new(kiln_registry::Client::new(
+                opts.registry.clone(),
+                opts.credentials.clone(),
+            ))
         })
+    }
+
+    /// Starts pulling the registry base images of `stages` (at most [`PREFETCH_BASES`]
+    /// distinct ones) on background threads. A stage then takes its pull's result, or pulls
+    /// again itself if the prefetch failed, so errors are reported where the stage is.
+    /// Not with `--cache-dir` base images, which may make the pull unnecessary.
+    fn prefetch_bases(&mut self, stages: &[PlannedStage]) {
+        if self.base_cache.is_some() {
+            return;
+        }
+        for stage in stages {
+            let Base::Image(name) = &stage.base else {
+                continue;
+            };
+            let Ok(reference) = name.parse::<Reference>() else {
+                continue;
+            };
+            let platform = match &stage.platform {
+                Some(p) => match p.parse::<Platform>() {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                },
+                None => self.platform.clone(),
+            };
+            let key = (name.clone(), platform.to_string());
+            if self.prefetched.contains_key(&key) || self.prefetched.len() >= PREFETCH_BASES {
+                continue;
+            }
+            let client = Arc::clone(self.client());
+            let store = self.store.clone();
+            let handle = std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let pulled = client.pull_image(&reference, &platform, &store);
+                (pulled, t0.elapsed())
+            });
+            self.prefetched.insert(key, handle);
+        }
     }
 
     fn parse_ref(&self, s: &str) -> Result<Reference, BuildError> {
@@ -452,9 +506,21 @@ impl Builder<'_> {
                 self.out
                     .event(Event::Info(&format!("pulling {reference} ({platform})")));
                 let t0 = Instant::now();
-                let pulled = self.client().pull_image(&reference, &platform, &store)?;
+                let prefetched = self
+                    .prefetched
+                    .remove(&(name.clone(), platform.to_string()))
+                    .and_then(|h| h.join().ok());
+                let (pulled, took) = match prefetched {
+                    Some((Ok(pulled), took)) => (pulled, took),
+                    // Not prefetched, or the prefetch failed: pull here, where an error
+                    // names the stage.
+                    _ => {
+                        let pulled = self.client().pull_image(&reference, &platform, &store)?;
+                        (pulled, t0.elapsed())
+                    }
+                };
                 let bytes: u64 = pulled.layers.iter().map(|d| d.size()).sum();
-                let secs = t0.elapsed().as_secs_f64().max(0.001);
+                let secs = took.as_secs_f64().max(0.001);
                 self.out.event(Event::Info(&format!(
                     "pulled {reference}@{}: {} layers, {:.1} MB in {secs:.2}s ({:.1} MB/s; blobs already in the store are not fetched again)",
                     pulled.manifest_digest,
@@ -1129,7 +1195,7 @@ impl Builder<'_> {
                             vec!["CMD-SHELL".to_string(), s.clone()]
                         }
                     };
-                    let ns = |d: &Option<std::time::Duration>| {
+                    let ns = |d: &Option<Duration>| {
                         d.map(|d| d.as_nanos() as i64).unwrap_or(0)
                     };
                     metadata::healthcheck(

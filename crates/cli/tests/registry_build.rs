@@ -195,6 +195,72 @@ fn failing_run_exit_status_is_kilns() {
 }
 
 #[test]
+fn later_stage_bases_are_pulled_while_earlier_stages_run() {
+    // The second stage's base goes through a recording proxy. The first stage fails after a
+    // second, so the second stage never starts: its base was only asked for if the pull was
+    // started ahead, in the background.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    require!(push_busybox(&reg, "library/other"));
+    let proxy = kiln_testkit::FaultProxy::start(reg.addr()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dockerfile: String, state: &str| {
+        write(tmp.path(), "Dockerfile", &dockerfile);
+        let out = kiln()
+            .arg("build")
+            .arg("-c")
+            .arg(tmp.path())
+            .args(["--no-push", "--insecure-pull", "--log-format=text"])
+            .arg("--kiln-dir")
+            .arg(tmp.path().join(state))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(
+        format!(
+            "FROM {}/library/busybox AS a\nRUN sleep 1; exit 3\nFROM {}/library/other\nCOPY --from=a /bin/sh /sh\n",
+            reg.addr(),
+            proxy.addr()
+        ),
+        "s1",
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    let asked = |p: &kiln_testkit::FaultProxy| {
+        p.seen()
+            .iter()
+            .filter(|s| s.target.contains("/library/other/manifests/"))
+            .count()
+    };
+    assert!(
+        asked(&proxy) >= 1,
+        "the second stage's base was not pulled ahead: {:?}",
+        proxy.seen()
+    );
+    // A failed background pull is retried by the stage itself, where its error would be
+    // reported: the build succeeds.
+    proxy.add(
+        "GET",
+        "/library/other/manifests/",
+        1,
+        kiln_testkit::Fault::Status(404, vec![]),
+    );
+    let (code, stderr) = run(
+        format!(
+            "FROM {}/library/busybox AS a\nRUN true\nFROM {}/library/other\nCOPY --from=a /bin/sh /sh\n",
+            reg.addr(),
+            proxy.addr()
+        ),
+        "s2",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("pulled"), "{stderr}");
+}
+
+#[test]
 fn pull_and_push_verbs_round_trip() {
     let reg = require!(Registry::start());
     let info = require!(push_busybox(&reg, "library/busybox"));
