@@ -1267,18 +1267,16 @@ impl Builder<'_> {
         }
         let is_url = |s: &String| s.starts_with("http://") || s.starts_with("https://");
         if is_add {
-            if let Some(src) = args
-                .sources
-                .iter()
-                .find(|s| s.starts_with("git@") || s.contains(".git#") || s.ends_with(".git"))
+            // A git source's --checksum is its commit (BuildKit), an HTTP source's a digest.
+            if args.checksum.is_some()
+                && !args
+                    .sources
+                    .iter()
+                    .all(|s| is_url(s) || crate::git::is_git_url(s))
             {
-                return Err(BuildError::Unsupported {
-                    what: format!("ADD of a git repository ({src})"),
-                    line: Some(ins.start_line),
-                });
-            }
-            if args.checksum.is_some() && !args.sources.iter().all(is_url) {
-                return Err(bad("--checksum is only allowed with HTTP(S) sources".into()));
+                return Err(bad(
+                    "--checksum is only allowed with HTTP(S) and git sources".into(),
+                ));
             }
         } else if let Some(src) = args.sources.iter().find(|s| is_url(s)) {
             return Err(bad(format!("COPY cannot take a URL ({src}); use ADD")));
@@ -1376,9 +1374,18 @@ impl Builder<'_> {
             match &args.from {
                 None => {
                     let mut spec = spec;
-                    if is_add && args.sources.iter().any(is_url) {
+                    if is_add && args.sources.iter().any(|s| crate::git::is_git_url(s)) {
+                        let (gits, rest): (Vec<String>, Vec<String>) = spec
+                            .sources
+                            .iter()
+                            .cloned()
+                            .partition(|s| crate::git::is_git_url(s));
+                        downloaded.extend(self.add_git(ins, args, &gits, &spec, root)?);
+                        spec.sources = rest;
+                    }
+                    if is_add && spec.sources.iter().any(is_url) {
                         let (urls, rest): (Vec<String>, Vec<String>) =
-                            args.sources.iter().cloned().partition(is_url);
+                            spec.sources.iter().cloned().partition(is_url);
                         let (dest, as_dir) = copy::dest_path(&args.dest, &workdir);
                         let as_dir = as_dir || urls.len() + rest.len() > 1;
                         for (i, u) in urls.iter().enumerate() {
@@ -1431,14 +1438,19 @@ impl Builder<'_> {
                     }
                     // `ADD --unpack=false` copies archives as files; `--unpack=true` of a URL (which
                     // BuildKit then extracts) is not supported yet.
-                    if args.unpack == Some(true) && args.sources.iter().any(is_url) {
+                    if args.unpack == Some(true)
+                        && args
+                            .sources
+                            .iter()
+                            .any(|s| is_url(s) && !crate::git::is_git_url(s))
+                    {
                         return Err(BuildError::Unsupported {
                             what: "ADD --unpack=true of a URL".into(),
                             line: Some(ins.start_line),
                         });
                     }
                     if is_add && args.unpack != Some(false) {
-                        let (archives, rest) = self.split_archives(&args.sources).map_err(&bad)?;
+                        let (archives, rest) = self.split_archives(&spec.sources).map_err(&bad)?;
                         if !archives.is_empty() {
                             let (dest, _) = copy::dest_path(&args.dest, &workdir);
                             for a in &archives {
@@ -1488,6 +1500,73 @@ impl Builder<'_> {
             },
             created_by: text,
         })
+    }
+
+    /// `ADD <git url>… <dir>`: each repository is fetched into the build's own directory and
+    /// its tree (without `.git` unless `--keep-git-dir=true`) copied into the destination
+    /// directory, owned by 0:0 or `--chown`, modes 0644/0755 as git records them. `--checksum`
+    /// must equal the commit (or be a prefix of at least 7 digits of it). Returns the paths
+    /// written.
+    fn add_git(
+        &self,
+        ins: &Spanned<Instruction>,
+        args: &kiln_dockerfile::CopyArgs,
+        sources: &[String],
+        spec: &copy::CopySpec<'_>,
+        root: &Root,
+    ) -> Result<Vec<PathBuf>, BuildError> {
+        let bad = |m: String| self.step_error(ins, m);
+        let mut written = Vec::new();
+        for (i, s) in sources.iter().enumerate() {
+            let src = crate::git::GitSource::parse_url(s).map_err(|e| bad(e.to_string()))?;
+            let dir = self.work.join(format!("git-{}-{i}", ins.start_line));
+            let _cleanup = WorkDir(dir.clone());
+            self.out
+                .event(Event::Info(&format!("  fetching git {}", src.display())));
+            let opts = crate::git::FetchOptions {
+                keep_git_dir: args.keep_git_dir,
+                ..Default::default()
+            };
+            let checkout = crate::git::fetch(&src, &dir.join("tree"), &opts)
+                .map_err(|e| bad(e.to_string()))?;
+            self.out
+                .event(Event::Info(&format!("  at commit {}", checkout.commit)));
+            if let Some(want) = &args.checksum {
+                let want = want.to_ascii_lowercase();
+                let ok = want.len() >= 7
+                    && want.bytes().all(|b| b.is_ascii_hexdigit())
+                    && checkout.commit.starts_with(&want);
+                if !ok {
+                    return Err(bad(format!(
+                        "--checksum={want}: {} is at commit {}",
+                        src.display(),
+                        checkout.commit
+                    )));
+                }
+            }
+            // The tree is copied as COPY copies a context directory (owner 0:0 unless
+            // --chown, symlinks kept as symlinks), but without the repository's .dockerignore.
+            let tree = crate::context::Context::plain(&checkout.dir);
+            let one = copy::CopySpec {
+                sources: vec![".".into()],
+                heredocs: Vec::new(),
+                dest: format!("{}/", spec.dest.trim_end_matches('/')),
+                workdir: spec.workdir,
+                owner: spec.owner,
+                chmod: spec.chmod.clone(),
+                exclude: spec.exclude.clone(),
+            };
+            let copied = copy::copy(root, &copy::Source::Context(&tree), &one).map_err(|e| {
+                BuildError::Copy {
+                    file: self.file.clone(),
+                    line: ins.start_line,
+                    instruction: "ADD".into(),
+                    source: e,
+                }
+            })?;
+            written.extend(copied);
+        }
+        Ok(written)
     }
 
     /// Splits ADD sources into local tar archives (extracted) and the rest (copied), judging
@@ -1967,10 +2046,9 @@ fn pulled_layers(
 fn content_not_in_key(ins: &Instruction, from_is_image: &dyn Fn(&str) -> bool) -> bool {
     match ins {
         Instruction::Add(a) | Instruction::Copy(a) => {
-            a.sources
-                .iter()
-                .any(|s| s.starts_with("http://") || s.starts_with("https://"))
-                || a.from.as_deref().is_some_and(from_is_image)
+            a.sources.iter().any(|s| {
+                s.starts_with("http://") || s.starts_with("https://") || crate::git::is_git_url(s)
+            }) || a.from.as_deref().is_some_and(from_is_image)
         }
         Instruction::Run(r) => r
             .mounts

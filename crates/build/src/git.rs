@@ -59,11 +59,10 @@ pub enum GitError {
         stderr: String,
     },
     /// A git command failed.
-    #[error("git {what} for {url} failed ({status}): {stderr}")]
+    #[error("git {what} of {url} failed: {stderr}")]
     Command {
         what: &'static str,
         url: String,
-        status: String,
         stderr: String,
     },
     /// The checked-out commit is not the one asked for (`#ref#commit`, `ADD --checksum`).
@@ -756,11 +755,14 @@ impl<'a> Git<'a> {
         if out.status.success() {
             return Ok(out);
         }
+        let mut stderr = self.redact(&out.stderr);
+        if stderr.is_empty() {
+            stderr = out.status.to_string();
+        }
         Err(GitError::Command {
             what,
             url: self.url.to_string(),
-            status: out.status.to_string(),
-            stderr: self.redact(&out.stderr),
+            stderr,
         })
     }
 
@@ -858,7 +860,6 @@ impl<'a> Git<'a> {
             GitError::Command {
                 what: "fetch",
                 url: src.remote.clone(),
-                status: "failed".into(),
                 stderr,
             }
         }

@@ -72,7 +72,9 @@ pub struct BuildFlags {
     /// Path to the Dockerfile: as given, then relative to the context.
     #[arg(short = 'f', long, default_value = "Dockerfile")]
     pub dockerfile: String,
-    /// Build context: a directory, `dir://DIR`, `tar://FILE` (or `tar://stdin`).
+    /// Build context: a directory, `dir://DIR`, `tar://FILE` (or `tar://stdin`),
+    /// `git://REPO#REF#COMMIT` (Kaniko: fetched over https, or http with GIT_PULL_METHOD=http)
+    /// or `https://HOST/REPO.git#REF:SUBDIR`.
     #[arg(short = 'c', long, default_value = "/workspace/")]
     pub context: String,
     /// Sub-directory of the context to use as the context.
@@ -203,7 +205,10 @@ pub struct BuildFlags {
     /// RUN isolation: userns, chroot or container (default: detect).
     #[arg(long, default_value = "")]
     pub isolation: String,
-    /// Git context options, key=value.
+    /// Git context options, comma-separated key=value: branch=NAME (replaces the context's
+    /// ref), single-branch=BOOL (accepted; kiln always fetches just the one ref),
+    /// recurse-submodules=BOOL, insecure-skip-tls=BOOL. Credentials come from GIT_TOKEN or
+    /// GIT_USERNAME/GIT_PASSWORD; the `git` binary must be in PATH.
     #[arg(long, default_value = "")]
     pub git: String,
 

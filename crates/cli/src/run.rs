@@ -216,10 +216,50 @@ fn extract_context(reader: impl std::io::Read + Send, into: &Path, what: &str) -
     Ok(())
 }
 
-/// Resolves `--context` to a local directory: a directory, `dir://DIR`, or `tar://FILE`
-/// / `tar://stdin` (extracted under the state directory, removed at the end).
+/// Fetches a git context into a directory under the state directory (removed at the end):
+/// Kaniko's `git://REPO#REF#COMMIT` (over `GIT_PULL_METHOD`, https by default) or docker's
+/// `https://host/repo.git#ref:subdir`; `--git` options and `--context-sub-path` applied.
+/// Kaniko's `git://` contexts keep `.git` (go-git clones it), docker's URL form does not
+/// (BuildKit's default).
+fn git_context(flags: &BuildFlags, state: &Path) -> Result<(PathBuf, Option<TempDir>)> {
+    use kiln_build::git::{fetch, Credentials, FetchOptions, GitOptions, GitSource};
+    let c = flags.context.as_str();
+    let options = GitOptions::parse(&flags.git)?;
+    let (src, kaniko) = match c.strip_prefix("git://") {
+        Some(rest) => {
+            let method = std::env::var("GIT_PULL_METHOD").unwrap_or_default();
+            (GitSource::parse_kaniko(rest, &method)?, true)
+        }
+        None => (GitSource::parse_url(c)?, false),
+    };
+    let src = match &options.branch {
+        Some(b) => src.with_reference(b)?,
+        None => src,
+    };
+    let src = src.with_subdir(&flags.context_sub_path)?;
+    let t = temp_dir(state, "git-context")?;
+    tracing::info!(source = %src.display(), "fetching the git build context");
+    let opts = FetchOptions {
+        keep_git_dir: kaniko,
+        submodules: options.recurse_submodules,
+        insecure_skip_tls: options.insecure_skip_tls,
+        credentials: Credentials::from_env(&|k| std::env::var(k).ok()),
+        ..FetchOptions::default()
+    };
+    let checkout = fetch(&src, &t.0.join("tree"), &opts)
+        .with_context(|| format!("fetching the build context {}", src.display()))?;
+    tracing::info!(commit = %checkout.commit, "git build context checked out");
+    Ok((checkout.dir, Some(t)))
+}
+
+/// Resolves `--context` to a local directory: a directory, `dir://DIR`, `tar://FILE`
+/// / `tar://stdin` (extracted under the state directory, removed at the end), or a git
+/// repository ([`git_context`]).
 fn context_dir(flags: &BuildFlags, state: &Path) -> Result<(PathBuf, Option<TempDir>)> {
     let c = flags.context.as_str();
+    if c.starts_with("git://") || kiln_build::git::is_git_url(c) {
+        return git_context(flags, state);
+    }
     let (dir, temp) = if let Some(rest) = c.strip_prefix("dir://") {
         (PathBuf::from(rest), None)
     } else if let Some(rest) = c.strip_prefix("tar://") {
@@ -333,9 +373,11 @@ fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
         flags.registry.push_ignore_immutable_tag_errors,
         "--push-ignore-immutable-tag-errors is accepted but not implemented yet",
     );
+    let git_context =
+        flags.context.starts_with("git://") || kiln_build::git::is_git_url(&flags.context);
     say(
-        !flags.git.is_empty(),
-        "--git has no effect: git contexts are not supported yet",
+        !flags.git.is_empty() && !git_context,
+        "--git has no effect: the build context is not a git repository",
     );
     w
 }

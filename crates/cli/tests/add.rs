@@ -115,21 +115,23 @@ fn add_extracts_archives_and_downloads_urls() {
     );
 }
 
+/// ADD of a git repository is fetched with git (tests/git_context.rs covers it); an
+/// unreachable one fails naming the line and the URL.
 #[test]
-fn unsupported_add_forms_fail_by_name() {
+fn add_of_an_unreachable_git_repository_fails_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = tmp.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM scratch\nADD https://github.com/moby/buildkit.git#v0.10.1 /src\n",
+        "FROM scratch\nADD git://127.0.0.1:9/nothing.git#v1 /src\n",
     )
     .unwrap();
     let out = kiln_build(&ctx, &tmp.path().join("state"), &tmp.path().join("oci"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("not supported yet: ADD of a git repository") && err.contains("line 2"),
+        err.contains("git://127.0.0.1:9/nothing.git") && err.contains(":2:"),
         "{err}"
     );
 }
