@@ -2089,7 +2089,12 @@ fn copy_history(name: &str, args: &kiln_dockerfile::CopyArgs) -> String {
     if let Some(c) = &args.chmod {
         text.push_str(&format!("--chmod={c} "));
     }
-    let mut words = args.sources.clone();
+    // A URL's user info (`https://user:token@host/…`) never reaches the image's history.
+    let mut words: Vec<String> = args
+        .sources
+        .iter()
+        .map(|s| crate::git::redact_url(s))
+        .collect();
     words.extend(args.heredocs.iter().map(|h| format!("<<{}", h.name)));
     words.push(args.dest.clone());
     text.push_str(&words.join(" "));

@@ -537,12 +537,7 @@ pub fn fetch(src: &GitSource, into: &Path, opts: &FetchOptions) -> Result<Checko
         )?;
     }
     if !opts.keep_git_dir {
-        let dot_git = into.join(".git");
-        std::fs::remove_dir_all(&dot_git).map_err(|source| GitError::Io {
-            what: "removing",
-            path: dot_git,
-            source,
-        })?;
+        remove_git_dirs(into)?;
     }
     normalize_modes(into)?;
     let dir = match &src.subdir {
@@ -550,6 +545,43 @@ pub fn fetch(src: &GitSource, into: &Path, opts: &FetchOptions) -> Result<Checko
         Some(d) => resolve_subdir(into, d, &src.remote)?,
     };
     Ok(Checkout { dir, commit })
+}
+
+/// Removes `.git` (the repository) and the `.git` files git writes into submodule work trees.
+/// A tree cannot track a `.git` entry of its own (git refuses it, CVE-2014-9390), so every
+/// `.git` found is git's.
+fn remove_git_dirs(root: &Path) -> Result<(), GitError> {
+    let mut found = Vec::new();
+    let mut it = walkdir::WalkDir::new(root).follow_links(false).into_iter();
+    while let Some(entry) = it.next() {
+        let entry = entry.map_err(|e| GitError::Io {
+            what: "walking the checkout",
+            path: e
+                .path()
+                .map_or_else(|| root.to_path_buf(), Path::to_path_buf),
+            source: e.into(),
+        })?;
+        if entry.depth() > 0 && entry.file_name() == ".git" {
+            let is_dir = entry.file_type().is_dir();
+            if is_dir {
+                it.skip_current_dir();
+            }
+            found.push((entry.into_path(), is_dir));
+        }
+    }
+    for (p, is_dir) in found {
+        let r = if is_dir {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|source| GitError::Io {
+            what: "removing",
+            path: p.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// `into/sub`, checked to be a directory reached without any symlink.

@@ -512,6 +512,149 @@ fn credentials_are_sent_but_never_shown_or_stored() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("nope") && !err.contains(password), "{err}");
+    // ADD with credentials in the URL: fetched, and the history records the URL without them.
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!(
+            "FROM scratch\nADD http://u:{password}@{}/repo.git#v1 /src\n",
+            http.server.addr()
+        ),
+    );
+    let layout = tmp.path().join("oci5");
+    ok(&kiln(
+        &["--context", ctx.to_str().unwrap()],
+        &[],
+        tmp.path(),
+        &layout,
+    ));
+    assert_eq!(content(&files(&layout), "src/version.txt"), "v1\n");
+    let config = kiln_testkit::layout::config(&layout);
+    let history = config["history"].to_string();
+    assert!(history.contains("http://***@"), "{history}");
+    for b in all_blob_bytes(&layout) {
+        assert!(!contains(&b, password.as_bytes()));
+    }
+}
+
+/// `server/NAME.git` with `vendor/sub` a submodule at `../sub.git` (resolved against the
+/// superproject's remote), and, when `hostile`, `.gitmodules` pointing at a file:// URL.
+fn make_repo_with_submodule(base: &Path, name: &str, hostile: bool) {
+    let srv = base.join("server");
+    std::fs::create_dir_all(&srv).unwrap();
+    let sub_work = base.join(format!("{name}-sub-work"));
+    std::fs::create_dir_all(&sub_work).unwrap();
+    g(&sub_work, &["init", "-q"]);
+    write(&sub_work, "lib.txt", "from the submodule\n");
+    g(&sub_work, &["add", "-A"]);
+    g(&sub_work, &["commit", "-q", "-m", "sub"]);
+    let sub_bare = srv.join("sub.git");
+    if !sub_bare.exists() {
+        g(
+            base,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                sub_work.to_str().unwrap(),
+                sub_bare.to_str().unwrap(),
+            ],
+        );
+    }
+    // The work tree sits next to sub.git so that `../sub.git` resolves locally too.
+    let work = srv.join(format!("{name}-work"));
+    std::fs::create_dir_all(&work).unwrap();
+    g(&work, &["init", "-q"]);
+    write(&work, "Dockerfile", "FROM scratch\nCOPY . /ctx/\n");
+    g(&work, &["add", "-A"]);
+    g(
+        &work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "../sub.git",
+            "vendor/sub",
+        ],
+    );
+    if hostile {
+        let gm = std::fs::read_to_string(work.join(".gitmodules")).unwrap();
+        let gm = gm.replace("../sub.git", &format!("file://{}", sub_bare.display()));
+        std::fs::write(work.join(".gitmodules"), gm).unwrap();
+        g(&work, &["add", ".gitmodules"]);
+    }
+    g(&work, &["commit", "-q", "-m", "with submodule"]);
+    g(
+        base,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            srv.join(format!("{name}.git")).to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn submodules_only_when_asked_and_only_over_allowed_transports() {
+    if !have_git() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    make_repo_with_submodule(tmp.path(), "super", false);
+    make_repo_with_submodule(tmp.path(), "evil", true);
+    let http = git_http(&tmp.path().join("server"), None);
+    let env = [("GIT_PULL_METHOD", "http")];
+    let ctx = |name: &str| format!("--context=git://{}/{name}.git", http.server.addr());
+    let layout = tmp.path().join("oci-plain");
+    ok(&kiln(&[&ctx("super")], &env, tmp.path(), &layout));
+    assert!(!files(&layout).contains_key("ctx/vendor/sub/lib.txt"));
+    let layout = tmp.path().join("oci-sub");
+    ok(&kiln(
+        &[&ctx("super"), "--git=recurse-submodules=true"],
+        &env,
+        tmp.path(),
+        &layout,
+    ));
+    assert_eq!(
+        content(&files(&layout), "ctx/vendor/sub/lib.txt"),
+        "from the submodule\n"
+    );
+    // docker's URL form drops .git, the submodule's `.git` file included.
+    let layout = tmp.path().join("oci-sub-docker");
+    ok(&kiln(
+        &[
+            &format!("--context=http://{}/super.git", http.server.addr()),
+            "--git=recurse-submodules=true",
+        ],
+        &[],
+        tmp.path(),
+        &layout,
+    ));
+    let f = files(&layout);
+    assert!(f.contains_key("ctx/vendor/sub/lib.txt"));
+    assert!(
+        !f.keys().any(|k| k.contains(".git/") || k.ends_with(".git")),
+        "{:?}",
+        f.keys()
+    );
+    // A submodule URL on a transport kiln does not allow (file://: the builder's own disk).
+    let out = kiln(
+        &[&ctx("evil"), "--git=recurse-submodules=true"],
+        &env,
+        tmp.path(),
+        &tmp.path().join("oci-evil"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("submodule") && err.contains("not allowed"),
+        "{err}"
+    );
 }
 
 #[test]
