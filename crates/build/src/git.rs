@@ -722,6 +722,10 @@ impl<'a> Git<'a> {
             "init.defaultBranch=main".into(),
             "submodule.recurse=false".into(),
             "fetch.recurseSubmodules=false".into(),
+            // A stalled http(s) server fails the fetch instead of hanging the build: below
+            // 1 KiB/s for a minute (git-config(1), http.lowSpeedLimit).
+            "http.lowSpeedLimit=1024".into(),
+            "http.lowSpeedTime=60".into(),
         ];
         if opts.insecure_skip_tls {
             config.push("http.sslVerify=false".into());
@@ -1232,6 +1236,23 @@ mod tests {
                 Path::new("/etc")
             );
         }
+        // Kaniko's `#ref#commit` with an abbreviated commit below the ref's tip: a full fetch
+        // of the ref, then that commit.
+        let src = GitSource {
+            remote: url.clone(),
+            reference: Some("main".into()),
+            commit: Some(first[..9].to_string()),
+            subdir: None,
+            credentials: None,
+        };
+        let c = fetch(&src, &tmp.path().join("short"), &opts()).unwrap();
+        assert_eq!(c.commit, first);
+        let src = GitSource {
+            commit: Some("0000000".into()),
+            ..src
+        };
+        let e = fetch(&src, &tmp.path().join("short-bad"), &opts()).unwrap_err();
+        assert!(e.to_string().contains("0000000"), "{e}");
         let into = tmp.path().join("sub");
         let c = fetch(
             &GitSource::parse_url(&format!("{url}#v1:sub")).unwrap(),
