@@ -697,10 +697,12 @@ impl Builder<'_> {
             let outcome = match first {
                 Err(BuildError::Sandbox { source, .. }) if on_overlay => {
                     // The sandbox fails before the command starts, so running it again without
-                    // the overlay is safe.
-                    self.out.event(Event::Warning(&format!(
-                        "RUN on an overlay is not possible here ({source}); comparing the file tree instead"
-                    )));
+                    // the overlay is safe. Overlay snapshots are the default and the walk gives
+                    // the same layers, so this is a logged decision, not a warning.
+                    tracing::debug!(
+                        error = %source,
+                        "RUN on an overlay is not possible here; comparing the file tree instead"
+                    );
                     self.overlay = false;
                     if index.is_none() {
                         index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
@@ -844,10 +846,16 @@ impl Builder<'_> {
         single: bool,
     ) -> Result<Option<LayerRecord>, BuildError> {
         debug_assert!(!single);
+        let t0 = std::time::Instant::now();
         // --ignore-path applies as it does to the walk.
         let changes = ChangeSet::from_overlay_upper(upper, Some(root), &self.ignore)?;
         let upper_root = Root::open(upper)?;
         let layer = snapshot::write(&upper_root, &changes, &self.store, &self.settings)?;
+        tracing::debug!(
+            changes = changes.len(),
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "snapshot from the overlay's upper directory"
+        );
         if let Some(l) = &layer {
             self.unpack_into(root, std::slice::from_ref(l), "a RUN's changes")?;
         }

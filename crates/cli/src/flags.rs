@@ -163,11 +163,12 @@ pub struct BuildFlags {
     /// Take one snapshot at the end: a single layer on top of the base.
     #[arg(long = "single-snapshot", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub single_snapshot: bool,
-    /// Experimental: run RUN steps on an overlay and take its upper directory as the change
-    /// set, instead of comparing the whole file tree (falls back to the comparison where
-    /// overlayfs is unavailable). Off by default until its layers are shown byte-identical to
-    /// the comparison's in every case (a directory removed and recreated can differ).
-    #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
+    /// Run RUN steps on an overlay and take its upper directory as the change set instead of
+    /// comparing the whole file tree (the layers are the same; the cost follows the change).
+    /// Where overlayfs cannot be mounted (no user namespace, --single-snapshot, chroot or
+    /// container isolation) kiln compares the tree as before. `--overlay-snapshots=false`
+    /// always compares the tree.
+    #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub overlay_snapshots: bool,
     /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
     #[arg(long = "use-new-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]

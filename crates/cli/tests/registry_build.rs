@@ -422,8 +422,36 @@ fn sigterm_removes_the_build_and_its_secrets() {
     assert!(left.is_empty(), "build directories left: {left:?}");
 }
 
-/// RUN on an overlay (its upper directory is the change set, no walk) and RUN compared by a
-/// walk of the tree give the same layers: with --reproducible, the same image digest.
+/// One RUN per change kind, each on top of the last (so earlier RUNs' results are the lower
+/// tree of later ones). Not here: an in-place write to one name of a lower hard-link pair,
+/// where overlayfs breaks the link as Docker's overlay2 does (docs/decisions.md).
+const CHANGE_KIND_RUNS: &[&str] = &[
+    "mkdir -p /a/b && echo 1 > /a/b/c && rm /etc/group && ln -s /a/b/c /link && chmod 4755 /a/b/c",
+    "echo new > /a/x && touch /srv/f.txt && echo more >> /etc/passwd && rm /bin/ls",
+    "mkdir -p /t/keep/sub /t/gone /t/re/inner /t/mv/deep /t/e /t/d2 && echo k > /t/keep/sub/k \
+     && echo g > /t/gone/g && echo r > /t/re/inner/r && echo r2 > /t/re/r2 && echo m > /t/mv/deep/m \
+     && echo h > /t/h && echo s > /t/suid && ln -s keep /t/sym && echo x > /t/d2/x",
+    "echo changed > /t/h",
+    "chmod 600 /t/h && chmod 700 /t/keep",
+    "chown 1000:1000 /t/keep/sub/k && chown -h 5:5 /t/sym",
+    "rm /t/keep/sub/k",
+    "rm -rf /t/gone",
+    "rm -rf /t/re && mkdir -p /t/re/inner && echo r > /t/re/inner/r && echo fresh > /t/re/fresh",
+    "rm -rf /t/keep/sub && mkdir /t/keep/sub",
+    "rm -rf /t/e && echo now-a-file > /t/e",
+    "rm -rf /t/d2 && ln -s /tmp /t/d2",
+    "rm /t/sym && mkdir /t/sym && echo s > /t/sym/s",
+    "echo shared > /t/hl1 && ln /t/hl1 /t/hl2 && ln /t/hl1 /t/sym/hl3",
+    "chmod 4755 /t/suid && echo g > /t/sg && chmod 2755 /t/sg",
+    "mv /t/mv /t/moved",
+    "touch /t /t/keep /etc/passwd",
+    "mkdir -p /t/empty/nested",
+    "mkfifo /t/pipe",
+];
+
+/// RUN on an overlay (its upper directory is the change set, no walk; the default) and RUN
+/// compared by a walk of the tree give the same layers for every change kind: with
+/// --reproducible, the same image digest.
 #[test]
 fn overlay_and_walk_snapshots_give_the_same_image() {
     let reg = require!(Registry::start());
@@ -434,14 +462,21 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
         &tmp.path().join("ctx"),
         "Dockerfile",
         &format!(
-            "FROM {}/library/busybox\nCOPY f.txt /srv/f.txt\nRUN mkdir -p /a/b && echo 1 > /a/b/c && rm /etc/group && ln -s /a/b/c /link && chmod 4755 /a/b/c\nRUN echo new > /a/x && touch /srv/f.txt && echo more >> /etc/passwd && rm /bin/ls\n",
-            reg.addr()
+            "FROM {}/library/busybox\nCOPY f.txt /srv/f.txt\n{}",
+            reg.addr(),
+            CHANGE_KIND_RUNS
+                .iter()
+                .map(|r| format!("RUN {r}\n"))
+                .collect::<String>()
         ),
     );
-    let build = |overlay: &str| -> (String, String) {
-        let digest = tmp.path().join(format!("digest-{overlay}"));
-        let out = kiln()
-            .arg("build")
+    // `None`: the default (overlay on).
+    let build = |overlay: Option<&str>| -> (String, PathBuf, String) {
+        let name = overlay.unwrap_or("default");
+        let digest = tmp.path().join(format!("digest-{name}"));
+        let layout = tmp.path().join(format!("layout-{name}"));
+        let mut cmd = kiln();
+        cmd.arg("build")
             .arg("-c")
             .arg(tmp.path().join("ctx"))
             .args([
@@ -449,23 +484,54 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
                 "--insecure-pull",
                 "--reproducible",
                 "--log-format=text",
+                "--verbosity=debug",
             ])
-            .arg(format!("--overlay-snapshots={overlay}"))
             .arg("--kiln-dir")
-            .arg(tmp.path().join(format!("state-{overlay}")))
+            .arg(tmp.path().join(format!("state-{name}")))
+            .arg("--oci-layout-path")
+            .arg(&layout)
             .arg("--digest-file")
-            .arg(&digest)
-            .output()
-            .unwrap();
+            .arg(&digest);
+        if let Some(v) = overlay {
+            cmd.arg(format!("--overlay-snapshots={v}"));
+        }
+        let out = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{err}");
-        (std::fs::read_to_string(digest).unwrap(), err)
+        (std::fs::read_to_string(digest).unwrap(), layout, err)
     };
-    let (walk, _) = build("false");
-    let (overlay, err) = build("true");
+    let (walk, walk_layout, _) = build(Some("false"));
+    let (overlay, overlay_layout, err) = build(None);
     if err.contains("RUN on an overlay is not possible here") {
         kiln_testkit::report_skip("overlayfs in a user namespace is not available here");
         return;
+    }
+    // The default build really ran its RUNs on an overlay (one debug line per snapshot).
+    let overlay_snapshots = err
+        .matches("snapshot from the overlay's upper directory")
+        .count();
+    assert_eq!(overlay_snapshots, CHANGE_KIND_RUNS.len(), "{err}");
+    if overlay != walk {
+        // Name the first layer that differs, with both entry lists.
+        let (a, b) = (
+            kiln_testkit::layout::layer_digests(&overlay_layout),
+            kiln_testkit::layout::layer_digests(&walk_layout),
+        );
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            if x != y {
+                let names = |l: &Path, d: &str| {
+                    kiln_testkit::layout::layer_entries(l, d)
+                        .into_iter()
+                        .map(|e| format!("{} {:o} {}:{}", e.path, e.mode, e.uid, e.gid))
+                        .collect::<Vec<_>>()
+                };
+                panic!(
+                    "layer {i} differs\noverlay: {:?}\nwalk:    {:?}",
+                    names(&overlay_layout, x),
+                    names(&walk_layout, y)
+                );
+            }
+        }
     }
     assert_eq!(overlay, walk, "overlay and walk snapshots differ");
 }
