@@ -569,7 +569,7 @@ impl Builder<'_> {
             stages: total,
             step: 0,
             steps: stage.instructions.len(),
-            text: &stage.from.span.original,
+            text: &crate::output::redact_urls(&stage.from.span.original),
         });
         let (mut config, mut layers, format, base_id) = self.base(stage, &root, results)?;
         let mut chain = self.cache.as_ref().map(|_| {
@@ -636,7 +636,7 @@ impl Builder<'_> {
                 stages: total,
                 step: k + 1,
                 steps: n,
-                text: &ins.original,
+                text: &crate::output::redact_urls(&ins.original),
             });
             let t0 = Instant::now();
             let expanded = env

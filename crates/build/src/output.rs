@@ -37,6 +37,35 @@ pub enum Event<'a> {
     },
 }
 
+/// `text` with the user info of every `scheme://user:password@host` URL in it replaced by
+/// `***`: a Dockerfile line such as `ADD https://user:token@host/x /x` is shown as the step
+/// header without its credentials.
+pub fn redact_urls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") || !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#' or whitespace.
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&tail[at..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Receives build events.
 pub trait Output: Send + Sync {
     fn event(&self, event: Event<'_>);
@@ -48,4 +77,26 @@ pub struct Quiet;
 
 impl Output for Quiet {
     fn event(&self, _: Event<'_>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_urls;
+
+    #[test]
+    fn user_info_is_redacted() {
+        assert_eq!(
+            redact_urls("ADD https://bob:s3cret@example.com/a.git#main /src"),
+            "ADD https://***@example.com/a.git#main /src"
+        );
+        assert_eq!(
+            redact_urls("ADD http://tok@h/x http://h2/y git@github.com:o/r.git /d"),
+            "ADD http://***@h/x http://h2/y git@github.com:o/r.git /d"
+        );
+        assert_eq!(redact_urls("RUN echo a@b"), "RUN echo a@b");
+        assert_eq!(
+            redact_urls("RUN curl https://u:p@h"),
+            "RUN curl https://***@h"
+        );
+    }
 }

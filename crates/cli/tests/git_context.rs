@@ -523,12 +523,17 @@ fn credentials_are_sent_but_never_shown_or_stored() {
         ),
     );
     let layout = tmp.path().join("oci5");
-    ok(&kiln(
+    let out = kiln(
         &["--context", ctx.to_str().unwrap()],
         &[],
         tmp.path(),
         &layout,
-    ));
+    );
+    let err = ok(&out);
+    // The step header shows the line without the URL's user info.
+    let text = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert!(!text.contains(password), "{text}");
+    assert!(text.contains("ADD http://***@"), "{text}");
     assert_eq!(content(&files(&layout), "src/version.txt"), "v1\n");
     let config = kiln_testkit::layout::config(&layout);
     let history = config["history"].to_string();
