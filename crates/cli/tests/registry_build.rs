@@ -470,9 +470,9 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
                 .collect::<String>()
         ),
     );
-    // `None`: the default (overlay on).
-    let build = |overlay: Option<&str>| -> (String, PathBuf, String) {
-        let name = overlay.unwrap_or("default");
+    // `None`: the default (overlay on). `state` names the --kiln-dir.
+    let build = |overlay: Option<&str>, state: &str| -> (String, PathBuf, String) {
+        let name = format!("{}-{state}", overlay.unwrap_or("default"));
         let digest = tmp.path().join(format!("digest-{name}"));
         let layout = tmp.path().join(format!("layout-{name}"));
         let mut cmd = kiln();
@@ -487,7 +487,7 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
                 "--verbosity=debug",
             ])
             .arg("--kiln-dir")
-            .arg(tmp.path().join(format!("state-{name}")))
+            .arg(tmp.path().join(state))
             .arg("--oci-layout-path")
             .arg(&layout)
             .arg("--digest-file")
@@ -500,8 +500,8 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
         assert!(out.status.success(), "{err}");
         (std::fs::read_to_string(digest).unwrap(), layout, err)
     };
-    let (walk, walk_layout, _) = build(Some("false"));
-    let (overlay, overlay_layout, err) = build(None);
+    let (walk, walk_layout, _) = build(Some("false"), "state-walk");
+    let (overlay, overlay_layout, err) = build(None, "state-overlay");
     if err.contains("RUN on an overlay is not possible here") {
         kiln_testkit::report_skip("overlayfs in a user namespace is not available here");
         return;
@@ -511,6 +511,24 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
         .matches("snapshot from the overlay's upper directory")
         .count();
     assert_eq!(overlay_snapshots, CHANGE_KIND_RUNS.len(), "{err}");
+    // Where the overlay cannot be mounted (here: the sandbox refuses overlay paths with a
+    // ',', which overlayfs options cannot carry), the build falls back to the walk silently
+    // (a debug log, no warning) and gives the same image.
+    let (fallback, _, err) = build(None, "state,with-comma");
+    assert!(
+        err.contains("RUN on an overlay is not possible here"),
+        "no fallback logged: {err}"
+    );
+    assert!(
+        err.lines()
+            .filter(|l| l.contains("RUN on an overlay"))
+            .all(|l| l.contains("DEBUG")),
+        "{err}"
+    );
+    assert_eq!(
+        fallback, walk,
+        "the fallback build differs from the walk build"
+    );
     if overlay != walk {
         // Name the first layer that differs, with both entry lists.
         let (a, b) = (
