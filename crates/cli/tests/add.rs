@@ -135,3 +135,102 @@ fn add_of_an_unreachable_git_repository_fails_by_name() {
         "{err}"
     );
 }
+
+/// `ADD --unpack=true <url>` (BuildKit's dockerfile 1.17): a downloaded tar archive, judged by
+/// its content, is extracted into the destination; a download that is no archive is written as
+/// a file; without the flag a URL is never extracted; `--checksum` is checked on the
+/// downloaded bytes before anything is extracted.
+#[test]
+fn add_unpack_true_extracts_a_downloaded_archive() {
+    let archive = targz(&[("tool/bin/run", b"#!/bin/sh\n"), ("tool/README", b"hi\n")]);
+    let server = kiln_testkit::RecordingServer::start(vec![
+        (
+            "/dl/tool.tar.gz".into(),
+            Response::new(200, archive.clone()),
+        ),
+        // Named like an archive, but text: BuildKit copies it as the file it is.
+        (
+            "/dl/notes.tar.gz".into(),
+            Response::new(200, "plain notes\n"),
+        ),
+    ])
+    .unwrap();
+    let addr = server.addr().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let sha = kiln_oci::Digest::of(&archive);
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\n\
+             ADD --unpack=true --checksum={sha} http://{addr}/dl/tool.tar.gz /opt\n\
+             ADD --unpack=true http://{addr}/dl/notes.tar.gz /docs/\n\
+             ADD http://{addr}/dl/tool.tar.gz /raw/\n"
+        ),
+    )
+    .unwrap();
+    let layout = tmp.path().join("oci");
+    let out = kiln_build(&ctx, &tmp.path().join("state"), &layout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = flatten(&layout);
+    assert_eq!(files["opt/tool/bin/run"], (0o640, b"#!/bin/sh\n".to_vec()));
+    assert_eq!(files["opt/tool/README"].1, b"hi\n");
+    assert!(
+        !files
+            .keys()
+            .any(|k| k.ends_with("tool.tar.gz") && k.starts_with("opt")),
+        "archive written as a file instead of extracted: {:?}",
+        files.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        files["docs/notes.tar.gz"],
+        (0o600, b"plain notes\n".to_vec())
+    );
+    assert_eq!(files["raw/tool.tar.gz"], (0o600, archive.clone()));
+    assert!(
+        !files.contains_key("raw/tool/README"),
+        "a URL without --unpack=true was extracted"
+    );
+
+    // A wrong checksum fails before extraction, naming the URL and the line.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nADD --unpack=true --checksum={} http://{addr}/dl/tool.tar.gz /opt\n",
+            kiln_oci::Digest::of(b"other")
+        ),
+    )
+    .unwrap();
+    let out = kiln_build(&ctx, &tmp.path().join("state"), &tmp.path().join("oci2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("checksum mismatch")
+            && err.contains(&format!("http://{addr}/dl/tool.tar.gz"))
+            && err.contains(":2:"),
+        "{err}"
+    );
+}
+
+/// BuildKit declares `--parents` for COPY only; kiln says so instead of a generic error.
+#[test]
+fn add_parents_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("a")).unwrap();
+    std::fs::write(ctx.join("a/f.txt"), "f").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nADD --parents a/f.txt /out/\n",
+    )
+    .unwrap();
+    let out = kiln_build(&ctx, &tmp.path().join("state"), &tmp.path().join("oci"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("parents") && err.contains(":2"), "{err}");
+}

@@ -99,38 +99,9 @@ pub fn copy(
     source: &Source<'_>,
     spec: &CopySpec<'_>,
 ) -> Result<Vec<PathBuf>, CopyError> {
-    let (dest, spelled_dir) = dest_path(&spec.dest, spec.workdir);
-    let preserve_owner = matches!(source, Source::Root(_));
     let mut matched: Vec<Matched> = Vec::new();
     for s in &spec.sources {
-        let found: Vec<Matched> = match source {
-            Source::Context(ctx) => {
-                let mut v = Vec::new();
-                for rel in ctx.expand(s)? {
-                    v.push(follow_in_context(ctx, rel)?);
-                }
-                v
-            }
-            Source::Root(r) => {
-                let plain = Context::plain(r.path());
-                let mut v = Vec::new();
-                for rel in plain.expand(s)? {
-                    // Resolve inside the stage's root: a symlink such as `/rootlink -> /`
-                    // stays inside it (CVE-2024-1753). A symlink named as the source is
-                    // followed, as BuildKit's copy does (`FollowSymlinks`).
-                    match r.resolve(&rel) {
-                        Ok(abs) if fs::symlink_metadata(&abs).is_ok() => v.push(Matched {
-                            walk_rel: rel.clone(),
-                            rel,
-                            abs,
-                        }),
-                        Ok(_) | Err(kiln_rootfs::RootError::NotFound { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                v
-            }
-        };
+        let found = expand(source, s)?;
         // BuildKit copies with `AllowEmptyWildcard`: a pattern matching nothing is not an
         // error, a plain path that does not exist is.
         if found.is_empty() && !has_glob(s) {
@@ -138,6 +109,50 @@ pub fn copy(
         }
         matched.extend(found);
     }
+    copy_matched(root, source, spec, matched)
+}
+
+/// The paths one source names in `source` (globs expanded), each resolved for reading.
+fn expand(source: &Source<'_>, s: &str) -> Result<Vec<Matched>, CopyError> {
+    Ok(match source {
+        Source::Context(ctx) => {
+            let mut v = Vec::new();
+            for rel in ctx.expand(s)? {
+                v.push(follow_in_context(ctx, rel)?);
+            }
+            v
+        }
+        Source::Root(r) => {
+            let plain = Context::plain(r.path());
+            let mut v = Vec::new();
+            for rel in plain.expand(s)? {
+                // Resolve inside the stage's root: a symlink such as `/rootlink -> /`
+                // stays inside it (CVE-2024-1753). A symlink named as the source is
+                // followed, as BuildKit's copy does (`FollowSymlinks`).
+                match r.resolve(&rel) {
+                    Ok(abs) if fs::symlink_metadata(&abs).is_ok() => v.push(Matched {
+                        walk_rel: rel.clone(),
+                        rel,
+                        abs,
+                    }),
+                    Ok(_) | Err(kiln_rootfs::RootError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            v
+        }
+    })
+}
+
+/// Copies already expanded sources (and the spec's heredocs) to the spec's destination.
+fn copy_matched(
+    root: &Root,
+    source: &Source<'_>,
+    spec: &CopySpec<'_>,
+    matched: Vec<Matched>,
+) -> Result<Vec<PathBuf>, CopyError> {
+    let (dest, spelled_dir) = dest_path(&spec.dest, spec.workdir);
+    let preserve_owner = matches!(source, Source::Root(_));
     let n_items = matched.len() + spec.heredocs.len();
     let dest_exists_as_dir = is_dir_in(root, &dest);
     // A destination is a directory when spelled so, when it already is one, or when several
@@ -223,6 +238,97 @@ pub fn copy(
         }
     }
     Ok(written)
+}
+
+/// `COPY --parents`: each match keeps its path below the source's root, or below a `/./`
+/// pivot in the source (rsync's `--relative`), under the destination, which is always a
+/// directory. This is BuildKit's copy of the root (or the pivot) with the source as an include
+/// pattern: the destination is created 0755 with the `--chown` owner; parent directories on the
+/// way are created only where a match needs them, each with its source directory's mode, owner
+/// (kept for a stage or image, 0:0 for the context, `--chown` over both) and mtime, `--chmod`
+/// applied (fsutil's `createParentDirs` + `copyFileInfo`); a match that is a symlink is copied
+/// as the symlink (the tree walk does not follow it); a matched directory brings its tree.
+pub fn copy_parents(
+    root: &Root,
+    source: &Source<'_>,
+    spec: &CopySpec<'_>,
+) -> Result<Vec<PathBuf>, CopyError> {
+    let (dest, _) = dest_path(&spec.dest, spec.workdir);
+    let owner = spec.owner.unwrap_or((0, 0));
+    let preserve_owner = matches!(source, Source::Root(_));
+    let mut written = Vec::new();
+    if !dest.as_os_str().is_empty() && !is_dir_in(root, &dest) {
+        root.create_dir_all(&dest, &meta(0o755, owner, None))?;
+        written.push(dest.clone());
+    }
+    for s in &spec.sources {
+        let pivot = s
+            .split_once("/./")
+            .map(|(before, _)| clean_rel(before))
+            .unwrap_or_default();
+        let found = expand(source, s)?;
+        if found.is_empty() && !has_glob(s) {
+            return Err(CopyError::NotFound(s.clone()));
+        }
+        for m in found {
+            let kept = m.rel.strip_prefix(&pivot).unwrap_or(&m.rel).to_path_buf();
+            // Parents first, top down, each only when missing.
+            let mut ancestors: Vec<&Path> = kept
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .collect();
+            ancestors.reverse();
+            for a in ancestors {
+                let target = dest.join(a);
+                if is_dir_in(root, &target) {
+                    continue;
+                }
+                let Some(host) = host_path(source, &pivot.join(a), true)? else {
+                    return Err(CopyError::NotFound(pivot.join(a).display().to_string()));
+                };
+                copy_entry(root, &host, &target, spec, preserve_owner)?;
+                written.push(target);
+            }
+            let target = dest.join(&kept);
+            let own = host_path(source, &m.rel, false)?;
+            if let Some(link) =
+                own.filter(|h| fs::symlink_metadata(h).is_ok_and(|m| m.is_symlink()))
+            {
+                if !excluded(&m.rel, &spec.exclude)? {
+                    copy_entry(root, &link, &target, spec, preserve_owner)?;
+                    written.push(target);
+                }
+                continue;
+            }
+            let one = CopySpec {
+                sources: Vec::new(),
+                heredocs: Vec::new(),
+                dest: format!("/{}", target.display()),
+                workdir: "/",
+                owner: spec.owner,
+                chmod: spec.chmod.clone(),
+                exclude: spec.exclude.clone(),
+            };
+            written.extend(copy_matched(root, source, &one, vec![m])?);
+        }
+    }
+    Ok(written)
+}
+
+/// The host path of `rel` in `source`, resolved inside it; the last component is followed
+/// when `follow`. `None` when a context path does not exist.
+fn host_path(source: &Source<'_>, rel: &Path, follow: bool) -> Result<Option<PathBuf>, CopyError> {
+    Ok(match source {
+        Source::Context(ctx) => match (follow, rel.parent(), rel.file_name()) {
+            (false, Some(parent), Some(name)) => {
+                ctx.resolve(parent)?.map(|p| ctx.root().join(p).join(name))
+            }
+            _ => ctx.resolve(rel)?.map(|p| ctx.root().join(p)),
+        },
+        Source::Root(r) if follow => Some(r.resolve(rel)?),
+        Source::Root(r) => Some(r.path().join(r.resolve_nofollow(rel)?)),
+    })
 }
 
 /// One matched source: the path as named (for the destination file name), the path to walk
