@@ -1,7 +1,10 @@
 #!/bin/sh
 # Snapshot benchmark: scan + diff + layer write on a generated 60,000-file / ~500 MB rootfs,
-# compared with `tar -c | gzip -1` of just the changed files (measured in the same run), and
-# peak memory while writing a 1 GB layer. Not part of `cargo test`.
+# compared with `tar -c | gzip -1` of just the changed files (measured in the same run), the
+# same steps made on an overlay of the rootfs (the time from the step's end to its layer being
+# written: converting the upper directory + writing the layer; needs root to mount overlayfs,
+# else reported as skipped), and peak memory while writing a 1 GB layer. Not part of
+# `cargo test`.
 #
 #   bench/snapshot.sh [WORK_DIR]        (default: $TMPDIR or /tmp; needs ~2.5 GB free)
 #
@@ -25,6 +28,8 @@ echo '### Steps on a generated rootfs'
 echo '```'
 "$BIN" steps "$WORK/steps" "$FILES" "$TOTAL_MB" "$LEVEL"
 echo '```'
+echo
+echo "Load average after the steps: $(cut -d" " -f1-3 /proc/loadavg)"
 echo
 echo "### Peak memory while writing a ${BIG_MB} MB layer (separate process)"
 echo '```'

@@ -3,7 +3,11 @@
 //! `snapshot_bench steps <dir> [files] [total_mb] [gzip_level]`: generates a rootfs of `files`
 //! files (~`total_mb` MB), indexes it, then runs three steps (10 files changed, 1,000 files
 //! changed, 100 MB added); for each prints the time of diff + layer write and of `tar -c` of
-//! just the changed files piped to `gzip -1`, measured in the same run.
+//! just the changed files piped to `gzip -1`, measured in the same run. Where overlayfs can be
+//! mounted (root), each step is also made on an overlay of the rootfs first and the time from
+//! the step's end to the layer being written is reported: converting the upper directory
+//! (`ChangeSet::from_overlay_upper` against the lower rootfs) plus writing the layer; the
+//! change set must equal the walk's.
 //!
 //! `snapshot_bench big <dir> [mb]`: adds `mb` MB of new files to an empty rootfs and writes them
 //! as one layer; prints the process's peak RSS (VmHWM).
@@ -104,6 +108,72 @@ struct StepResult {
     diff_s: f64,
     write_s: f64,
     baseline_s: f64,
+    /// (convert the upper dir, write the layer) on an overlay, when one could be mounted.
+    overlay: Option<(f64, f64)>,
+}
+
+/// One step's writes: (path relative to the rootfs, content); directories are made first.
+type Writes = Vec<(PathBuf, Vec<u8>)>;
+
+fn apply_writes(root: &Path, writes: &Writes) {
+    for (p, data) in writes {
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(root.join(parent)).unwrap();
+        }
+        fs::write(root.join(p), data).unwrap();
+    }
+}
+
+/// Makes `writes` on an overlay of `rootfs` (as a RUN on an overlay would), then times the
+/// conversion of its upper directory and the layer write; `None` when overlayfs cannot be
+/// mounted here. Returns (change set, convert s, write s).
+fn overlay_step(
+    rootfs: &Root,
+    dir: &Path,
+    writes: &Writes,
+    store: &BlobStore,
+    level: u32,
+) -> Option<(ChangeSet, f64, f64)> {
+    use nix::mount::{mount, umount, MsFlags};
+    let ov = dir.join("ov");
+    let _ = fs::remove_dir_all(&ov);
+    let (upper, work, merged) = (ov.join("upper"), ov.join("work"), ov.join("merged"));
+    for d in [&upper, &work, &merged] {
+        fs::create_dir_all(d).unwrap();
+    }
+    // kiln's sandbox mounts with `userxattr` first (redirect_dir and metacopy then off).
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        rootfs.path().display(),
+        upper.display(),
+        work.display()
+    );
+    let mounted = [format!("{data},userxattr"), data].iter().any(|o| {
+        mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(o.as_str()),
+        )
+        .is_ok()
+    });
+    if !mounted {
+        return None;
+    }
+    apply_writes(&merged, writes);
+    umount(&merged).unwrap();
+    let t0 = Instant::now();
+    let cs = ChangeSet::from_overlay_upper(&upper, Some(rootfs), &[]).unwrap();
+    let convert_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut w =
+        LayerWriter::new(store, Compression::Gzip { level }, LayerOptions::default()).unwrap();
+    write_layer(&Root::open(&upper).unwrap(), &cs, &mut w).unwrap();
+    w.finish().unwrap();
+    let write_s = t1.elapsed().as_secs_f64();
+    let _ = fs::remove_dir_all(&ov);
+    Some((cs, convert_s, write_s))
 }
 
 fn snapshot(
@@ -232,15 +302,51 @@ fn steps(dir: &Path, files: usize, total_mb: usize, level: u32) {
 
     let list = all_files(&rootfs);
     let mut results = Vec::new();
-    // Step 1: 10 files rewritten.
-    for (name, n) in [("10 files changed", 10usize), ("1,000 files changed", 1000)] {
-        let stride = list.len() / n;
-        for k in 0..n {
-            let p = rootfs.join(&list[k * stride + stride / 2]);
-            let size = fs::metadata(&p).unwrap().len() as usize;
-            fs::write(&p, content(&mut rng, size)).unwrap();
+    let mut overlay_skip = None;
+    // Steps 1 and 2: 10 and 1,000 files rewritten; step 3: 100 MB added (10 files of 10 MB).
+    // Each step's content is made right before it, so at most one step's is in memory.
+    let mut make_step = |i: usize| -> (&str, Writes) {
+        if i < 2 {
+            let (name, n) = [("10 files changed", 10usize), ("1,000 files changed", 1000)][i];
+            let stride = list.len() / n;
+            let writes = (0..n)
+                .map(|k| {
+                    let rel = list[k * stride + stride / 2].clone();
+                    let size = fs::metadata(rootfs.join(&rel)).unwrap().len() as usize;
+                    (rel, content(&mut rng, size))
+                })
+                .collect();
+            (name, writes)
+        } else {
+            let writes = (0..10)
+                .map(|k| {
+                    (
+                        PathBuf::from(format!("opt/big/blob{k}")),
+                        content(&mut rng, 10 << 20),
+                    )
+                })
+                .collect();
+            ("100 MB added", writes)
         }
+    };
+    for i in 0..3 {
+        let (name, writes) = make_step(i);
+        let overlay = match overlay_step(&root, dir, &writes, &store, level) {
+            Some(r) => Some(r),
+            None => {
+                overlay_skip = Some("skipped: overlay measurement (cannot mount overlayfs here)");
+                None
+            }
+        };
+        apply_writes(&rootfs, &writes);
+        drop(writes);
         let (cs, diff_s, write_s, layer_bytes) = snapshot(&root, &mut index, &store, level);
+        if let Some((ocs, _, _)) = &overlay {
+            assert_eq!(
+                ocs, &cs,
+                "{name}: the overlay's change set differs from the walk's"
+            );
+        }
         let baseline_s = baseline(&rootfs, &cs, dir);
         results.push(StepResult {
             name: name.into(),
@@ -249,27 +355,9 @@ fn steps(dir: &Path, files: usize, total_mb: usize, level: u32) {
             diff_s,
             write_s,
             baseline_s,
+            overlay: overlay.map(|(_, c, w)| (c, w)),
         });
     }
-    // Step 3: 100 MB added (10 files of 10 MB).
-    fs::create_dir_all(rootfs.join("opt/big")).unwrap();
-    for k in 0..10 {
-        fs::write(
-            rootfs.join(format!("opt/big/blob{k}")),
-            content(&mut rng, 10 << 20),
-        )
-        .unwrap();
-    }
-    let (cs, diff_s, write_s, layer_bytes) = snapshot(&root, &mut index, &store, level);
-    let baseline_s = baseline(&rootfs, &cs, dir);
-    results.push(StepResult {
-        name: "100 MB added".into(),
-        changes: cs.len(),
-        layer_bytes,
-        diff_s,
-        write_s,
-        baseline_s,
-    });
 
     println!();
     println!("| step | changes | layer (gzip -{level}) | diff walk | layer write | total | tar -c \\| gzip -1 | ratio |");
@@ -287,6 +375,34 @@ fn steps(dir: &Path, files: usize, total_mb: usize, level: u32) {
             r.baseline_s,
             total / r.baseline_s
         );
+    }
+    println!();
+    match overlay_skip {
+        Some(msg) => println!("{msg}"),
+        None => {
+            println!(
+                "On an overlay (same change, same change set): the RUN's end to the layer written"
+            );
+            println!();
+            println!(
+                "| step | convert upper dir | layer write | total | walk total | walk / overlay |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|");
+            for r in &results {
+                if let Some((c, w)) = r.overlay {
+                    let walk = r.diff_s + r.write_s;
+                    println!(
+                        "| {} | {:.4} s | {:.4} s | {:.4} s | {:.3} s | {:.1} |",
+                        r.name,
+                        c,
+                        w,
+                        c + w,
+                        walk,
+                        walk / (c + w)
+                    );
+                }
+            }
+        }
     }
     println!(
         "\npeak RSS of the whole run (VmHWM): {} MB",

@@ -409,12 +409,56 @@ fn copied_up_unchanged(
                     path: host.display().to_string(),
                     source,
                 })?;
-            let rel_b = rel.as_os_str().as_bytes();
-            hash_reader(&mut f, buf, rel_b)? == hash_file(lower, rel_b, buf)?
+            let mut g = lower.open_file(rel).map_err(|source| DiffError::Root {
+                path: rel.display().to_string(),
+                source,
+            })?;
+            same_content(&mut f, &mut g, buf, rel)?
         }
         Kind::Symlink => std::fs::read_link(host).ok() == lower.read_link(rel).ok(),
         _ => true,
     })
+}
+
+/// Whether two files of equal size have the same bytes: compared chunk by chunk, stopping at
+/// the first difference (a rewritten file usually differs early; hashing both whole would read
+/// every byte twice).
+fn same_content(
+    a: &mut std::fs::File,
+    b: &mut std::fs::File,
+    buf: &mut [u8],
+    rel: &Path,
+) -> Result<bool, DiffError> {
+    let half = buf.len() / 2;
+    let (x, y) = buf.split_at_mut(half);
+    let err = |source| DiffError::Hash {
+        path: rel.display().to_string(),
+        source,
+    };
+    loop {
+        let n = read_full(a, x).map_err(err)?;
+        let m = read_full(b, &mut y[..n.max(1).min(half)]).map_err(err)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end of the file.
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn rel_bytes(root: &Path, p: &Path) -> Box<[u8]> {

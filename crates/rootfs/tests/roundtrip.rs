@@ -700,6 +700,8 @@ fn rich_base(p: &Path) {
     fs::write(p.join("opt/tool/bin"), b"#!/bin/sh\n").unwrap();
     fs::write(p.join("opt/tool/share/doc/README"), b"read me").unwrap();
     fs::write(p.join("opt/tool/share/data"), vec![7u8; 5000]).unwrap();
+    // Larger than the converter's compare chunk (128 KiB), so a late difference is read.
+    fs::write(p.join("opt/tool/share/big"), vec![9u8; 300_000]).unwrap();
     fs::hard_link(p.join("opt/tool/bin"), p.join("opt/tool/bin-alias")).unwrap();
     fs::write(p.join("usr/su"), b"setuid").unwrap();
     fs::set_permissions(p.join("usr/su"), fs::Permissions::from_mode(0o4755)).unwrap();
@@ -730,6 +732,13 @@ const CHANGE_KINDS: &[(&str, &str)] = &[
     ("add file", "echo added > etc/new"),
     ("modify file", "echo changed > etc/hosts"),
     ("append", "echo more >> etc/passwd"),
+    (
+        "same-size rewrites",
+        "printf X | dd of=etc/hosts bs=1 count=1 conv=notrunc 2>/dev/null \
+         && printf Z | dd of=opt/tool/share/big bs=1 seek=299999 conv=notrunc 2>/dev/null \
+         && cat opt/tool/share/data > /tmp/kiln-d.$$ && cat /tmp/kiln-d.$$ > opt/tool/share/data \
+         && rm /tmp/kiln-d.$$",
+    ),
     ("chmod", "chmod 600 etc/hosts && chmod 700 var/cache"),
     (
         "chown",
