@@ -2,8 +2,12 @@
 //! uncompressed tar) and the digest (sha256 of the compressed blob) computed in the same pass.
 //!
 //! ```text
-//! entries ─► tar encoder ─► Hasher (diffID) ─► gzip | zstd | none ─► BlobWriter (digest) ─► rename
+//! entries ─► tar encoder ─► 1 MiB chunks ─┬─► hash thread (diffID, CRC-32)
+//!                                         └─► gzip jobs | zstd | none ─► sink thread:
+//!                                             BlobWriter (digest, file) ─► rename
 //! ```
+//!
+//! The calling thread only encodes tar; the stages are in [`pipeline`].
 //!
 //! Entries are written in the order they are appended: the writer streams and does not sort.
 //! Callers that want reproducible layers (the snapshot differ does) append in sorted path order.
@@ -17,11 +21,14 @@
 //! extended attributes (`SCHILY.xattr.<name>`, as GNU tar and Go read them). Sparse files are
 //! never written sparse (the tar crate's sparse writing is not used).
 
-use crate::blobstore::{BlobError, BlobStore, BlobWriter};
-use crate::digest::{Digest, Hasher};
+use crate::blobstore::{BlobError, BlobStore};
+use crate::digest::Digest;
+use pipeline::{Mode, Pipeline};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+mod pipeline;
 
 /// Errors of the layer writer.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +69,10 @@ pub enum LayerError {
 pub enum Compression {
     /// gzip (RFC 1952) at `level` 0..=9; header with mtime 0, no file name, OS 255 (unknown).
     /// The deflate stream is made of independent 1 MiB chunks, each ended by a sync flush, so
-    /// chunks compress in parallel and the bytes are the same whatever the thread count.
+    /// chunks compress in parallel and the bytes are the same whatever the thread count. A
+    /// chunk that does not compress (a cheap level-1 probe of 1/16 of it says so, or its
+    /// deflate output is not smaller) is written as deflate stored blocks instead: faster and
+    /// smaller for random or already-compressed data, and readable by any gzip decoder.
     Gzip { level: u32 },
     /// zstd at `level` 1..=22 (needs the `zstd` feature).
     Zstd { level: i32 },
@@ -133,167 +143,6 @@ pub struct LayerInfo {
     pub entries: u64,
 }
 
-/// The compressor stage, over the blob writer. One lives per layer: its size does not matter.
-#[allow(clippy::large_enum_variant)]
-enum Compressor {
-    Gzip(ParallelGzip),
-    #[cfg(feature = "zstd")]
-    Zstd(zstd::stream::write::Encoder<'static, BlobWriter>),
-    None(BlobWriter),
-}
-
-impl Compressor {
-    fn finish(self) -> io::Result<BlobWriter> {
-        match self {
-            Compressor::Gzip(g) => g.finish(),
-            #[cfg(feature = "zstd")]
-            Compressor::Zstd(z) => z.finish(),
-            Compressor::None(b) => Ok(b),
-        }
-    }
-}
-
-impl Write for Compressor {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::Gzip(g) => g.write(buf),
-            #[cfg(feature = "zstd")]
-            Compressor::Zstd(z) => z.write(buf),
-            Compressor::None(b) => b.write(buf),
-        }
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Compressor::Gzip(g) => g.write_all(buf),
-            #[cfg(feature = "zstd")]
-            Compressor::Zstd(z) => z.write_all(buf),
-            Compressor::None(b) => b.write_all(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::Gzip(g) => g.flush(),
-            #[cfg(feature = "zstd")]
-            Compressor::Zstd(z) => z.flush(),
-            Compressor::None(b) => b.flush(),
-        }
-    }
-}
-
-/// Size of the independently compressed gzip chunks. Fixed: it decides the output bytes.
-const GZ_CHUNK: usize = 1 << 20;
-
-type ChunkJob = std::thread::JoinHandle<io::Result<Vec<u8>>>;
-
-/// One gzip member whose deflate stream is the concatenation of independently compressed,
-/// sync-flushed chunks (the `pigz --independent` layout) and a final empty block. Chunk
-/// boundaries are fixed byte offsets of the uncompressed stream, and a chunk's deflate bytes
-/// depend only on its own bytes and the level, so any thread count yields the same blob.
-struct ParallelGzip {
-    inner: BlobWriter,
-    level: u32,
-    threads: usize,
-    chunk: Vec<u8>,
-    pending: std::collections::VecDeque<ChunkJob>,
-    crc: flate2::Crc,
-    total: u64,
-}
-
-impl ParallelGzip {
-    fn new(mut inner: BlobWriter, level: u32, threads: usize) -> io::Result<Self> {
-        // RFC 1952 header: deflate, no flags, mtime 0, XFL as zlib sets it, OS 255 (unknown).
-        let xfl = match level {
-            1 => 4,
-            9 => 2,
-            _ => 0,
-        };
-        inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff])?;
-        Ok(ParallelGzip {
-            inner,
-            level,
-            threads,
-            chunk: Vec::with_capacity(GZ_CHUNK),
-            pending: std::collections::VecDeque::new(),
-            crc: flate2::Crc::new(),
-            total: 0,
-        })
-    }
-
-    fn dispatch(&mut self) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.chunk, Vec::with_capacity(GZ_CHUNK));
-        self.crc.update(&data);
-        self.total += data.len() as u64;
-        let level = self.level;
-        if self.threads <= 1 {
-            let out = deflate_chunk(&data, level)?;
-            return self.inner.write_all(&out);
-        }
-        while self.pending.len() >= self.threads {
-            self.drain_one()?;
-        }
-        self.pending
-            .push_back(std::thread::spawn(move || deflate_chunk(&data, level)));
-        Ok(())
-    }
-
-    fn drain_one(&mut self) -> io::Result<()> {
-        if let Some(job) = self.pending.pop_front() {
-            let out = job
-                .join()
-                .map_err(|_| io::Error::other("gzip compression thread panicked"))??;
-            self.inner.write_all(&out)?;
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> io::Result<BlobWriter> {
-        if !self.chunk.is_empty() {
-            self.dispatch()?;
-        }
-        while !self.pending.is_empty() {
-            self.drain_one()?;
-        }
-        // A final, empty fixed-Huffman block (BFINAL=1, BTYPE=01, end-of-block), then the
-        // trailer: CRC-32 and size mod 2^32, little-endian.
-        self.inner.write_all(&[0x03, 0x00])?;
-        self.inner.write_all(&self.crc.sum().to_le_bytes())?;
-        self.inner.write_all(&(self.total as u32).to_le_bytes())?;
-        Ok(self.inner)
-    }
-}
-
-impl Write for ParallelGzip {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(GZ_CHUNK - self.chunk.len());
-        self.chunk.extend_from_slice(&buf[..n]);
-        if self.chunk.len() == GZ_CHUNK {
-            self.dispatch()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Raw deflate of one chunk, ended with a sync flush (byte-aligned, not final).
-fn deflate_chunk(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut c = flate2::Compress::new(flate2::Compression::new(level), false);
-    let mut out = Vec::with_capacity(data.len() / 2 + 4096);
-    loop {
-        if out.capacity() - out.len() < 4096 {
-            out.reserve(out.capacity().max(64 * 1024));
-        }
-        let consumed = c.total_in() as usize;
-        c.compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync)
-            .map_err(io::Error::other)?;
-        // zlib's contract: the flush is complete when it left output space unused.
-        if c.total_in() as usize == data.len() && out.len() < out.capacity() {
-            return Ok(out);
-        }
-    }
-}
-
 const BLOCK: usize = 512;
 /// Largest value of an 8-byte octal field (7 digits + NUL).
 const MAX_OCTAL_8: u64 = 0o7777777;
@@ -303,7 +152,7 @@ const MAX_OCTAL_12: u64 = 0o77777777777;
 /// A layer being written. Append entries, then [`LayerWriter::finish`]. Dropped without
 /// finishing, nothing is published (the blob store removes its temporary file).
 pub struct LayerWriter {
-    tar: tar::Builder<Hasher<Compressor>>,
+    tar: tar::Builder<Pipeline>,
     compression: Compression,
     opts: LayerOptions,
     entries: u64,
@@ -330,7 +179,7 @@ impl LayerWriter {
         threads: usize,
     ) -> Result<Self, LayerError> {
         let blob = store.writer()?;
-        let comp = match compression {
+        let mode = match compression {
             Compression::Gzip { level } => {
                 if level > 9 {
                     return Err(LayerError::InvalidLevel {
@@ -338,9 +187,10 @@ impl LayerWriter {
                         level: level.into(),
                     });
                 }
-                Compressor::Gzip(
-                    ParallelGzip::new(blob, level, threads.max(1)).map_err(LayerError::Finish)?,
-                )
+                Mode::Gzip {
+                    level,
+                    threads: threads.max(1),
+                }
             }
             #[cfg(feature = "zstd")]
             Compression::Zstd { level } => {
@@ -350,15 +200,14 @@ impl LayerWriter {
                         level: level.into(),
                     });
                 }
-                Compressor::Zstd(
-                    zstd::stream::write::Encoder::new(blob, level).map_err(LayerError::Finish)?,
-                )
+                Mode::Zstd { level }
             }
             #[cfg(not(feature = "zstd"))]
             Compression::Zstd { .. } => return Err(LayerError::ZstdUnavailable),
-            Compression::None => Compressor::None(blob),
+            Compression::None => Mode::None,
         };
-        let mut tar = tar::Builder::new(Hasher::wrap(comp));
+        let pipe = Pipeline::start(blob, mode).map_err(LayerError::Finish)?;
+        let mut tar = tar::Builder::new(pipe);
         // Never write sparse entries: readers disagree on GNU sparse formats.
         tar.sparse(false);
         Ok(LayerWriter {
@@ -505,15 +354,14 @@ impl LayerWriter {
 
     /// Writes the end-of-archive marker, flushes the compressor and publishes the blob.
     pub fn finish(self) -> Result<LayerInfo, LayerError> {
-        let hasher = self.tar.into_inner().map_err(LayerError::Finish)?;
-        let (diff_id, uncompressed_size, comp) = hasher.finish();
-        let blob = comp.finish().map_err(LayerError::Finish)?;
-        let (digest, size) = blob.commit()?;
+        let pipe = self.tar.into_inner().map_err(LayerError::Finish)?;
+        let done = pipe.finish().map_err(LayerError::Finish)?;
+        let (digest, size) = done.blob.commit()?;
         Ok(LayerInfo {
             digest,
-            diff_id,
+            diff_id: done.diff_id,
             size,
-            uncompressed_size,
+            uncompressed_size: done.uncompressed_size,
             compression: self.compression,
             entries: self.entries,
         })
@@ -945,6 +793,107 @@ mod tests {
         } else {
             println!("skipped: gzip(1) not installed for the cross-check");
         }
+    }
+
+    /// Regression test for the stored-block path: a layer of random bytes (the 1gb-file bench
+    /// workload in small) with compressible entries around it is the same blob for any thread
+    /// count, decompresses to the tar, passes `gzip -t`, and is barely bigger than the tar.
+    #[test]
+    fn incompressible_content_is_stored_and_identical_for_any_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut noise = Vec::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        while noise.len() < 5 * (1 << 20) / 2 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            noise.extend_from_slice(&x.to_le_bytes());
+        }
+        let text: Vec<u8> = (0..40_000)
+            .flat_map(|i| format!("{i} text\n").into_bytes())
+            .collect();
+        let mut infos = Vec::new();
+        for threads in [1, 2, 3] {
+            let mut w = LayerWriter::with_threads(
+                &store,
+                Compression::Gzip { level: 6 },
+                LayerOptions::default(),
+                threads,
+            )
+            .unwrap();
+            sample(&mut w);
+            for (name, body) in [("a.txt", &text), ("noise", &noise), ("z.txt", &text)] {
+                w.append_file(
+                    Path::new(name),
+                    &meta(0o644),
+                    &mut &body[..],
+                    body.len() as u64,
+                )
+                .unwrap();
+            }
+            infos.push(w.finish().unwrap());
+        }
+        assert_eq!(infos[0], infos[1]);
+        assert_eq!(infos[0], infos[2]);
+        let info = &infos[0];
+        let blob = store.read(&info.digest).unwrap();
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&blob[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(Digest::of(&tar), info.diff_id);
+        // The noise is stored (5 bytes per 64 KiB block), the text compressed: the blob is
+        // smaller than the tar, and not bigger than the noise plus a quarter of the rest.
+        assert!(info.size < info.uncompressed_size);
+        let rest = info.uncompressed_size - noise.len() as u64;
+        assert!(
+            info.size < noise.len() as u64 + noise.len() as u64 / 1000 + rest / 4,
+            "blob {} bytes for {} bytes of tar",
+            info.size,
+            info.uncompressed_size
+        );
+        match std::process::Command::new("gzip")
+            .arg("-t")
+            .arg(store.path(&info.digest))
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "gzip -t: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(_) => println!("skipped: gzip(1) not installed for the cross-check"),
+        }
+    }
+
+    #[test]
+    fn unfinished_gzip_layer_publishes_nothing_and_stops_its_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut w = LayerWriter::with_threads(
+            &store,
+            Compression::Gzip { level: 6 },
+            LayerOptions::default(),
+            2,
+        )
+        .unwrap();
+        let body = vec![7u8; 3 << 20];
+        w.append_file(
+            Path::new("f"),
+            &meta(0o644),
+            &mut &body[..],
+            body.len() as u64,
+        )
+        .unwrap();
+        drop(w);
+        // The sink thread has been joined by the drop: its temporary file is already gone.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
