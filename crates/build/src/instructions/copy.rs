@@ -52,6 +52,8 @@ pub enum CopyError {
     Rootfs(#[from] kiln_rootfs::RootError),
     #[error("invalid --exclude pattern {0:?}")]
     BadExclude(String),
+    #[error("invalid source pattern {0:?}")]
+    BadPattern(String),
 }
 
 /// The absolute destination path of a COPY (WORKDIR applied), cleaned, and whether the
@@ -266,7 +268,7 @@ pub fn copy_parents(
             .split_once("/./")
             .map(|(before, _)| clean_rel(before))
             .unwrap_or_default();
-        let found = expand(source, s)?;
+        let found = expand_parents(source, s)?;
         if found.is_empty() && !has_glob(s) {
             return Err(CopyError::NotFound(s.clone()));
         }
@@ -314,6 +316,89 @@ pub fn copy_parents(
         }
     }
     Ok(written)
+}
+
+/// The matches of one `COPY --parents` source. BuildKit turns it into an include pattern,
+/// where a `**` component matches any number of directories, none included (moby's
+/// patternmatcher); other sources expand as COPY's. A match below a matched directory is
+/// dropped: the directory brings its whole tree.
+fn expand_parents(source: &Source<'_>, s: &str) -> Result<Vec<Matched>, CopyError> {
+    let rel = clean_rel(s);
+    let comps: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if !comps.iter().any(|c| c == "**") {
+        return expand(source, s);
+    }
+    // List everything below the literal prefix (no symlink followed, .dockerignore applied
+    // for the context) and match the rest of the pattern against each path.
+    let split = comps
+        .iter()
+        .position(|c| has_glob(c))
+        .unwrap_or(comps.len());
+    let prefix: PathBuf = comps[..split].iter().collect();
+    let pattern = &comps[split..];
+    let listing = match source {
+        Source::Context(ctx) => match ctx.resolve(&prefix)? {
+            Some(_) => ctx.walk(&prefix)?,
+            None => Vec::new(),
+        },
+        Source::Root(r) => {
+            let plain = Context::plain(r.path());
+            match plain.resolve(&prefix)? {
+                Some(_) => plain.walk(&prefix)?,
+                None => Vec::new(),
+            }
+        }
+    };
+    let mut out: Vec<Matched> = Vec::new();
+    for p in listing {
+        let Ok(sub) = p.strip_prefix(&prefix) else {
+            continue;
+        };
+        let names: Vec<String> = sub
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if !match_components(pattern, &names).map_err(|_| CopyError::BadPattern(s.into()))? {
+            continue;
+        }
+        // The listing is depth-first, parents before children: whatever lies below the
+        // last match follows it directly.
+        if out.last().is_some_and(|m| p.starts_with(&m.rel)) {
+            continue;
+        }
+        out.push(match source {
+            Source::Context(ctx) => follow_in_context(ctx, p)?,
+            Source::Root(r) => Matched {
+                abs: r.resolve(&p)?,
+                walk_rel: p.clone(),
+                rel: p,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Whether path components `names` match pattern components, `**` matching any number of
+/// components (none included), others one component each as Go's `filepath.Match`.
+fn match_components(pattern: &[String], names: &[String]) -> Result<bool, &'static str> {
+    let Some((first, rest)) = pattern.split_first() else {
+        return Ok(names.is_empty());
+    };
+    if first == "**" {
+        for skip in 0..=names.len() {
+            if match_components(rest, &names[skip..])? {
+                return Ok(true);
+            }
+        }
+        return Ok(false);
+    }
+    match names.split_first() {
+        Some((n, more)) if crate::context::glob_match(first, n)? => match_components(rest, more),
+        _ => Ok(false),
+    }
 }
 
 /// The host path of `rel` in `source`, resolved inside it; the last component is followed
@@ -431,6 +516,17 @@ mod tests {
         assert_eq!(dest_path("x", "/"), (PathBuf::from("x"), false));
         assert_eq!(dest_path("/a/b/", "/w"), (PathBuf::from("a/b"), true));
         assert_eq!(dest_path("../../x", "/w"), (PathBuf::from("x"), false));
+    }
+
+    #[test]
+    fn double_star_matches_any_depth() {
+        let v = |s: &str| -> Vec<String> { s.split('/').map(str::to_string).collect() };
+        let pat = v("**/*.txt");
+        assert!(match_components(&pat, &v("a.txt")).unwrap());
+        assert!(match_components(&pat, &v("x/y/c.txt")).unwrap());
+        assert!(!match_components(&pat, &v("x/skip.md")).unwrap());
+        assert!(!match_components(&v("x/*"), &v("x/y/z")).unwrap());
+        assert!(match_components(&v("x/**"), &v("x/y/z")).unwrap());
     }
 
     #[test]
