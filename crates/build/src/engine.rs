@@ -284,7 +284,9 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         cache: None,
         base_cache: None,
         image_roots: HashMap::new(),
-        overlay: opts.overlay_snapshots,
+        // The overlay converter compares like the `full`-mode walk (content, not mtimes); the
+        // redo and time modes keep their own change rules by walking.
+        overlay: opts.overlay_snapshots && opts.snapshot_mode == kiln_rootfs::SnapshotMode::Full,
         stores: Vec::new(),
     };
     b.open_cache()?;

@@ -165,9 +165,9 @@ pub struct BuildFlags {
     pub single_snapshot: bool,
     /// Run RUN steps on an overlay and take its upper directory as the change set instead of
     /// comparing the whole file tree (the layers are the same; the cost follows the change).
-    /// Where overlayfs cannot be mounted (no user namespace, --single-snapshot, chroot or
-    /// container isolation) kiln compares the tree as before. `--overlay-snapshots=false`
-    /// always compares the tree.
+    /// Where overlayfs cannot be mounted (no user namespace, chroot or container isolation),
+    /// and with --single-snapshot or --snapshot-mode=redo|time, kiln compares the tree as
+    /// before. `--overlay-snapshots=false` always compares the tree.
     #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub overlay_snapshots: bool,
     /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
