@@ -3,14 +3,19 @@
 # Debian's dockerd) in ONE run, against a lower bound measured in the same run. Not part of
 # `cargo test` or scripts/test.sh.
 #
-#   bash bench/e2e.sh [--quick] [--reps N]      (from the repo root, as root; N defaults to 3)
+#   bash bench/e2e.sh [--quick] [--reps N] [--only W1,W2]   (repo root, as root; N defaults to 3)
 #
 #   --quick    skips the Debian (debootstrap + apt-get) and the 1 GB workloads
 #   --reps N   measurements per builder x workload; the table shows the median
+#   --only L   only these workloads (comma-separated, e.g. small-app,rebuild,rebuild-multi)
 # Environment: KILN (a kiln binary; default: cargo build --release -p kiln into
 # $CARGO_TARGET_DIR or target/), KILN_ARGS (extra kiln build flags), KEEP=1 (keep the work dir),
-# WORKLOADS (space-separated subset of: small-app 60k-files 1gb-file apt-hello multi-stage rebuild),
-# BUILDERS (subset of: kiln buildah buildkit lower-bound).
+# WORKLOADS (space-separated subset of: small-app 60k-files 1gb-file apt-hello multi-stage
+# rebuild rebuild-multi; --only wins), BUILDERS (subset of: kiln buildah buildkit lower-bound),
+# KILN_REBUILD_STATE=keep (kiln rebuilds reuse the cold build's --kiln-dir: its local cache).
+# The rebuild workloads measure a cold build (row "<name>-cold") and then, after one context
+# file changed, the rebuild; kiln rebuilds in a fresh --kiln-dir with only the registry cache
+# (an ephemeral CI pod), buildah with its --layers storage, BuildKit with dockerd's cache.
 #
 # It installs what is missing with apt-get (docker-registry buildah docker.io debootstrap skopeo
 # time busybox-static python3), starts its own registry on 127.0.0.1:<free port> and its own
@@ -25,11 +30,13 @@ REPO=$(pwd)
 HERE="$REPO/bench/e2e"
 QUICK=0
 REPS=3
+ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --reps) REPS="$2"; shift ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --only) ONLY="$2"; shift ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -158,8 +165,12 @@ tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$BB" -cf "$WO
 make_base busybox latest "$BB" "$WORK/base/busybox.tar"
 say "pushed $REG/bench/busybox:latest"
 
-ALL="small-app 60k-files 1gb-file apt-hello multi-stage rebuild"
+ALL="small-app 60k-files 1gb-file apt-hello multi-stage rebuild rebuild-multi"
 WORKLOADS="${WORKLOADS:-$ALL}"
+[ -n "$ONLY" ] && WORKLOADS="${ONLY//,/ }"
+for w in $WORKLOADS; do
+    case " $ALL " in *" $w "*) ;; *) echo "unknown workload $w (one of: $ALL)" >&2; exit 2 ;; esac
+done
 if [ "$QUICK" = 1 ]; then
     WORKLOADS=$(echo " $WORKLOADS " | sed 's/ 1gb-file / /; s/ apt-hello / /')
     note "--quick: skipped the 1gb-file and apt-hello workloads"
@@ -186,8 +197,12 @@ mkdir -p "$WORK/ctx/small-app"
 for i in $(seq -w 1 20); do
     (yes "line $i of a small source file of the benchmark application" || true) | head -c 8000 >"$WORK/ctx/small-app/file$i.txt"
 done
-W1_RUN1='mkdir -p /app/bin && printf "#!/bin/sh\necho hello from the app\n" >/app/bin/run && chmod 755 /app/bin/run'
-W1_RUN2='cd /app/src && cat *.txt | wc -c >/app/size && sha256sum *.txt >/app/sums'
+# Like a real app: a dependency install (a few seconds of work: 3,000 small module files, a
+# gzip -9 bundle of 19 MB of numbers, and 4 MiB of incompressible "native" code, so the cached
+# layer is ~4.5 MB to download; busybox only, no network) BEFORE the sources are copied, then a
+# cheap build step, so a one-file change reruns only the steps from the COPY on.
+W1_RUN1='mkdir -p /deps/node_modules && cd /deps/node_modules && d=0 && while [ $d -lt 50 ]; do mkdir pkg$d && f=0 && while [ $f -lt 60 ]; do echo "module.exports = \"$d.$f\";" >pkg$d/m$f.js; f=$((f + 1)); done; d=$((d + 1)); done && seq 1 2500000 | gzip -9 >/deps/bundle.gz && head -c 4194304 /dev/urandom >/deps/native.so && sha256sum /deps/bundle.gz /deps/native.so >/deps/lock'
+W1_RUN2='mkdir -p /app/bin && printf "#!/bin/sh\necho hello from the app\n" >/app/bin/run && chmod 755 /app/bin/run && cd /app/src && cat *.txt | wc -c >/app/size && sha256sum *.txt >/app/sums'
 cat >"$WORK/df/small-app" <<EOF
 FROM $BUSYBOX
 RUN $W1_RUN1
@@ -196,6 +211,18 @@ RUN $W1_RUN2
 CMD ["/app/bin/run"]
 EOF
 cp "$WORK/df/small-app" "$WORK/df/rebuild"
+# The multi-stage app: the same dependency install and sources in a builder stage, a cheap
+# build there, and only its output in the final stage.
+W6_RUN='mkdir -p /out && cd /src && cat *.txt | gzip -1 >/out/app.gz && cp /deps/lock /out/deps.lock'
+cat >"$WORK/df/rebuild-multi" <<EOF
+FROM $BUSYBOX AS builder
+RUN $W1_RUN1
+COPY . /src/
+RUN $W6_RUN
+FROM $BUSYBOX
+COPY --from=builder /out /app
+CMD ["ls", "-l", "/app"]
+EOF
 
 mkdir -p "$WORK/ctx/60k-files"
 W2_RUN='mkdir /data && cd /data && d=0 && while [ $d -lt 60 ]; do mkdir d$d && f=0 && while [ $f -lt 1000 ]; do echo "file $d/$f" >d$d/f$f; f=$((f + 1)); done; d=$((d + 1)); done'
@@ -271,20 +298,22 @@ kiln_cmd() { # WORKLOAD REP CTX DEST [extra flags]
     echo "$KILN" build -c "$ctx" -f "$WORK/df/$w" -d "$dest" --insecure --insecure-pull \
         --kiln-dir "$WORK/kiln/state" ${KILN_ARGS:-} "$@"
 }
+# LABEL (when set) names the row instead of the workload: the cold build of a rebuild workload
+# is recorded as "<workload>-cold".
 run_kiln() {
-    local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:kiln" extra=${4:-}
-    record "$rep" "$w" kiln "$($MEASURE --log "$WORK/kiln-$w-$rep.log" -- $(kiln_cmd "$w" "$rep" "$ctx" "$dest" $extra))" "$dest"
+    local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:kiln" extra=${4:-} name=${LABEL:-$1}
+    record "$rep" "$name" kiln "$($MEASURE --log "$WORK/kiln-$name-$rep.log" -- $(kiln_cmd "$w" "$rep" "$ctx" "$dest" $extra))" "$dest"
 }
 run_buildah() {
-    local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:buildah"
-    record "$rep" "$w" buildah "$($MEASURE --log "$WORK/buildah-$w-$rep.log" -- bash -c \
+    local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:buildah" name=${LABEL:-$1}
+    record "$rep" "$name" buildah "$($MEASURE --log "$WORK/buildah-$name-$rep.log" -- bash -c \
         "$BA bud --layers --isolation chroot --tls-verify=false -t $dest -f $WORK/df/$w $ctx && $BA push --tls-verify=false $dest docker://$dest")" "$dest"
 }
 run_buildkit() {
     [ "$HAVE_BUILDKIT" = 1 ] || return 0
-    local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:buildkit"
+    local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:buildkit" name=${LABEL:-$1}
     # dockerd does the work: its tree (containerd, shims, RUN processes) is measured too.
-    record "$rep" "$w" buildkit "$($MEASURE --also "$DOCKERD_PID" --log "$WORK/buildkit-$w-$rep.log" -- bash -c \
+    record "$rep" "$name" buildkit "$($MEASURE --also "$DOCKERD_PID" --log "$WORK/buildkit-$name-$rep.log" -- bash -c \
         "DOCKER_BUILDKIT=1 $DOCKER build --network host -t $dest -f $WORK/df/$w $ctx && $DOCKER push $dest")" "$dest"
 }
 
@@ -332,46 +361,65 @@ run_lower_bound() {
             lb_prepare busybox
             lb_measure "$w" "$rep" busybox latest "chroot \"\$ROOT2\" /bin/sh -c $(printf %q "$W5_RUN")" \
                 "mkdir -p \"\$ROOT/opt\" && cp -a \"\$ROOT2/out\" \"\$ROOT/opt/out\"" ;;
+        rebuild-cold)
+            lb_prepare busybox
+            lb_measure "$w" "$rep" busybox latest "$(chroot_step "$W1_RUN1")" \
+                "mkdir -p \"\$ROOT/app/src\" && cp -a $WORK/ctx/rebuild/. \"\$ROOT/app/src/\"" "$(chroot_step "$W1_RUN2")" ;;
         rebuild) # the first RUN is cached: only the COPY of the changed context and the last RUN
             lb_prepare busybox
             chroot "$WORK/lb/root" /bin/sh -c "$W1_RUN1"
             lb_measure "$w" "$rep" busybox latest \
                 "mkdir -p \"\$ROOT/app/src\" && cp -a $WORK/ctx/rebuild/. \"\$ROOT/app/src/\"" "$(chroot_step "$W1_RUN2")" ;;
+        rebuild-multi-cold|rebuild-multi) # builder stage in ROOT2, final stage in ROOT
+            lb_prepare busybox
+            local deps
+            deps="chroot \"\$ROOT2\" /bin/sh -c $(printf %q "$W1_RUN1")"
+            if [ "$w" = rebuild-multi ]; then # cached: not timed
+                chroot "$WORK/lb/root2" /bin/sh -c "$W1_RUN1"
+                deps=true
+            fi
+            lb_measure "$w" "$rep" busybox latest "$deps" \
+                "mkdir -p \"\$ROOT2/src\" && cp -a $WORK/ctx/rebuild-multi/. \"\$ROOT2/src/\"" \
+                "chroot \"\$ROOT2\" /bin/sh -c $(printf %q "$W6_RUN")" \
+                "mkdir -p \"\$ROOT/app\" && cp -a \"\$ROOT2/out/.\" \"\$ROOT/app/\"" ;;
     esac
 }
 
-# The one-file rebuild: a warm build (untimed) of the small app with each builder's cache, one
-# context file changed to content never built before, then the measured rebuild.
+# The one-file rebuilds (rebuild: the small app; rebuild-multi: the multi-stage app): a cold
+# build with each builder's cache on (measured, row "<workload>-cold"), one context file
+# changed to content never built before, then the measured rebuild pushed to the same
+# repository. kiln rebuilds in a fresh --kiln-dir: the registry cache is all it has, as in an
+# ephemeral CI pod; buildah keeps its --layers storage and BuildKit dockerd's cache.
 KILN_REBUILD_FLAGS=""
 if [ "$KILN_CACHE" = 1 ]; then
-    note "kiln rebuild uses --cache=true --cache-repo=$REG/bench/cache-rep<N> (and the same --kiln-dir as the warm build)"
+    if [ "${KILN_REBUILD_STATE:-fresh}" = fresh ]; then
+        note "kiln rebuilds use --cache=true --cache-repo=$REG/bench/cache-<workload>-rep<N> and a fresh --kiln-dir (registry cache only)"
+    else
+        note "kiln rebuilds use --cache=true --cache-repo=$REG/bench/cache-<workload>-rep<N> and the cold build's --kiln-dir (KILN_REBUILD_STATE=keep: local cache first)"
+    fi
 else
-    note "kiln build --help has no --cache-repo: the kiln rebuild runs without a layer cache (same --kiln-dir as the warm build)"
+    note "kiln build --help has no --cache-repo: the kiln rebuilds run without a layer cache (same --kiln-dir as the cold build)"
 fi
-rebuild_ctx() { rm -rf "$WORK/ctx/rebuild"; cp -a "$WORK/ctx/small-app" "$WORK/ctx/rebuild"; }
-change_one_file() { echo "changed $(date +%s%N) $RANDOM" >>"$WORK/ctx/rebuild/file07.txt"; }
-run_rebuild() { # BUILDER REP
-    local b=$1 rep=$2
-    rebuild_ctx
+rebuild_ctx() { rm -rf "$WORK/ctx/$1"; cp -a "$WORK/ctx/small-app" "$WORK/ctx/$1"; }
+change_one_file() { echo "changed $(date +%s%N) $RANDOM" >>"$WORK/ctx/$1/file07.txt"; }
+run_rebuild() { # BUILDER REP WORKLOAD
+    local b=$1 rep=$2 w=$3
+    rebuild_ctx "$w"
     local flags=""
-    [ "$KILN_CACHE" = 1 ] && flags="--cache=true --cache-repo=$REG/bench/cache-rep$rep"
+    [ "$KILN_CACHE" = 1 ] && flags="--cache=true --cache-repo=$REG/bench/cache-$w-rep$rep"
     case "$b" in
-        kiln) $(kiln_cmd rebuild "$rep" "$WORK/ctx/rebuild" "$REG/bench/rep$rep/rebuild:kiln" $flags) >"$WORK/kiln-rebuild-warm-$rep.log" 2>&1 \
-                  || note "kiln warm build for rebuild failed (rep $rep)" ;;
-        buildah) $BA bud --layers --isolation chroot --tls-verify=false -t "$REG/bench/rep$rep/rebuild:buildah" \
-                     -f "$WORK/df/rebuild" "$WORK/ctx/rebuild" >"$WORK/buildah-rebuild-warm-$rep.log" 2>&1 \
-                  || note "buildah warm build for rebuild failed (rep $rep)" ;;
-        buildkit) [ "$HAVE_BUILDKIT" = 1 ] || return 0
-                  DOCKER_BUILDKIT=1 $DOCKER build --network host -t "$REG/bench/rep$rep/rebuild:buildkit" \
-                     -f "$WORK/df/rebuild" "$WORK/ctx/rebuild" >"$WORK/buildkit-rebuild-warm-$rep.log" 2>&1 \
-                  || note "buildkit warm build for rebuild failed (rep $rep)" ;;
+        kiln) LABEL="$w-cold" run_kiln "$w" "$rep" "$WORK/ctx/$w" "$flags" ;;
+        buildah) LABEL="$w-cold" run_buildah "$w" "$rep" "$WORK/ctx/$w" ;;
+        buildkit) LABEL="$w-cold" run_buildkit "$w" "$rep" "$WORK/ctx/$w" ;;
+        lower-bound) run_lower_bound "$w-cold" "$rep" ;;
     esac
-    change_one_file
+    change_one_file "$w"
     case "$b" in
-        kiln) run_kiln rebuild "$rep" "$WORK/ctx/rebuild" "$flags" ;;
-        buildah) run_buildah rebuild "$rep" "$WORK/ctx/rebuild" ;;
-        buildkit) run_buildkit rebuild "$rep" "$WORK/ctx/rebuild" ;;
-        lower-bound) run_lower_bound rebuild "$rep" ;;
+        kiln) [ "$KILN_CACHE" = 1 ] && [ "${KILN_REBUILD_STATE:-fresh}" = fresh ] && rm -rf "$WORK/kiln"
+              run_kiln "$w" "$rep" "$WORK/ctx/$w" "$flags" ;;
+        buildah) run_buildah "$w" "$rep" "$WORK/ctx/$w" ;;
+        buildkit) run_buildkit "$w" "$rep" "$WORK/ctx/$w" ;;
+        lower-bound) run_lower_bound "$w" "$rep" ;;
     esac
 }
 
@@ -386,8 +434,8 @@ for rep in $(seq 1 "$REPS"); do
         say "rep $rep/$REPS: $w"
         for b in ${BUILDERS:-kiln buildah buildkit lower-bound}; do
             reset_builders
-            if [ "$w" = rebuild ]; then
-                run_rebuild "$b" "$rep"
+            if [ "$w" = rebuild ] || [ "$w" = rebuild-multi ]; then
+                run_rebuild "$b" "$rep" "$w"
             else
                 case "$b" in
                     kiln) run_kiln "$w" "$rep" "$WORK/ctx/$w" ;;
@@ -414,4 +462,10 @@ cat "$NOTES"
 echo
 python3 "$HERE/oci.py" table "$RESULTS"
 echo
+case " $WORKLOADS " in *" rebuild "*|*" rebuild-multi "*)
+    echo "One-file rebuilds: the cold build (cache on) and the rebuild after one changed file, same run:"
+    echo
+    python3 "$HERE/oci.py" rebuilds "$RESULTS"
+    echo
+esac
 echo "Raw results: $LOGS/results.tsv; logs of the last run: $LOGS/"

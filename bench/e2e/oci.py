@@ -5,6 +5,7 @@
     oci.py append LAYOUT TAG LAYER.tar.gz DIFFID  adds a layer to the image TAG, in place
     oci.py size                                  manifest JSON on stdin -> config + layer bytes
     oci.py table RESULTS.tsv                     markdown table of medians (see e2e.sh)
+    oci.py rebuilds RESULTS.tsv                  the rebuild workloads: cold vs rebuild per builder
 
 Layouts follow the OCI image-layout spec (oci-layout, index.json, blobs/sha256/...), the
 manifest and config the OCI image spec v1.
@@ -168,6 +169,36 @@ def cmd_table(path):
         print(f"| {w} | " + " | ".join(cells) + f" | {r_peer} | {r_lb} | {rss} | {size} | {n} |")
 
 
+def cmd_rebuilds(path):
+    # Per rep, rebuild / cold of the same builder, then the median over reps (a ratio of
+    # builds minutes apart means more than a ratio of medians on a shared machine).
+    runs = {}
+    for line in open(path):
+        f = line.rstrip("\n").split("\t")
+        if len(f) < 7 or f[0] == "rep" or f[6] != "0":
+            continue
+        runs[(f[0], f[1], f[2])] = float(f[3])
+    reps = sorted({k[0] for k in runs})
+    builders = ["kiln", "buildah", "buildkit", "lower-bound"]
+    print("| workload | builder | cold (cache on) | one-file rebuild | rebuild / cold (target < 0.25 for kiln)"
+          " | rebuild / buildah's rebuild | n |")
+    print("|" + " --- |" * 7)
+    for w in ("rebuild", "rebuild-multi"):
+        for b in builders:
+            cold = [runs[(r, w + "-cold", b)] for r in reps if (r, w + "-cold", b) in runs]
+            re = [runs[(r, w, b)] for r in reps if (r, w, b) in runs]
+            if not cold and not re:
+                continue
+            ratio = [runs[(r, w, b)] / runs[(r, w + "-cold", b)] for r in reps
+                     if (r, w, b) in runs and (r, w + "-cold", b) in runs]
+            vs = [runs[(r, w, b)] / runs[(r, w, "buildah")] for r in reps
+                  if (r, w, b) in runs and (r, w, "buildah") in runs]
+            med = lambda xs: statistics.median(xs) if xs else None
+            r_cold = f"{med(ratio):.2f}" if ratio else "-"
+            r_vs = f"{med(vs):.2f}" if vs and b != "buildah" else "-"
+            print(f"| {w} | {b} | {fmt_s(med(cold))} | {fmt_s(med(re))} | {r_cold} | {r_vs} | {len(re)} |")
+
+
 def main(argv):
     if len(argv) >= 1 and argv[0] == "new" and len(argv) == 5:
         cmd_new(*argv[1:])
@@ -177,6 +208,8 @@ def main(argv):
         cmd_size()
     elif len(argv) == 2 and argv[0] == "table":
         cmd_table(argv[1])
+    elif len(argv) == 2 and argv[0] == "rebuilds":
+        cmd_rebuilds(argv[1])
     else:
         sys.exit(__doc__)
 
