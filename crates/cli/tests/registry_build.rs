@@ -511,6 +511,8 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
         .matches("snapshot from the overlay's upper directory")
         .count();
     assert_eq!(overlay_snapshots, CHANGE_KIND_RUNS.len(), "{err}");
+    // ...and moved each upper directory into the stage rootfs (same file system).
+    assert!(!err.contains("moved=false"), "{err}");
     // Where the overlay cannot be mounted (here: the sandbox refuses overlay paths with a
     // ',', which overlayfs options cannot carry), the build falls back to the walk silently
     // (a debug log, no warning) and gives the same image.

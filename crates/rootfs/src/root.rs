@@ -805,6 +805,80 @@ impl Root {
         .map_err(Self::io("set mtime of", rel))
     }
 
+    /// Moves the host entry `name` of the directory `from` (a directory of kiln's own, on the
+    /// same file system) to `rel` inside the root with `renameat(2)`, replacing what is there
+    /// (a directory there, or anything when a directory moves in, is removed first). The
+    /// parent of `rel` must exist; it is resolved inside the root, the last name never
+    /// followed. Used to apply an overlay's upper directory without copying file contents.
+    pub(crate) fn move_in(&self, from: &File, name: &[u8], rel: &[u8]) -> Result<(), RootError> {
+        let p = self.parent(rel, None)?;
+        let src =
+            fstatat(from, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(Self::io("lstat", rel))?;
+        match fstatat(&p.fd, p.name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st)
+                if Kind::of_mode(st.st_mode) == Kind::Dir
+                    || Kind::of_mode(src.st_mode) == Kind::Dir =>
+            {
+                self.remove_at(&p, rel)?
+            }
+            _ => {}
+        }
+        nix::fcntl::renameat(from, name, &p.fd, p.name.as_slice()).map_err(Self::io("rename", rel))
+    }
+
+    /// Gives the existing directory `rel` the owner, mode, `xattrs` and (with `mtime`) the
+    /// mtime of `like` (raw host ids, not mapped: `like` was made by a step on this host),
+    /// leaving what already matches.
+    pub(crate) fn copy_dir_meta(
+        &self,
+        rel: &[u8],
+        like: &std::fs::Metadata,
+        xattrs: &[(OsString, Vec<u8>)],
+        mtime: bool,
+    ) -> Result<(), RootError> {
+        use std::os::unix::fs::MetadataExt;
+        let p = self.parent(rel, None)?;
+        let st = fstatat(&p.fd, p.name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(Self::io("lstat", rel))?;
+        if Kind::of_mode(st.st_mode) != Kind::Dir {
+            return Err(RootError::Io {
+                op: "update directory",
+                path: show(rel),
+                source: Errno::ENOTDIR,
+            });
+        }
+        let fd = openat(
+            &p.fd,
+            p.name.as_slice(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(Self::io("open", rel))?;
+        if st.st_uid != like.uid() || st.st_gid != like.gid() {
+            fchown(
+                &fd,
+                Some(Uid::from_raw(like.uid())),
+                Some(Gid::from_raw(like.gid())),
+            )
+            .map_err(Self::io("chown", rel))?;
+        }
+        // After chown, which may clear setgid (chown(2)).
+        if st.st_mode & 0o7777 != like.mode() & 0o7777 || st.st_uid != like.uid() {
+            fchmod(&fd, Mode::from_bits_truncate(like.mode() & 0o7777))
+                .map_err(Self::io("chmod", rel))?;
+        }
+        for (k, v) in xattrs {
+            if let Err(e) = xattr::fset(&fd, k, v) {
+                tracing::warn!(path = %show(rel), xattr = ?k, error = %e, "xattr not set");
+            }
+        }
+        if mtime {
+            let t = TimeSpec::new(like.mtime(), like.mtime_nsec());
+            futimens(&fd, &t, &t).map_err(Self::io("set mtime of", rel))?;
+        }
+        Ok(())
+    }
+
     /// Resolves the parent of a new entry (creating missing parents 0755) and removes what is
     /// at its name.
     fn prepare_new(&self, rel: &[u8]) -> Result<Parent, RootError> {

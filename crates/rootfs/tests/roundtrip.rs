@@ -904,6 +904,18 @@ fn overlay_and_walk_give_identical_layers_for_every_change_kind() {
         let a = layer_of(&c.store, &Root::open(&upper).unwrap(), &from_overlay);
         let b = layer_of(&c.store, &root, &from_walk);
         assert_eq!(a.diff_id, b.diff_id, "{name}: layer bytes differ");
+        // The engine then moves the upper directory into the lower rootfs: the step's tree.
+        assert!(
+            from_overlay
+                .apply_overlay_upper(&upper, &lower_root)
+                .unwrap(),
+            "{name}: same file system, must apply"
+        );
+        assert_eq!(
+            tree(&lower),
+            tree(&c.new),
+            "{name}: upper moved into the lower"
+        );
         // Round trip of the overlay's layer on a copy of the old tree: the merged view.
         let again = c._tmp.path().join("again");
         copy_tree(&c.old, &again);
