@@ -24,6 +24,13 @@ use std::time::{Duration, SystemTime};
 pub(crate) const MAX_TOKEN_SIZE: u64 = 4 * 1024 * 1024;
 /// Largest error body read (for the registry's error code).
 const MAX_ERROR_BODY: u64 = 64 * 1024;
+/// Upload bodies (a PATCH chunk, a small monolithic blob) up to this size are read into
+/// memory and sent as one buffer; at most one per upload in flight
+/// ([`RegistryConfig::max_concurrency`]), so with the defaults (16 MiB chunks, 4 transfers)
+/// uploads hold at most 64 MiB.
+const UPLOAD_IN_MEMORY_MAX: u64 = 16 << 20;
+/// Read buffer of a streamed (bigger) upload body.
+const UPLOAD_READ_BUF: usize = 1 << 20;
 /// Redirect hops followed.
 const MAX_REDIRECTS: usize = 10;
 
@@ -181,7 +188,20 @@ impl ReqBody {
                 use std::io::Seek;
                 let mut f = std::fs::File::open(path)?;
                 f.seek(std::io::SeekFrom::Start(*offset))?;
-                Some(Body::sized(f.take(*len), *len))
+                if *len <= UPLOAD_IN_MEMORY_MAX {
+                    // One buffer: hyper writes it in a few large writes. A reader body goes
+                    // through reqwest's blocking bridge 8 KiB at a time (a read, a channel
+                    // hand-off and a socket write each: ~2 s of CPU per GiB here, against
+                    // ~0.3 s this way; bench/layer-write-report.md). PATCH chunks are at
+                    // most `chunk_size`, so this is what big blobs take.
+                    let mut buf = Vec::with_capacity(*len as usize);
+                    f.take(*len).read_to_end(&mut buf)?;
+                    return Ok(Some(Body::from(buf)));
+                }
+                // Bigger bodies stream; the buffer saves reqwest's 8 KiB reads from being one
+                // read(2) each.
+                let reader = std::io::BufReader::with_capacity(UPLOAD_READ_BUF, f.take(*len));
+                Some(Body::sized(reader, *len))
             }
         })
     }
@@ -979,5 +999,40 @@ mod tests {
             )),
             "https://s3.example/bucket/blob"
         );
+    }
+
+    /// Upload bodies: a range up to [`UPLOAD_IN_MEMORY_MAX`] is one in-memory buffer holding
+    /// exactly that range; a bigger one streams (no buffer of its size).
+    #[test]
+    fn upload_body_in_memory_up_to_the_limit_then_streamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..UPLOAD_IN_MEMORY_MAX + 4096)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&path, &data).unwrap();
+        let small = ReqBody::File {
+            path: path.clone(),
+            offset: 1000,
+            len: 70_000,
+        };
+        let body = small.make().unwrap().unwrap();
+        assert_eq!(body.as_bytes(), Some(&data[1000..71_000]));
+        let limit = ReqBody::File {
+            path: path.clone(),
+            offset: 7,
+            len: UPLOAD_IN_MEMORY_MAX,
+        };
+        let body = limit.make().unwrap().unwrap();
+        assert_eq!(
+            body.as_bytes().map(<[u8]>::len),
+            Some(UPLOAD_IN_MEMORY_MAX as usize)
+        );
+        let big = ReqBody::File {
+            path,
+            offset: 0,
+            len: UPLOAD_IN_MEMORY_MAX + 1,
+        };
+        assert!(big.make().unwrap().unwrap().as_bytes().is_none());
     }
 }
