@@ -387,7 +387,7 @@ run_lower_bound() {
 
 # The one-file rebuilds (rebuild: the small app; rebuild-multi: the multi-stage app): a cold
 # build with each builder's cache on (measured, row "<workload>-cold"), one context file
-# changed to content never built before, then the measured rebuild pushed to the same
+# changed to content never built before, `sync`, then the measured rebuild pushed to the same
 # repository. kiln rebuilds in a fresh --kiln-dir: the registry cache is all it has, as in an
 # ephemeral CI pod; buildah keeps its --layers storage and BuildKit dockerd's cache.
 KILN_REBUILD_FLAGS=""
@@ -414,6 +414,10 @@ run_rebuild() { # BUILDER REP WORKLOAD
         lower-bound) run_lower_bound "$w-cold" "$rep" ;;
     esac
     change_one_file "$w"
+    # A rebuild comes minutes or hours after the build before it: let that build's writes
+    # (and the deletion of its work dirs) reach the disk first, for every builder alike, or
+    # the rebuild of whichever builder writes files pays for them (untimed).
+    sync
     case "$b" in
         kiln) [ "$KILN_CACHE" = 1 ] && [ "${KILN_REBUILD_STATE:-fresh}" = fresh ] && rm -rf "$WORK/kiln"
               run_kiln "$w" "$rep" "$WORK/ctx/$w" "$flags" ;;

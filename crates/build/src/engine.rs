@@ -284,9 +284,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         cache: None,
         base_cache: None,
         image_roots: HashMap::new(),
-        // The overlay converter compares like the `full`-mode walk (content, not mtimes); the
-        // redo and time modes keep their own change rules by walking.
-        overlay: opts.overlay_snapshots && opts.snapshot_mode == kiln_rootfs::SnapshotMode::Full,
+        overlay: opts.overlay_snapshots,
         stores: Vec::new(),
     };
     b.open_cache()?;
@@ -571,7 +569,7 @@ impl Builder<'_> {
             stages: total,
             step: 0,
             steps: stage.instructions.len(),
-            text: &crate::output::redact_urls(&stage.from.span.original),
+            text: &stage.from.span.original,
         });
         let (mut config, mut layers, format, base_id) = self.base(stage, &root, results)?;
         let mut chain = self.cache.as_ref().map(|_| {
@@ -638,7 +636,7 @@ impl Builder<'_> {
                 stages: total,
                 step: k + 1,
                 steps: n,
-                text: &crate::output::redact_urls(&ins.original),
+                text: &ins.original,
             });
             let t0 = Instant::now();
             let expanded = env
@@ -699,12 +697,10 @@ impl Builder<'_> {
             let outcome = match first {
                 Err(BuildError::Sandbox { source, .. }) if on_overlay => {
                     // The sandbox fails before the command starts, so running it again without
-                    // the overlay is safe. Overlay snapshots are the default and the walk gives
-                    // the same layers, so this is a logged decision, not a warning.
-                    tracing::debug!(
-                        error = %source,
-                        "RUN on an overlay is not possible here; comparing the file tree instead"
-                    );
+                    // the overlay is safe.
+                    self.out.event(Event::Warning(&format!(
+                        "RUN on an overlay is not possible here ({source}); comparing the file tree instead"
+                    )));
                     self.overlay = false;
                     if index.is_none() {
                         index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
@@ -848,27 +844,13 @@ impl Builder<'_> {
         single: bool,
     ) -> Result<Option<LayerRecord>, BuildError> {
         debug_assert!(!single);
-        let t0 = std::time::Instant::now();
         // --ignore-path applies as it does to the walk.
         let changes = ChangeSet::from_overlay_upper(upper, Some(root), &self.ignore)?;
         let upper_root = Root::open(upper)?;
         let layer = snapshot::write(&upper_root, &changes, &self.store, &self.settings)?;
-        let written_ms = t0.elapsed().as_millis() as u64;
-        // The stage rootfs becomes what the step left: the upper directory is moved in (no
-        // copy; the files keep their timestamps), or, across file systems, the layer unpacked.
-        let moved = changes.apply_overlay_upper(upper, root)?;
-        if !moved {
-            if let Some(l) = &layer {
-                self.unpack_into(root, std::slice::from_ref(l), "a RUN's changes")?;
-            }
+        if let Some(l) = &layer {
+            self.unpack_into(root, std::slice::from_ref(l), "a RUN's changes")?;
         }
-        tracing::debug!(
-            changes = changes.len(),
-            written_ms,
-            applied_ms = t0.elapsed().as_millis() as u64 - written_ms,
-            moved,
-            "snapshot from the overlay's upper directory"
-        );
         if let Some(dir) = upper.parent() {
             let _ = remove_tree(dir);
         }
@@ -1213,7 +1195,9 @@ impl Builder<'_> {
                             vec!["CMD-SHELL".to_string(), s.clone()]
                         }
                     };
-                    let ns = |d: &Option<Duration>| d.map(|d| d.as_nanos() as i64).unwrap_or(0);
+                    let ns = |d: &Option<Duration>| {
+                        d.map(|d| d.as_nanos() as i64).unwrap_or(0)
+                    };
                     metadata::healthcheck(
                         config,
                         cfg::Healthcheck {
@@ -1275,16 +1259,9 @@ impl Builder<'_> {
     ) -> Result<StepOutcome, BuildError> {
         let name = if is_add { "ADD" } else { "COPY" };
         let bad = |m: String| self.step_error(ins, m);
-        if args.parents && is_add {
-            // BuildKit declares --parents for COPY only: its ADD fails with "unknown flag".
-            return Err(bad(
-                "ADD does not take --parents (BuildKit accepts it on COPY only); use COPY --parents"
-                    .into(),
-            ));
-        }
-        if args.parents && !args.heredocs.is_empty() {
+        if args.parents && (args.from.is_some() || is_add || !args.heredocs.is_empty()) {
             return Err(BuildError::Unsupported {
-                what: "COPY --parents with a heredoc".into(),
+                what: format!("{name} --parents with --from, ADD or a heredoc"),
                 line: Some(ins.start_line),
             });
         }
@@ -1344,17 +1321,55 @@ impl Builder<'_> {
         let mut extracted = false;
         let mut downloaded = Vec::new();
         let written = if args.parents {
-            // `COPY --parents`: each match keeps its path below the context or the --from
-            // root (or below a `/./` pivot in the source) under the destination directory.
-            match &args.from {
-                None => copy::copy_parents(root, &copy::Source::Context(&self.context), &spec)
-                    .map_err(copy_err)?,
-                Some(from) => {
-                    let from_root = self.copy_from_root(ins, from, results, stage)?;
-                    copy::copy_parents(root, &copy::Source::Root(&from_root), &spec)
-                        .map_err(copy_err)?
+            // `COPY --parents`: each match keeps its path below the context (or below a
+            // `/./` pivot in the source) under the destination directory.
+            let (dest_dir, _) = copy::dest_path(&args.dest, &workdir);
+            let mut written = Vec::new();
+            for s in &args.sources {
+                let pivot = s
+                    .split_once("/./")
+                    .map(|(before, _)| crate::context::clean_rel(before));
+                let matches = self.context.expand(s)?;
+                if matches.is_empty() && !s.contains(['*', '?', '[']) {
+                    return Err(copy_err(copy::CopyError::NotFound(s.clone())));
+                }
+                for rel in matches {
+                    let kept = match &pivot {
+                        Some(p) => rel.strip_prefix(p).unwrap_or(&rel).to_path_buf(),
+                        None => rel.clone(),
+                    };
+                    let sub_dest = match kept.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => dest_dir.join(p),
+                        _ => dest_dir.clone(),
+                    };
+                    let one = copy::CopySpec {
+                        sources: vec![rel.display().to_string()],
+                        heredocs: Vec::new(),
+                        dest: format!("/{}/", sub_dest.display()),
+                        workdir: &workdir,
+                        owner: spec.owner,
+                        chmod: spec.chmod.clone(),
+                        exclude: spec.exclude.clone(),
+                    };
+                    let is_dir = self
+                        .context
+                        .resolve(&rel)?
+                        .is_some_and(|r| self.context.root().join(r).is_dir());
+                    let one = if is_dir {
+                        copy::CopySpec {
+                            dest: format!("/{}/", dest_dir.join(&kept).display()),
+                            ..one
+                        }
+                    } else {
+                        one
+                    };
+                    written.extend(
+                        copy::copy(root, &copy::Source::Context(&self.context), &one)
+                            .map_err(copy_err)?,
+                    );
                 }
             }
+            written
         } else {
             match &args.from {
                 None => {
@@ -1376,30 +1391,6 @@ impl Builder<'_> {
                         for (i, u) in urls.iter().enumerate() {
                             let tmp = self.work.join(format!("download-{}-{i}", ins.start_line));
                             add::download(u, &tmp, args.checksum.as_deref()).map_err(&bad)?;
-                            // `ADD --unpack=true <url>` (dockerfile 1.17): a download that is a
-                            // tar archive, judged by its content as a local one is, is extracted
-                            // into the destination directory; anything else is written as the
-                            // file it is. `--checksum` was checked on the downloaded bytes.
-                            if args.unpack == Some(true) {
-                                let kind =
-                                    add::sniff(&tmp).map_err(|e| bad(format!("{u}: {e}")))?;
-                                match kind {
-                                    add::ArchiveKind::Tar => {
-                                        add::extract(root, &tmp, &dest)
-                                            .map_err(|e| bad(format!("extracting {u}: {e}")))?;
-                                        let _ = fs::remove_file(&tmp);
-                                        extracted = true;
-                                        continue;
-                                    }
-                                    add::ArchiveKind::Unsupported(kind) => {
-                                        let _ = fs::remove_file(&tmp);
-                                        return Err(bad(format!(
-                                            "not supported yet: extracting {kind}-compressed archive {u}"
-                                        )));
-                                    }
-                                    add::ArchiveKind::NotArchive => {}
-                                }
-                            }
                             let target = if as_dir {
                                 let name = add::url_file_name(u).ok_or_else(|| {
                                 bad(format!("cannot tell a file name from {u}; give a destination file name"))
@@ -1445,7 +1436,19 @@ impl Builder<'_> {
                         }
                         spec.sources = rest;
                     }
-                    // `ADD --unpack=false` copies local archives as files.
+                    // `ADD --unpack=false` copies archives as files; `--unpack=true` of a URL (which
+                    // BuildKit then extracts) is not supported yet.
+                    if args.unpack == Some(true)
+                        && args
+                            .sources
+                            .iter()
+                            .any(|s| is_url(s) && !crate::git::is_git_url(s))
+                    {
+                        return Err(BuildError::Unsupported {
+                            what: "ADD --unpack=true of a URL".into(),
+                            line: Some(ins.start_line),
+                        });
+                    }
                     if is_add && args.unpack != Some(false) {
                         let (archives, rest) = self.split_archives(&spec.sources).map_err(&bad)?;
                         if !archives.is_empty() {
@@ -1466,7 +1469,22 @@ impl Builder<'_> {
                     }
                 }
                 Some(from) => {
-                    let from_root = self.copy_from_root(ins, from, results, stage)?;
+                    let from_root = match self
+                        .plan
+                        .resolve_from(stage.index, from)
+                        .map_err(|e| bad(e.to_string()))?
+                    {
+                        FromRef::Stage(idx) => {
+                            let r = results.get(&idx).ok_or_else(|| {
+                                bad(format!("--from={from}: stage {idx} was not built"))
+                            })?;
+                            self.open_root(&r.root)?
+                        }
+                        FromRef::Image(image) => {
+                            let dir = self.image_root(&image)?;
+                            self.open_root(&dir)?
+                        }
+                    };
                     copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
                 }
             }
@@ -1482,32 +1500,6 @@ impl Builder<'_> {
             },
             created_by: text,
         })
-    }
-
-    /// The root file system `--from=<stage|index|image>` names, opened for reading.
-    fn copy_from_root(
-        &mut self,
-        ins: &Spanned<Instruction>,
-        from: &str,
-        results: &HashMap<usize, StageResult>,
-        stage: &PlannedStage,
-    ) -> Result<Root, BuildError> {
-        let resolved = self
-            .plan
-            .resolve_from(stage.index, from)
-            .map_err(|e| self.step_error(ins, e.to_string()))?;
-        match resolved {
-            FromRef::Stage(idx) => {
-                let r = results.get(&idx).ok_or_else(|| {
-                    self.step_error(ins, format!("--from={from}: stage {idx} was not built"))
-                })?;
-                self.open_root(&r.root)
-            }
-            FromRef::Image(image) => {
-                let dir = self.image_root(&image)?;
-                self.open_root(&dir)
-            }
-        }
     }
 
     /// `ADD <git url>… <dir>`: each repository is fetched into the build's own directory and
@@ -1630,17 +1622,6 @@ impl Builder<'_> {
     fn needs_walk(&self, ins: &Instruction) -> bool {
         match ins {
             Instruction::Run(_) => true,
-            // `ADD --unpack=true <url>`: whether the download is an archive is known only
-            // once it is fetched, so the tree is indexed before the step.
-            Instruction::Add(a)
-                if a.unpack == Some(true)
-                    && a.sources.iter().any(|s| {
-                        (s.starts_with("http://") || s.starts_with("https://"))
-                            && !crate::git::is_git_url(s)
-                    }) =>
-            {
-                true
-            }
             Instruction::Add(a) if a.from.is_none() && a.unpack != Some(false) => self
                 .split_archives(&a.sources)
                 .is_ok_and(|(archives, _)| !archives.is_empty()),
@@ -2108,12 +2089,7 @@ fn copy_history(name: &str, args: &kiln_dockerfile::CopyArgs) -> String {
     if let Some(c) = &args.chmod {
         text.push_str(&format!("--chmod={c} "));
     }
-    // A URL's user info (`https://user:token@host/…`) never reaches the image's history.
-    let mut words: Vec<String> = args
-        .sources
-        .iter()
-        .map(|s| crate::git::redact_url(s))
-        .collect();
+    let mut words = args.sources.clone();
     words.extend(args.heredocs.iter().map(|h| format!("<<{}", h.name)));
     words.push(args.dest.clone());
     text.push_str(&words.join(" "));
