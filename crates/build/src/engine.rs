@@ -284,7 +284,9 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         cache: None,
         base_cache: None,
         image_roots: HashMap::new(),
-        overlay: opts.overlay_snapshots,
+        // The overlay converter compares like the `full`-mode walk (content, not mtimes); the
+        // redo and time modes keep their own change rules by walking.
+        overlay: opts.overlay_snapshots && opts.snapshot_mode == kiln_rootfs::SnapshotMode::Full,
         stores: Vec::new(),
     };
     b.open_cache()?;
@@ -697,10 +699,12 @@ impl Builder<'_> {
             let outcome = match first {
                 Err(BuildError::Sandbox { source, .. }) if on_overlay => {
                     // The sandbox fails before the command starts, so running it again without
-                    // the overlay is safe.
-                    self.out.event(Event::Warning(&format!(
-                        "RUN on an overlay is not possible here ({source}); comparing the file tree instead"
-                    )));
+                    // the overlay is safe. Overlay snapshots are the default and the walk gives
+                    // the same layers, so this is a logged decision, not a warning.
+                    tracing::debug!(
+                        error = %source,
+                        "RUN on an overlay is not possible here; comparing the file tree instead"
+                    );
                     self.overlay = false;
                     if index.is_none() {
                         index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
@@ -844,13 +848,27 @@ impl Builder<'_> {
         single: bool,
     ) -> Result<Option<LayerRecord>, BuildError> {
         debug_assert!(!single);
+        let t0 = std::time::Instant::now();
         // --ignore-path applies as it does to the walk.
         let changes = ChangeSet::from_overlay_upper(upper, Some(root), &self.ignore)?;
         let upper_root = Root::open(upper)?;
         let layer = snapshot::write(&upper_root, &changes, &self.store, &self.settings)?;
-        if let Some(l) = &layer {
-            self.unpack_into(root, std::slice::from_ref(l), "a RUN's changes")?;
+        let written_ms = t0.elapsed().as_millis() as u64;
+        // The stage rootfs becomes what the step left: the upper directory is moved in (no
+        // copy; the files keep their timestamps), or, across file systems, the layer unpacked.
+        let moved = changes.apply_overlay_upper(upper, root)?;
+        if !moved {
+            if let Some(l) = &layer {
+                self.unpack_into(root, std::slice::from_ref(l), "a RUN's changes")?;
+            }
         }
+        tracing::debug!(
+            changes = changes.len(),
+            written_ms,
+            applied_ms = t0.elapsed().as_millis() as u64 - written_ms,
+            moved,
+            "snapshot from the overlay's upper directory"
+        );
         if let Some(dir) = upper.parent() {
             let _ = remove_tree(dir);
         }
