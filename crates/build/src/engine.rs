@@ -571,7 +571,7 @@ impl Builder<'_> {
             stages: total,
             step: 0,
             steps: stage.instructions.len(),
-            text: &stage.from.span.original,
+            text: &crate::output::redact_urls(&stage.from.span.original),
         });
         let (mut config, mut layers, format, base_id) = self.base(stage, &root, results)?;
         let mut chain = self.cache.as_ref().map(|_| {
@@ -638,7 +638,7 @@ impl Builder<'_> {
                 stages: total,
                 step: k + 1,
                 steps: n,
-                text: &ins.original,
+                text: &crate::output::redact_urls(&ins.original),
             });
             let t0 = Instant::now();
             let expanded = env
@@ -1213,9 +1213,7 @@ impl Builder<'_> {
                             vec!["CMD-SHELL".to_string(), s.clone()]
                         }
                     };
-                    let ns = |d: &Option<Duration>| {
-                        d.map(|d| d.as_nanos() as i64).unwrap_or(0)
-                    };
+                    let ns = |d: &Option<Duration>| d.map(|d| d.as_nanos() as i64).unwrap_or(0);
                     metadata::healthcheck(
                         config,
                         cfg::Healthcheck {
@@ -1277,9 +1275,16 @@ impl Builder<'_> {
     ) -> Result<StepOutcome, BuildError> {
         let name = if is_add { "ADD" } else { "COPY" };
         let bad = |m: String| self.step_error(ins, m);
-        if args.parents && (args.from.is_some() || is_add || !args.heredocs.is_empty()) {
+        if args.parents && is_add {
+            // BuildKit declares --parents for COPY only: its ADD fails with "unknown flag".
+            return Err(bad(
+                "ADD does not take --parents (BuildKit accepts it on COPY only); use COPY --parents"
+                    .into(),
+            ));
+        }
+        if args.parents && !args.heredocs.is_empty() {
             return Err(BuildError::Unsupported {
-                what: format!("{name} --parents with --from, ADD or a heredoc"),
+                what: "COPY --parents with a heredoc".into(),
                 line: Some(ins.start_line),
             });
         }
@@ -1339,55 +1344,17 @@ impl Builder<'_> {
         let mut extracted = false;
         let mut downloaded = Vec::new();
         let written = if args.parents {
-            // `COPY --parents`: each match keeps its path below the context (or below a
-            // `/./` pivot in the source) under the destination directory.
-            let (dest_dir, _) = copy::dest_path(&args.dest, &workdir);
-            let mut written = Vec::new();
-            for s in &args.sources {
-                let pivot = s
-                    .split_once("/./")
-                    .map(|(before, _)| crate::context::clean_rel(before));
-                let matches = self.context.expand(s)?;
-                if matches.is_empty() && !s.contains(['*', '?', '[']) {
-                    return Err(copy_err(copy::CopyError::NotFound(s.clone())));
-                }
-                for rel in matches {
-                    let kept = match &pivot {
-                        Some(p) => rel.strip_prefix(p).unwrap_or(&rel).to_path_buf(),
-                        None => rel.clone(),
-                    };
-                    let sub_dest = match kept.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => dest_dir.join(p),
-                        _ => dest_dir.clone(),
-                    };
-                    let one = copy::CopySpec {
-                        sources: vec![rel.display().to_string()],
-                        heredocs: Vec::new(),
-                        dest: format!("/{}/", sub_dest.display()),
-                        workdir: &workdir,
-                        owner: spec.owner,
-                        chmod: spec.chmod.clone(),
-                        exclude: spec.exclude.clone(),
-                    };
-                    let is_dir = self
-                        .context
-                        .resolve(&rel)?
-                        .is_some_and(|r| self.context.root().join(r).is_dir());
-                    let one = if is_dir {
-                        copy::CopySpec {
-                            dest: format!("/{}/", dest_dir.join(&kept).display()),
-                            ..one
-                        }
-                    } else {
-                        one
-                    };
-                    written.extend(
-                        copy::copy(root, &copy::Source::Context(&self.context), &one)
-                            .map_err(copy_err)?,
-                    );
+            // `COPY --parents`: each match keeps its path below the context or the --from
+            // root (or below a `/./` pivot in the source) under the destination directory.
+            match &args.from {
+                None => copy::copy_parents(root, &copy::Source::Context(&self.context), &spec)
+                    .map_err(copy_err)?,
+                Some(from) => {
+                    let from_root = self.copy_from_root(ins, from, results, stage)?;
+                    copy::copy_parents(root, &copy::Source::Root(&from_root), &spec)
+                        .map_err(copy_err)?
                 }
             }
-            written
         } else {
             match &args.from {
                 None => {
@@ -1409,6 +1376,30 @@ impl Builder<'_> {
                         for (i, u) in urls.iter().enumerate() {
                             let tmp = self.work.join(format!("download-{}-{i}", ins.start_line));
                             add::download(u, &tmp, args.checksum.as_deref()).map_err(&bad)?;
+                            // `ADD --unpack=true <url>` (dockerfile 1.17): a download that is a
+                            // tar archive, judged by its content as a local one is, is extracted
+                            // into the destination directory; anything else is written as the
+                            // file it is. `--checksum` was checked on the downloaded bytes.
+                            if args.unpack == Some(true) {
+                                let kind =
+                                    add::sniff(&tmp).map_err(|e| bad(format!("{u}: {e}")))?;
+                                match kind {
+                                    add::ArchiveKind::Tar => {
+                                        add::extract(root, &tmp, &dest)
+                                            .map_err(|e| bad(format!("extracting {u}: {e}")))?;
+                                        let _ = fs::remove_file(&tmp);
+                                        extracted = true;
+                                        continue;
+                                    }
+                                    add::ArchiveKind::Unsupported(kind) => {
+                                        let _ = fs::remove_file(&tmp);
+                                        return Err(bad(format!(
+                                            "not supported yet: extracting {kind}-compressed archive {u}"
+                                        )));
+                                    }
+                                    add::ArchiveKind::NotArchive => {}
+                                }
+                            }
                             let target = if as_dir {
                                 let name = add::url_file_name(u).ok_or_else(|| {
                                 bad(format!("cannot tell a file name from {u}; give a destination file name"))
@@ -1454,19 +1445,7 @@ impl Builder<'_> {
                         }
                         spec.sources = rest;
                     }
-                    // `ADD --unpack=false` copies archives as files; `--unpack=true` of a URL (which
-                    // BuildKit then extracts) is not supported yet.
-                    if args.unpack == Some(true)
-                        && args
-                            .sources
-                            .iter()
-                            .any(|s| is_url(s) && !crate::git::is_git_url(s))
-                    {
-                        return Err(BuildError::Unsupported {
-                            what: "ADD --unpack=true of a URL".into(),
-                            line: Some(ins.start_line),
-                        });
-                    }
+                    // `ADD --unpack=false` copies local archives as files.
                     if is_add && args.unpack != Some(false) {
                         let (archives, rest) = self.split_archives(&spec.sources).map_err(&bad)?;
                         if !archives.is_empty() {
@@ -1487,22 +1466,7 @@ impl Builder<'_> {
                     }
                 }
                 Some(from) => {
-                    let from_root = match self
-                        .plan
-                        .resolve_from(stage.index, from)
-                        .map_err(|e| bad(e.to_string()))?
-                    {
-                        FromRef::Stage(idx) => {
-                            let r = results.get(&idx).ok_or_else(|| {
-                                bad(format!("--from={from}: stage {idx} was not built"))
-                            })?;
-                            self.open_root(&r.root)?
-                        }
-                        FromRef::Image(image) => {
-                            let dir = self.image_root(&image)?;
-                            self.open_root(&dir)?
-                        }
-                    };
+                    let from_root = self.copy_from_root(ins, from, results, stage)?;
                     copy::copy(root, &copy::Source::Root(&from_root), &spec).map_err(copy_err)?
                 }
             }
@@ -1518,6 +1482,32 @@ impl Builder<'_> {
             },
             created_by: text,
         })
+    }
+
+    /// The root file system `--from=<stage|index|image>` names, opened for reading.
+    fn copy_from_root(
+        &mut self,
+        ins: &Spanned<Instruction>,
+        from: &str,
+        results: &HashMap<usize, StageResult>,
+        stage: &PlannedStage,
+    ) -> Result<Root, BuildError> {
+        let resolved = self
+            .plan
+            .resolve_from(stage.index, from)
+            .map_err(|e| self.step_error(ins, e.to_string()))?;
+        match resolved {
+            FromRef::Stage(idx) => {
+                let r = results.get(&idx).ok_or_else(|| {
+                    self.step_error(ins, format!("--from={from}: stage {idx} was not built"))
+                })?;
+                self.open_root(&r.root)
+            }
+            FromRef::Image(image) => {
+                let dir = self.image_root(&image)?;
+                self.open_root(&dir)
+            }
+        }
     }
 
     /// `ADD <git url>… <dir>`: each repository is fetched into the build's own directory and
@@ -1640,6 +1630,17 @@ impl Builder<'_> {
     fn needs_walk(&self, ins: &Instruction) -> bool {
         match ins {
             Instruction::Run(_) => true,
+            // `ADD --unpack=true <url>`: whether the download is an archive is known only
+            // once it is fetched, so the tree is indexed before the step.
+            Instruction::Add(a)
+                if a.unpack == Some(true)
+                    && a.sources.iter().any(|s| {
+                        (s.starts_with("http://") || s.starts_with("https://"))
+                            && !crate::git::is_git_url(s)
+                    }) =>
+            {
+                true
+            }
             Instruction::Add(a) if a.from.is_none() && a.unpack != Some(false) => self
                 .split_archives(&a.sources)
                 .is_ok_and(|(archives, _)| !archives.is_empty()),
@@ -2107,7 +2108,12 @@ fn copy_history(name: &str, args: &kiln_dockerfile::CopyArgs) -> String {
     if let Some(c) = &args.chmod {
         text.push_str(&format!("--chmod={c} "));
     }
-    let mut words = args.sources.clone();
+    // A URL's user info (`https://user:token@host/…`) never reaches the image's history.
+    let mut words: Vec<String> = args
+        .sources
+        .iter()
+        .map(|s| crate::git::redact_url(s))
+        .collect();
     words.extend(args.heredocs.iter().map(|h| format!("<<{}", h.name)));
     words.push(args.dest.clone());
     text.push_str(&words.join(" "));
