@@ -245,23 +245,25 @@ impl ChangeSet {
                 out.push(Change::Whiteout(rel));
                 continue;
             }
+            // One listing per entry: overlayfs's markers and the kept xattrs come from it.
+            let ux = crate::xattr::list(e.path()).map_err(|source| DiffError::Walk {
+                path: e.path().to_path_buf(),
+                source,
+            })?;
+            let has = |name: &str| ux.iter().find(|(k, _)| k.as_bytes() == name.as_bytes());
             let opaque = ft.is_dir()
-                && ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|k| {
-                    let mut v = [0u8; 8];
-                    matches!(rustix::fs::lgetxattr(e.path(), *k, &mut v[..]), Ok(1) if v[0] == b'y')
-                });
+                && ["trusted.overlay.opaque", "user.overlay.opaque"]
+                    .iter()
+                    .any(|k| has(k).is_some_and(|(_, v)| v.as_slice() == b"y"));
             // A renamed directory (redirect_dir) or a metadata-only copy-up (metacopy) has its
             // children or data in the lower tree: refuse rather than write a wrong layer.
-            let marks: &[&'static str] = if ft.is_dir() {
-                &["trusted.overlay.redirect", "user.overlay.redirect"]
-            } else if ft.is_file() {
-                &["trusted.overlay.metacopy", "user.overlay.metacopy"]
-            } else {
-                &[]
-            };
-            for x in marks {
-                // An empty buffer asks for the value's size: Ok means the xattr is set.
-                if rustix::fs::lgetxattr(e.path(), *x, &mut [0u8; 0][..]).is_ok() {
+            for x in [
+                "trusted.overlay.redirect",
+                "user.overlay.redirect",
+                "trusted.overlay.metacopy",
+                "user.overlay.metacopy",
+            ] {
+                if has(x).is_some() {
                     return Err(DiffError::OverlayRedirect {
                         path: e.path().to_path_buf(),
                         xattr: x,
@@ -285,10 +287,12 @@ impl ChangeSet {
                 out.push(Change::Entry(rel));
                 continue;
             }
-            let lower_st = lower.lstat(&rel).ok();
-            let lower_is_dir = lower_st
-                .as_ref()
-                .is_some_and(|st| Kind::of_mode(st.st_mode) == Kind::Dir);
+            // The parent is the root or a real directory in both trees (`lower_dirs`), so the
+            // host path reaches the lower entry without following a symlink; its last
+            // component is not followed either.
+            let lower_host = lower.path().join(&rel);
+            let lower_st = std::fs::symlink_metadata(&lower_host).ok();
+            let lower_is_dir = lower_st.as_ref().is_some_and(|st| st.is_dir());
             if ft.is_dir() && lower_is_dir {
                 lower_dirs.insert(relb.clone());
                 if opaque {
@@ -298,7 +302,13 @@ impl ChangeSet {
                 }
             }
             if let Some(st) = lower_st {
-                if copied_up_unchanged(e.path(), &md, lower, &st, &rel, &mut buf)? {
+                let kept: Vec<_> = ux.into_iter().filter(|(k, _)| keep_xattr(k)).collect();
+                let up = UpperEntry {
+                    host: e.path(),
+                    md: &md,
+                    kept_xattrs: (!kept.is_empty()).then(|| kept.into_boxed_slice()),
+                };
+                if copied_up_unchanged(&up, &lower_host, &st, &rel, &mut buf)? {
                     continue;
                 }
             }
@@ -502,49 +512,53 @@ fn with_parents(mut changes: Vec<Change>) -> Vec<Change> {
     changes
 }
 
-/// True when the upper entry at `host` is only a copy-up of the same entry in `lower`.
+/// An entry of the upper directory being compared.
+struct UpperEntry<'a> {
+    host: &'a Path,
+    md: &'a std::fs::Metadata,
+    kept_xattrs: Option<Xattrs>,
+}
+
+/// True when the upper entry is only a copy-up of the lower entry at `lower_host` (reached
+/// without following a symlink; `st` is its `lstat`).
 fn copied_up_unchanged(
-    host: &Path,
-    md: &std::fs::Metadata,
-    lower: &Root,
-    st: &nix::sys::stat::FileStat,
+    up: &UpperEntry<'_>,
+    lower_host: &Path,
+    st: &std::fs::Metadata,
     rel: &Path,
     buf: &mut [u8],
 ) -> Result<bool, DiffError> {
+    let md = up.md;
     let kind = Kind::of_mode(md.mode());
-    if Kind::of_mode(st.st_mode) != kind
-        || st.st_mode != md.mode()
-        || st.st_uid != md.uid()
-        || st.st_gid != md.gid()
-        || st.st_rdev != md.rdev()
+    if st.mode() != md.mode()
+        || st.uid() != md.uid()
+        || st.gid() != md.gid()
+        || st.rdev() != md.rdev()
     {
         return Ok(false);
     }
-    let lower_host = lower.path().join(rel);
-    if kind != Kind::Symlink && read_xattrs(host)? != read_xattrs(&lower_host)? {
+    if kind != Kind::Symlink && up.kept_xattrs != read_xattrs(lower_host)? {
         return Ok(false);
     }
     Ok(match kind {
         Kind::File => {
-            if st.st_size as u64 != md.size() {
+            if st.size() != md.size() {
                 return Ok(false);
             }
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(host)
-                .map_err(|source| DiffError::Hash {
-                    path: host.display().to_string(),
-                    source,
-                })?;
-            let mut g = lower.open_file(rel).map_err(|source| DiffError::Root {
-                path: rel.display().to_string(),
-                source,
-            })?;
-            same_content(&mut f, &mut g, buf, rel)?
+            let open = |p: &Path| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(p)
+                    .map_err(|source| DiffError::Hash {
+                        path: p.display().to_string(),
+                        source,
+                    })
+            };
+            same_content(&mut open(up.host)?, &mut open(lower_host)?, buf, rel)?
         }
-        Kind::Symlink => std::fs::read_link(host).ok() == lower.read_link(rel).ok(),
+        Kind::Symlink => std::fs::read_link(up.host).ok() == std::fs::read_link(lower_host).ok(),
         _ => true,
     })
 }
