@@ -93,6 +93,34 @@ impl Drop for WorkDir {
     }
 }
 
+/// Removes the `stage-*` directories of a build directory on a thread, joined on drop.
+struct BackgroundRemoval(Option<std::thread::JoinHandle<()>>);
+
+impl BackgroundRemoval {
+    fn start(work: &Path) -> BackgroundRemoval {
+        let work = work.to_path_buf();
+        BackgroundRemoval(Some(std::thread::spawn(move || {
+            let Ok(entries) = fs::read_dir(&work) else {
+                return;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("stage-") {
+                    // A failure is left to WorkDir's removal, which warns.
+                    let _ = remove_tree(&e.path());
+                }
+            }
+        })))
+    }
+}
+
+impl Drop for BackgroundRemoval {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Removes a tree kiln created, making directories writable first (a layer may have made them
 /// read-only, and an unprivileged owner could not otherwise delete their entries).
 pub fn remove_tree(path: &Path) -> std::io::Result<()> {
@@ -1875,6 +1903,10 @@ impl Builder<'_> {
 
     fn finish(mut self, stage: StageResult, started: Instant) -> Result<BuildOutcome, BuildError> {
         self.join_cache_stores();
+        // Nothing reads the stages' root file systems any more: remove them while the image is
+        // written out and pushed (thousands of files take seconds on a busy disk). Joined
+        // before this returns, also on an error, so WorkDir's removal never races it.
+        let _remover = BackgroundRemoval::start(&self.work);
         let mut config = stage.config;
         if !self.opts.labels.is_empty() {
             let labels = config
