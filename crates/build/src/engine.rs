@@ -884,7 +884,19 @@ impl Builder<'_> {
         let written_ms = t0.elapsed().as_millis() as u64;
         // The stage rootfs becomes what the step left: the upper directory is moved in (no
         // copy; the files keep their timestamps), or, across file systems, the layer unpacked.
-        let moved = changes.apply_overlay_upper(upper, root)?;
+        // Ignored paths (--ignore-path, /var/run, Kaniko volumes) are not in the layer but stay
+        // in the rootfs for later steps, as after a walk: apply the unfiltered change set when
+        // the step wrote below one of them.
+        let wrote_ignored = self.ignore.iter().any(|ig| {
+            let rel = ig.strip_prefix("/").unwrap_or(ig);
+            !rel.as_os_str().is_empty() && fs::symlink_metadata(upper.join(rel)).is_ok()
+        });
+        let moved = if wrote_ignored {
+            ChangeSet::from_overlay_upper(upper, Some(root), &[])?
+                .apply_overlay_upper(upper, root)?
+        } else {
+            changes.apply_overlay_upper(upper, root)?
+        };
         if !moved {
             if let Some(l) = &layer {
                 self.unpack_into(root, std::slice::from_ref(l), "a RUN's changes")?;
@@ -1158,6 +1170,34 @@ impl Builder<'_> {
         })
     }
 
+    /// Kaniko's VOLUME (`--compat=kaniko`): a missing directory is created (0755, root; in no
+    /// layer, as the path is ignored) and the path is left out of every later snapshot of the
+    /// build, so what a RUN writes there is not in the image (the classic builder's rule too).
+    fn kaniko_volumes(
+        &mut self,
+        ins: &Spanned<Instruction>,
+        root: &Root,
+        paths: &[String],
+    ) -> Result<(), BuildError> {
+        for p in paths {
+            let rel = p.trim_start_matches('/');
+            if rel.is_empty() {
+                continue;
+            }
+            if self.opts.volume_mkdir {
+                root.create_dir_all(rel, &kiln_rootfs::Meta::with_mode(0o755))
+                    .map_err(|e| {
+                        self.step_error(ins, format!("creating volume directory {p}: {e}"))
+                    })?;
+            }
+            let abs = PathBuf::from(format!("/{rel}"));
+            if !self.ignore.contains(&abs) {
+                self.ignore.push(abs);
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for the background cache stores; a failed store is a warning.
     fn join_cache_stores(&mut self) {
         for h in self.stores.drain(..) {
@@ -1191,6 +1231,9 @@ impl Builder<'_> {
         stage: &PlannedStage,
         cmd_set: &mut bool,
     ) -> Result<StepOutcome, BuildError> {
+        if let (Instruction::Volume(paths), true) = (expanded, self.opts.kaniko_volumes) {
+            self.kaniko_volumes(ins, root, paths)?;
+        }
         let meta_only = |created_by: String| StepOutcome {
             fs: FsEffect::None,
             created_by,

@@ -98,6 +98,12 @@ pub struct BuildOptions {
     /// Run RUN steps on an overlay and take its upper directory as the change set (no walk of
     /// the rootfs), falling back to the walk where overlayfs is not available.
     pub overlay_snapshots: bool,
+    /// Kaniko's VOLUME (`--compat=kaniko`): the volume's path is left out of every later
+    /// snapshot, and a missing directory is created (0755, in no layer) when `volume_mkdir`.
+    pub kaniko_volumes: bool,
+    /// With `kaniko_volumes`: create missing volume directories (Kaniko's default; its
+    /// `FF_KANIKO_VOLUME_SKIP_MKDIR` turns it off).
+    pub volume_mkdir: bool,
     /// The layer cache; `None` without `--cache`.
     pub cache: Option<CacheOptions>,
     /// Skip the up-front push-permission probe.

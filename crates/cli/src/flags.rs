@@ -170,6 +170,12 @@ pub struct BuildFlags {
     /// before. `--overlay-snapshots=false` always compares the tree.
     #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub overlay_snapshots: bool,
+    /// Whose semantics where BuildKit and Kaniko differ: `buildkit` (default for `kiln build`)
+    /// or `kaniko` (the default when invoked as `executor`). Today that is VOLUME: Kaniko
+    /// creates a missing volume directory (unless FF_KANIKO_VOLUME_SKIP_MKDIR is set) and
+    /// leaves the volume's path out of every later snapshot; BuildKit does neither.
+    #[arg(long = "compat", default_value = "buildkit", value_parser = ["buildkit", "kaniko"])]
+    pub compat: String,
     /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
     #[arg(long = "use-new-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub use_new_run: bool,

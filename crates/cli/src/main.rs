@@ -57,7 +57,11 @@ fn executor_args(mut args: Vec<OsString>) -> Vec<OsString> {
     if invoked_as == "executor" {
         let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
         if first.as_deref() != Some("version") {
-            args.insert(1, OsString::from("build"));
+            // Kaniko's semantics where they differ from BuildKit's (a later --compat wins).
+            args.splice(
+                1..1,
+                [OsString::from("build"), OsString::from("--compat=kaniko")],
+            );
         }
     }
     args
@@ -84,7 +88,7 @@ mod tests {
     fn executor_name_means_build() {
         assert_eq!(
             executor_args(strs(&["/kaniko/executor", "-d", "x"])),
-            strs(&["/kaniko/executor", "build", "-d", "x"])
+            strs(&["/kaniko/executor", "build", "--compat=kaniko", "-d", "x"])
         );
         assert_eq!(
             executor_args(strs(&["/kaniko/executor", "version"])),

@@ -463,6 +463,11 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         snapshot_mode,
         single_snapshot: flags.single_snapshot,
         overlay_snapshots: flags.overlay_snapshots,
+        kaniko_volumes: flags.compat == "kaniko",
+        volume_mkdir: !std::env::var("FF_KANIKO_VOLUME_SKIP_MKDIR")
+            .ok()
+            .and_then(|v| crate::flags::parse_go_bool(&v).ok())
+            .unwrap_or(false),
         ignore_paths,
         isolation: (!flags.isolation.is_empty()).then(|| flags.isolation.clone()),
         secrets: flags

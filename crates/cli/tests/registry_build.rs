@@ -555,3 +555,86 @@ fn overlay_and_walk_snapshots_give_the_same_image() {
     }
     assert_eq!(overlay, walk, "overlay and walk snapshots differ");
 }
+
+#[test]
+fn volume_follows_kaniko_as_executor_and_buildkit_as_kiln_build() {
+    // Kaniko's integration Dockerfile_test_volume_2 pattern: a RUN writes into a VOLUME that
+    // no layer created. Kaniko (and `executor`) creates the directory and keeps the volume out
+    // of later layers; BuildKit (`kiln build`) does neither, so the RUN fails.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox\nVOLUME /foo1 /data/v2\nRUN echo hello > /foo1/hello && mkdir /bar1 && echo x > /data/v2/x\nRUN test -f /foo1/hello\n",
+            reg.addr()
+        ),
+    );
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kiln"), bin.join("executor")).unwrap();
+    let run = |exe: &Path, verb: &[&str], out: &str| {
+        Command::new(exe)
+            .args(verb)
+            .arg("-c")
+            .arg(tmp.path())
+            .args(["--no-push", "--insecure-pull", "--log-format=text"])
+            .arg("--oci-layout-path")
+            .arg(tmp.path().join(out))
+            .arg("--kiln-dir")
+            .arg(tmp.path().join(format!("state-{out}")))
+            .output()
+            .unwrap()
+    };
+    let out = run(&bin.join("executor"), &["--reproducible"], "kaniko");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "executor: {stderr}");
+    // The walk gives the same image as the overlay (ignored paths stay in the rootfs for the
+    // later RUN either way).
+    let out = run(
+        &bin.join("executor"),
+        &["--reproducible", "--overlay-snapshots=false"],
+        "kaniko-walk",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        kiln_testkit::layout::manifest(&tmp.path().join("kaniko")).to_string(),
+        kiln_testkit::layout::manifest(&tmp.path().join("kaniko-walk")).to_string()
+    );
+    let layout = tmp.path().join("kaniko");
+    let files = kiln_testkit::layout::flatten(&layout);
+    assert!(
+        files.contains_key("bar1"),
+        "the RUN's other changes are kept"
+    );
+    for gone in ["foo1", "foo1/hello", "data/v2", "data/v2/x"] {
+        assert!(
+            !files.contains_key(gone),
+            "{gone} is in a volume: not in a layer"
+        );
+    }
+    let config = kiln_testkit::layout::config(&layout);
+    let volumes = &config["config"]["Volumes"];
+    assert!(
+        volumes.get("/foo1").is_some() && volumes.get("/data/v2").is_some(),
+        "{volumes}"
+    );
+    // `kiln build`: BuildKit's semantics, the directory does not exist.
+    let out = run(
+        Path::new(env!("CARGO_BIN_EXE_kiln")),
+        &["build"],
+        "buildkit",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Dockerfile:3"), "{stderr}");
+    // And `executor --compat=buildkit` too (a later --compat wins).
+    let out = run(&bin.join("executor"), &["--compat=buildkit"], "explicit");
+    assert!(!out.status.success());
+}
