@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,10 +25,10 @@ use std::time::{Duration, SystemTime};
 pub(crate) const MAX_TOKEN_SIZE: u64 = 4 * 1024 * 1024;
 /// Largest error body read (for the registry's error code).
 const MAX_ERROR_BODY: u64 = 64 * 1024;
-/// Upload bodies (a PATCH chunk, a small monolithic blob) up to this size are read into
-/// memory and sent as one buffer; at most one per upload in flight
-/// ([`RegistryConfig::max_concurrency`]), so with the defaults (16 MiB chunks, 4 transfers)
-/// uploads hold at most 64 MiB.
+/// Upload bodies (PATCH chunks, small blobs) are read into memory and sent as one buffer
+/// while all such buffers of a client together stay within this; the rest stream. One
+/// default-sized chunk (16 MiB) at a time: peak RSS while pushing a 1 GiB layer measured
+/// 55 MB with it (bench/layer-write-report.md), and parallel transfers do not multiply it.
 const UPLOAD_IN_MEMORY_MAX: u64 = 16 << 20;
 /// Read buffer of a streamed (bigger) upload body.
 const UPLOAD_READ_BUF: usize = 1 << 20;
@@ -45,6 +46,8 @@ pub struct Client {
     /// Serialises token fetches so parallel blob transfers share one token per scope.
     token_fetch: Mutex<()>,
     creds_cache: Mutex<HashMap<String, Option<Credential>>>,
+    /// Upload bodies held in memory (bounded, shared by parallel transfers).
+    upload_memory: UploadMemory,
 }
 
 impl std::fmt::Debug for Client {
@@ -179,29 +182,65 @@ pub(crate) enum ReqBody {
     },
 }
 
+/// Bytes of upload bodies held in memory at once, over all transfers of a client.
+#[derive(Debug, Default)]
+pub(crate) struct UploadMemory(AtomicU64);
+
+/// A share of [`UploadMemory`], given back on drop (when the request has been sent).
+pub(crate) struct MemoryShare<'a> {
+    pool: &'a UploadMemory,
+    bytes: u64,
+}
+
+impl UploadMemory {
+    /// Reserves `bytes` if the total stays within [`UPLOAD_IN_MEMORY_MAX`].
+    fn reserve(&self, bytes: u64) -> Option<MemoryShare<'_>> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= UPLOAD_IN_MEMORY_MAX)
+            })
+            .ok()
+            .map(|_| MemoryShare { pool: self, bytes })
+    }
+}
+
+impl Drop for MemoryShare<'_> {
+    fn drop(&mut self) {
+        self.pool.0.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 impl ReqBody {
-    fn make(&self) -> std::io::Result<Option<Body>> {
+    /// The request body. A file range goes into one in-memory buffer when `memory` grants
+    /// it room (the share is returned with the body, to be dropped once the request is
+    /// sent); otherwise it streams.
+    fn make<'m>(
+        &self,
+        memory: &'m UploadMemory,
+    ) -> std::io::Result<(Option<Body>, Option<MemoryShare<'m>>)> {
         Ok(match self {
-            ReqBody::Empty => None,
-            ReqBody::Bytes(b) => Some(Body::from(b.as_ref().clone())),
+            ReqBody::Empty => (None, None),
+            ReqBody::Bytes(b) => (Some(Body::from(b.as_ref().clone())), None),
             ReqBody::File { path, offset, len } => {
                 use std::io::Seek;
                 let mut f = std::fs::File::open(path)?;
                 f.seek(std::io::SeekFrom::Start(*offset))?;
-                if *len <= UPLOAD_IN_MEMORY_MAX {
+                if let Some(share) = memory.reserve(*len) {
                     // One buffer: hyper writes it in a few large writes. A reader body goes
                     // through reqwest's blocking bridge 8 KiB at a time (a read, a channel
                     // hand-off and a socket write each: ~2 s of CPU per GiB here, against
                     // ~0.3 s this way; bench/layer-write-report.md). PATCH chunks are at
-                    // most `chunk_size`, so this is what big blobs take.
+                    // most `chunk_size` (16 MiB by default), so big blobs take this path
+                    // while no other transfer holds the memory.
                     let mut buf = Vec::with_capacity(*len as usize);
                     f.take(*len).read_to_end(&mut buf)?;
-                    return Ok(Some(Body::from(buf)));
+                    return Ok((Some(Body::from(buf)), Some(share)));
                 }
-                // Bigger bodies stream; the buffer saves reqwest's 8 KiB reads from being one
+                // Otherwise stream; the buffer saves reqwest's 8 KiB reads from being one
                 // read(2) each.
                 let reader = std::io::BufReader::with_capacity(UPLOAD_READ_BUF, f.take(*len));
-                Some(Body::sized(reader, *len))
+                (Some(Body::sized(reader, *len)), None)
             }
         })
     }
@@ -431,6 +470,7 @@ impl Client {
             tokens: TokenCache::default(),
             token_fetch: Mutex::new(()),
             creds_cache: Mutex::new(HashMap::new()),
+            upload_memory: UploadMemory::default(),
         }
     }
 
@@ -858,14 +898,16 @@ impl Client {
                     rb = rb.header(AUTHORIZATION, a);
                 }
             }
-            if let Some(b) = body
-                .make()
-                .map_err(|e| SendError::Other(ctx.protocol(format!("reading upload body: {e}"))))?
-            {
+            let (made, share) = body
+                .make(&self.upload_memory)
+                .map_err(|e| SendError::Other(ctx.protocol(format!("reading upload body: {e}"))))?;
+            if let Some(b) = made {
                 rb = rb.body(b);
             }
             tracing::trace!(method = %method, url = %redact(&url), "request");
             let resp = rb.send().map_err(SendError::Http)?;
+            // The body is sent (or abandoned): its buffer is no longer counted.
+            drop(share);
             let st = resp.status();
             if !matches!(st.as_u16(), 301 | 302 | 303 | 307 | 308) {
                 return Ok(resp);
@@ -1001,38 +1043,40 @@ mod tests {
         );
     }
 
-    /// Upload bodies: a range up to [`UPLOAD_IN_MEMORY_MAX`] is one in-memory buffer holding
-    /// exactly that range; a bigger one streams (no buffer of its size).
+    /// Upload bodies: a range is one in-memory buffer holding exactly that range while the
+    /// client's budget ([`UPLOAD_IN_MEMORY_MAX`]) allows, else it streams; shares come back.
     #[test]
-    fn upload_body_in_memory_up_to_the_limit_then_streamed() {
+    fn upload_body_in_memory_within_the_budget_then_streamed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
         let data: Vec<u8> = (0..UPLOAD_IN_MEMORY_MAX + 4096)
             .map(|i| (i % 251) as u8)
             .collect();
         std::fs::write(&path, &data).unwrap();
-        let small = ReqBody::File {
+        let memory = UploadMemory::default();
+        let range = |offset: u64, len: u64| ReqBody::File {
             path: path.clone(),
-            offset: 1000,
-            len: 70_000,
+            offset,
+            len,
         };
-        let body = small.make().unwrap().unwrap();
-        assert_eq!(body.as_bytes(), Some(&data[1000..71_000]));
-        let limit = ReqBody::File {
-            path: path.clone(),
-            offset: 7,
-            len: UPLOAD_IN_MEMORY_MAX,
-        };
-        let body = limit.make().unwrap().unwrap();
+        let (body, share) = range(1000, 70_000).make(&memory).unwrap();
+        assert_eq!(body.unwrap().as_bytes(), Some(&data[1000..71_000]));
+        assert!(share.is_some());
+        // The small body still holds its share: a full-budget range must stream now.
+        let full = range(7, UPLOAD_IN_MEMORY_MAX);
+        let (body, none) = full.make(&memory).unwrap();
+        assert!(body.unwrap().as_bytes().is_none());
+        assert!(none.is_none());
+        drop(share);
+        let (body, share) = full.make(&memory).unwrap();
         assert_eq!(
-            body.as_bytes().map(<[u8]>::len),
-            Some(UPLOAD_IN_MEMORY_MAX as usize)
+            body.unwrap().as_bytes(),
+            Some(&data[7..7 + UPLOAD_IN_MEMORY_MAX as usize])
         );
-        let big = ReqBody::File {
-            path,
-            offset: 0,
-            len: UPLOAD_IN_MEMORY_MAX + 1,
-        };
-        assert!(big.make().unwrap().unwrap().as_bytes().is_none());
+        drop(share);
+        // Bigger than the whole budget: always streamed.
+        let (body, share) = range(0, UPLOAD_IN_MEMORY_MAX + 1).make(&memory).unwrap();
+        assert!(body.unwrap().as_bytes().is_none() && share.is_none());
+        assert_eq!(memory.0.load(Ordering::Acquire), 0);
     }
 }
