@@ -27,6 +27,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Symlinks followed in one lookup before `ELOOP` (Linux's limit, `path_resolution(7)`).
 pub const MAX_SYMLINK_HOPS: u32 = 40;
@@ -129,6 +130,11 @@ pub struct Root {
     max_depth: usize,
     /// Euid 0 (on the host or in a user namespace): permission checks do not apply to us.
     privileged: bool,
+    /// Bumped whenever a directory or symlink inside the root is removed or renamed over: the
+    /// only changes that can make a resolved directory fd (a [`ParentCache`]) stale or make
+    /// its path resolve elsewhere (creating a *new* name cannot change how existing names
+    /// resolve). Atomic only so that `Root` stays `Sync`.
+    removals: AtomicU64,
 }
 
 /// Result of a walk: the directory fd reached, its real names inside the root, and the last
@@ -147,6 +153,31 @@ impl Parent {
     /// The resolved path of the entry inside the root, without a leading `/`.
     pub(crate) fn logical(&self) -> Vec<u8> {
         join(&self.names, Some(&self.name))
+    }
+}
+
+/// The last parent directory resolved for an entry, reused while entries keep coming in the
+/// same directory (layer tars group entries by directory): one `openat` per entry instead of a
+/// confined walk from the root (two syscalls per component plus the root's).
+///
+/// Containment: the cached fd is the directory the full confined walk reached; it is used only
+/// while the unresolved directory part of the path is byte-equal to the cached key and no
+/// directory or symlink in the root has been removed or renamed over since ([`Root`]'s removal
+/// counter; kiln is the only writer of the tree). A later entry that replaces a directory on
+/// the cached path by a symlink (or whites it out) removes that directory first, which
+/// invalidates the cache, so the next entry is resolved from the root again (HOSTILE-INPUTS
+/// 5, 6, 12).
+#[derive(Default)]
+pub(crate) struct ParentCache {
+    slot: Option<(Vec<u8>, Parent, u64)>,
+    /// Copy buffer for file contents, reused across entries.
+    buf: Vec<u8>,
+}
+
+impl ParentCache {
+    /// A cache with nothing resolved yet.
+    pub(crate) fn new() -> ParentCache {
+        ParentCache::default()
     }
 }
 
@@ -203,6 +234,7 @@ impl Root {
             ignore: Vec::new(),
             max_depth: 1024,
             privileged,
+            removals: AtomicU64::new(0),
         })
     }
 
@@ -409,6 +441,43 @@ impl Root {
         }
     }
 
+    /// [`Root::parent`] with missing parents created (mode 0755), through `cache`: a hit costs
+    /// no syscall. See [`ParentCache`] for why a hit is still confined.
+    pub(crate) fn parent_cached<'c>(
+        &self,
+        rel: &[u8],
+        cache: &'c mut ParentCache,
+    ) -> Result<&'c Parent, RootError> {
+        let generation = self.removals.load(Ordering::Relaxed);
+        let (dir, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], rel),
+        };
+        // Only plain names hit: `..`, `.` or an empty last component take the full walk (and
+        // its errors), as does any path whose directory part needs normalising.
+        let plain = !name.is_empty() && name != b"." && name != b"..";
+        let hit = matches!(&cache.slot, Some((key, _, g)) if plain && *g == generation && key.as_slice() == dir);
+        if hit {
+            if let Some((_, p, _)) = &mut cache.slot {
+                p.name.clear();
+                p.name.extend_from_slice(name);
+                if !self.ignore.is_empty() {
+                    self.check_ignored(rel, &p.logical())?;
+                }
+            }
+        } else {
+            cache.slot = None;
+            let p = self.parent(rel, Some(&Meta::with_mode(0o755)))?;
+            // Read the counter again: the walk itself may not remove anything, but be exact.
+            let generation = self.removals.load(Ordering::Relaxed);
+            cache.slot = Some((dir.to_vec(), p, generation));
+        }
+        match &cache.slot {
+            Some((_, p, _)) => Ok(p),
+            None => unreachable!("slot filled above"),
+        }
+    }
+
     /// The host path `rel` resolves to (symlinks, including a last one, followed inside the
     /// root). The last component need not exist.
     pub fn resolve(&self, rel: impl AsRef<Path>) -> Result<PathBuf, RootError> {
@@ -511,11 +580,21 @@ impl Root {
     /// CVE-2026-33056). Missing parents are created with mode 0755.
     pub fn mkdir(&self, rel: impl AsRef<Path>, meta: &Meta) -> Result<Vec<u8>, RootError> {
         let rel = rel.as_ref().as_os_str().as_bytes();
-        let p = self.parent(rel, Some(&Meta::with_mode(0o755)))?;
+        self.mkdir_cached(rel, meta, &mut ParentCache::new())
+    }
+
+    /// [`Root::mkdir`] resolving the parent through `cache`.
+    pub(crate) fn mkdir_cached(
+        &self,
+        rel: &[u8],
+        meta: &Meta,
+        cache: &mut ParentCache,
+    ) -> Result<Vec<u8>, RootError> {
+        let p = self.parent_cached(rel, cache)?;
         match fstatat(&p.fd, p.name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if Kind::of_mode(st.st_mode) == Kind::Dir => {}
             Ok(_) => {
-                self.remove_at(&p, rel)?;
+                self.remove_at(p, rel)?;
                 mkdirat(&p.fd, p.name.as_slice(), Mode::from_bits_truncate(0o700))
                     .map_err(Self::io("mkdir", rel))?;
             }
@@ -546,25 +625,77 @@ impl Root {
         meta: &Meta,
     ) -> Result<(u64, Vec<u8>), RootError> {
         let rel = rel.as_ref().as_os_str().as_bytes();
-        let p = self.prepare_new(rel)?;
-        let fd = openat(
-            &p.fd,
-            p.name.as_slice(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(Self::io("create", rel))?;
+        self.write_file_cached(rel, content, meta, &mut ParentCache::new())
+    }
+
+    /// [`Root::write_file`] resolving the parent through `cache` and copying through its
+    /// buffer.
+    pub(crate) fn write_file_cached(
+        &self,
+        rel: &[u8],
+        content: &mut dyn Read,
+        meta: &Meta,
+        cache: &mut ParentCache,
+    ) -> Result<(u64, Vec<u8>), RootError> {
+        // Large enough that a 200 MB file takes few syscalls, allocated once per unpack.
+        const BUF: usize = 256 * 1024;
+        let mut buf = std::mem::take(&mut cache.buf);
+        buf.resize(BUF, 0);
+        let result = self.write_file_with(rel, content, meta, cache, &mut buf);
+        cache.buf = buf;
+        result
+    }
+
+    fn write_file_with(
+        &self,
+        rel: &[u8],
+        content: &mut dyn Read,
+        meta: &Meta,
+        cache: &mut ParentCache,
+        buf: &mut [u8],
+    ) -> Result<(u64, Vec<u8>), RootError> {
+        let p = self.parent_cached(rel, cache)?;
+        let create = || {
+            openat(
+                &p.fd,
+                p.name.as_slice(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        };
+        let fd = match create() {
+            Ok(fd) => fd,
+            // Something is there: with O_CREAT|O_EXCL, open(2) fails on any existing name,
+            // a symlink included, without following it. Remove it (never write through a
+            // link: RUSTSEC-2018-0002) and create again. Trying first saves an lstat per new
+            // file, the common case.
+            Err(Errno::EEXIST) => {
+                self.remove_at(p, rel)?;
+                create().map_err(Self::io("create", rel))?
+            }
+            Err(e) => return Err(Self::io("create", rel)(e)),
+        };
         let mut f = File::from(fd);
-        let n = io::copy(content, &mut f).map_err(|source| RootError::StdIo {
+        let write_err = |source| RootError::StdIo {
             op: "write",
             path: show(rel),
             source,
-        })?;
-        f.flush().map_err(|source| RootError::StdIo {
-            op: "write",
-            path: show(rel),
-            source,
-        })?;
+        };
+        let mut n: u64 = 0;
+        loop {
+            let got = match content.read(buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(write_err(e)),
+            };
+            f.write_all(&buf[..got]).map_err(write_err)?;
+            n += got as u64;
+        }
         self.apply_fd(f.as_fd(), meta, rel)?;
         Ok((n, p.logical()))
     }
@@ -579,6 +710,29 @@ impl Root {
         let rel = rel.as_ref().as_os_str().as_bytes();
         let p = self.prepare_new(rel)?;
         symlinkat(target.as_ref(), &p.fd, p.name.as_slice()).map_err(Self::io("symlink", rel))?;
+        Ok(p.logical())
+    }
+
+    /// [`Root::symlink`] resolving the parent through `cache`, then applying `meta` to the
+    /// link itself (owner, mtime; never followed).
+    pub(crate) fn symlink_cached(
+        &self,
+        rel: &[u8],
+        target: &Path,
+        meta: &Meta,
+        cache: &mut ParentCache,
+    ) -> Result<Vec<u8>, RootError> {
+        let p = self.parent_cached(rel, cache)?;
+        match symlinkat(target, &p.fd, p.name.as_slice()) {
+            Ok(()) => {}
+            // symlinkat(2) never replaces (EEXIST): remove what is there and try again.
+            Err(Errno::EEXIST) => {
+                self.remove_at(p, rel)?;
+                symlinkat(target, &p.fd, p.name.as_slice()).map_err(Self::io("symlink", rel))?;
+            }
+            Err(e) => return Err(Self::io("symlink", rel)(e)),
+        }
+        self.apply_at(p, meta, rel)?;
         Ok(p.logical())
     }
 
@@ -823,6 +977,8 @@ impl Root {
             }
             _ => {}
         }
+        // Whatever was at the name is replaced: cached parents may be stale.
+        self.removals.fetch_add(1, Ordering::Relaxed);
         nix::fcntl::renameat(from, name, &p.fd, p.name.as_slice()).map_err(Self::io("rename", rel))
     }
 
@@ -892,10 +1048,18 @@ impl Root {
             Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(Self::io("lstat", rel)(e)),
             Ok(st) if Kind::of_mode(st.st_mode) == Kind::Dir => {
+                // A directory (and all below it) goes: any cached parent may be in it.
+                self.removals.fetch_add(1, Ordering::Relaxed);
                 self.remove_tree(&p.fd, &p.name, p.logical(), rel)
             }
-            Ok(_) => unlinkat(&p.fd, p.name.as_slice(), UnlinkatFlags::NoRemoveDir)
-                .map_err(Self::io("unlink", rel)),
+            Ok(st) => {
+                if Kind::of_mode(st.st_mode) == Kind::Symlink {
+                    // A cached parent may have been reached through this link.
+                    self.removals.fetch_add(1, Ordering::Relaxed);
+                }
+                unlinkat(&p.fd, p.name.as_slice(), UnlinkatFlags::NoRemoveDir)
+                    .map_err(Self::io("unlink", rel))
+            }
         }
     }
 

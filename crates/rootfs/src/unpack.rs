@@ -8,7 +8,7 @@
 //! `size` wins over the ustar size.
 
 use crate::error::{RootError, UnpackError};
-use crate::root::{Kind, Meta, Root};
+use crate::root::{Kind, Meta, ParentCache, Root};
 use kiln_oci::Digest;
 use sha2::Digest as _;
 use std::cell::Cell;
@@ -510,6 +510,9 @@ fn consume(
     // Paths created by this layer (and their ancestors): an opaque whiteout keeps them.
     let mut created: HashSet<Vec<u8>> = HashSet::new();
     let mut dir_times: Vec<DirFixup> = Vec::new();
+    // Entries come grouped by directory: resolve each parent directory once (see ParentCache
+    // for why that stays confined against a later entry replacing it).
+    let mut cache = ParentCache::new();
     {
         let entries = archive.entries().map_err(UnpackError::Read)?;
         for (index, entry) in entries.enumerate() {
@@ -527,6 +530,7 @@ fn consume(
                 &mut stats,
                 &mut created,
                 &mut dir_times,
+                &mut cache,
             );
             r.map_err(too_large)?;
         }
@@ -575,6 +579,7 @@ fn apply_entry<R: Read>(
     stats: &mut UnpackStats,
     created: &mut HashSet<Vec<u8>>,
     dir_times: &mut Vec<DirFixup>,
+    cache: &mut ParentCache,
 ) -> Result<(), UnpackError> {
     // PAX records first: `path`/`linkpath` win over GNU long names (GNU tar, Go archive/tar).
     let mut pax_path = None;
@@ -738,7 +743,7 @@ fn apply_entry<R: Read>(
                 mode: if restrict { mode | 0o700 } else { mode },
                 ..meta.clone()
             };
-            root.mkdir(p(&name), &m).inspect(|l| {
+            root.mkdir_cached(&name, &m, cache).inspect(|l| {
                 dir_times.push((l.clone(), mtime, restrict.then_some(mode)));
             })
         }
@@ -750,7 +755,7 @@ fn apply_entry<R: Read>(
                     limit: opts.max_entry_size,
                 });
             }
-            match root.write_file(p(&name), entry, &meta) {
+            match root.write_file_cached(&name, entry, &meta, cache) {
                 Ok((n, _)) if n != size => {
                     // tar-rs ends an entry's reader quietly at the end of the stream.
                     return Err(UnpackError::Content {
@@ -777,16 +782,11 @@ fn apply_entry<R: Read>(
         }
         t if t.is_symlink() => {
             let target = link.unwrap_or_default();
-            root.symlink(p(&name), p(&target)).and_then(|l| {
-                root.set_metadata(
-                    p(&l),
-                    &Meta {
-                        xattrs: Vec::new(),
-                        ..meta.clone()
-                    },
-                )?;
-                Ok(l)
-            })
+            let meta = Meta {
+                xattrs: Vec::new(),
+                ..meta
+            };
+            root.symlink_cached(&name, p(&target), &meta, cache)
         }
         t if t.is_hard_link() => {
             let target = link.unwrap_or_default();

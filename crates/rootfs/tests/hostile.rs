@@ -789,3 +789,152 @@ fn plain_archives_keep_wh_files_as_files() {
     assert!(sb.rootfs.join("d/.wh..wh..opq").is_file());
     sb.check();
 }
+
+// The unpacker reuses the last resolved parent directory for the entries that follow in the
+// same directory (root.rs `ParentCache`). A later entry in the same layer that replaces a
+// directory on the cached path (by a symlink, a whiteout, a file) must make the next entry
+// resolve from the root again: these layers put the cache on a directory, then swap it. Entries
+// that create in another directory move the cache anyway; whiteouts and hard links do not go
+// through it, so the last three swap the directory under a live cache entry.
+
+#[test]
+fn parent_cache_directory_replaced_by_symlink_to_outside_then_file() {
+    let sb = Sandbox::new();
+    let tar = RawTar::new()
+        .dir("a", 0o755)
+        .file("a/f1", b"1")
+        .file("a/f2", b"2")
+        .symlink("a", &sb.sdir())
+        .file("a/x", b"evil")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    let inside = sb.rootfs.join(&sb.sdir()[1..]);
+    assert_eq!(fs::read(inside.join("x")).unwrap(), b"evil");
+    assert!(fs::symlink_metadata(sb.rootfs.join("a"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    sb.check();
+}
+
+#[test]
+fn parent_cache_nested_directory_swapped_by_relative_symlink() {
+    let sb = Sandbox::new();
+    // Cache on `a/b`; then its ancestor `a` becomes `../sentinel_dir` (the rootfs's sibling on
+    // the host): `a/b/x` must land in `rootfs/sentinel_dir/b/x`.
+    let tar = RawTar::new()
+        .file("a/b/f1", b"1")
+        .file("a/b/f2", b"2")
+        .symlink("a", "../sentinel_dir")
+        .file("a/b/x", b"evil")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    assert_eq!(
+        fs::read(sb.rootfs.join("sentinel_dir/b/x")).unwrap(),
+        b"evil"
+    );
+    assert!(!sb.rootfs.join("a/b/f1").exists());
+    sb.check();
+}
+
+#[test]
+fn parent_cache_key_through_a_symlink_whose_target_is_swapped() {
+    let sb = Sandbox::new();
+    // Cache key `l` resolves to `d`; replacing `d` (not `l`, so no prefix of the key changes)
+    // by a symlink to outside must still invalidate it.
+    let tar = RawTar::new()
+        .dir("d", 0o755)
+        .symlink("l", "d")
+        .file("l/f1", b"1")
+        .symlink("d", &sb.sdir())
+        .file("l/f2", b"evil")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    let inside = sb.rootfs.join(&sb.sdir()[1..]);
+    assert_eq!(fs::read(inside.join("f2")).unwrap(), b"evil");
+    assert!(!inside.join("f1").exists());
+    sb.check();
+}
+
+#[test]
+fn parent_cache_directory_whited_out_then_symlink_then_file() {
+    let sb = Sandbox::new();
+    let lower = RawTar::new().file("a/old", b"lower").finish();
+    apply(&sb.root(), &lower).unwrap();
+    let upper = RawTar::new()
+        .file("a/f1", b"1")
+        .file(".wh.a", b"")
+        .file("a/new", b"recreated")
+        .file("b/f", b"1")
+        .file(".wh.b", b"")
+        .symlink("b", &sb.sdir())
+        .file("b/x", b"evil")
+        .finish();
+    apply(&sb.root(), &upper).unwrap();
+    // `a` was whited out with its cached fd in use: `a/new` lands in a new `a`.
+    assert_eq!(fs::read(sb.rootfs.join("a/new")).unwrap(), b"recreated");
+    assert!(!sb.rootfs.join("a/old").exists());
+    assert!(!sb.rootfs.join("a/f1").exists());
+    let inside = sb.rootfs.join(&sb.sdir()[1..]);
+    assert_eq!(fs::read(inside.join("x")).unwrap(), b"evil");
+    assert!(!sb.rootfs.join(".wh.a").exists());
+    sb.check();
+}
+
+#[test]
+fn parent_cache_symlinked_directory_replaced_by_file_refuses_children() {
+    let sb = Sandbox::new();
+    // `s -> d`, cache on `s`; then `s` becomes a regular file: `s/g` has no directory to go to
+    // (not the old `d`).
+    let tar = RawTar::new()
+        .dir("d", 0o755)
+        .symlink("s", "d")
+        .file("s/f", b"1")
+        .file("s", b"now a file")
+        .file("s/g", b"2")
+        .finish();
+    let err = apply(&sb.root(), &tar).unwrap_err();
+    assert!(err.to_string().contains("s/g"), "{err}");
+    assert!(!sb.rootfs.join("d/g").exists());
+    assert_eq!(fs::read(sb.rootfs.join("d/f")).unwrap(), b"1");
+    sb.check();
+}
+
+#[test]
+fn parent_cache_directory_replaced_by_hardlink_to_symlink_to_outside() {
+    let sb = Sandbox::new();
+    // `a` (cached for `a/f1`) becomes, by a hard link to the symlink `s` (CVE-2021-32760's
+    // shape), a symlink to the host's sentinel dir; `a/x` follows it inside the root.
+    let tar = RawTar::new()
+        .symlink("s", &sb.sdir())
+        .dir("a", 0o755)
+        .file("a/f1", b"1")
+        .hardlink("a", "s")
+        .file("a/x", b"evil")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    assert!(fs::symlink_metadata(sb.rootfs.join("a"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let inside = sb.rootfs.join(&sb.sdir()[1..]);
+    assert_eq!(fs::read(inside.join("x")).unwrap(), b"evil");
+    sb.check();
+}
+
+#[test]
+fn parent_cache_target_of_cached_symlink_whited_out() {
+    let sb = Sandbox::new();
+    // Key `l` resolves to `d`; `.wh.d` removes `d` under the live cache: `l/x` recreates `d`.
+    let tar = RawTar::new()
+        .dir("d", 0o755)
+        .symlink("l", "d")
+        .file("l/f1", b"1")
+        .file(".wh.d", b"")
+        .file("l/x", b"2")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    assert_eq!(fs::read(sb.rootfs.join("d/x")).unwrap(), b"2");
+    assert!(!sb.rootfs.join("d/f1").exists());
+    sb.check();
+}
