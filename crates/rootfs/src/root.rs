@@ -456,21 +456,22 @@ impl Root {
         // Only plain names hit: `..`, `.` or an empty last component take the full walk (and
         // its errors), as does any path whose directory part needs normalising.
         let plain = !name.is_empty() && name != b"." && name != b"..";
-        let hit = matches!(&cache.slot, Some((key, _, g)) if plain && *g == generation && key.as_slice() == dir);
-        if hit {
-            if let Some((_, p, _)) = &mut cache.slot {
+        match &mut cache.slot {
+            Some((key, p, g)) if plain && *g == generation && key.as_slice() == dir => {
                 p.name.clear();
                 p.name.extend_from_slice(name);
+                // The directory's own names were checked by the walk that filled the slot.
                 if !self.ignore.is_empty() {
                     self.check_ignored(rel, &p.logical())?;
                 }
             }
-        } else {
-            cache.slot = None;
-            let p = self.parent(rel, Some(&Meta::with_mode(0o755)))?;
-            // Read the counter again: the walk itself may not remove anything, but be exact.
-            let generation = self.removals.load(Ordering::Relaxed);
-            cache.slot = Some((dir.to_vec(), p, generation));
+            slot => {
+                *slot = None;
+                // The walk creates missing directories but removes nothing: `generation`
+                // still holds after it.
+                let p = self.parent(rel, Some(&Meta::with_mode(0o755)))?;
+                *slot = Some((dir.to_vec(), p, generation));
+            }
         }
         match &cache.slot {
             Some((_, p, _)) => Ok(p),
