@@ -224,7 +224,7 @@ cases+=("testdata/exit-code-propagation/Dockerfile_exit_code_propagation|$corpus
 cases+=("benchmark_fs/Dockerfile|$corpus/benchmark_fs")
 
 # Kiln's (and buildah's) view of the local bases.
-kiln_common=(--insecure --insecure-pull --log-format=text
+kiln_common=(--insecure --insecure-pull --log-format=text --compat=kaniko
   --registry-map "index.docker.io=$reg" --registry-map "gcr.io=$reg/gcr" --skip-default-registry-fallback)
 cat >"$work/registries.conf" <<EOF
 unqualified-search-registries = ["docker.io"]
@@ -393,7 +393,8 @@ total=$(secs "$total_t")
   echo "case's own directory otherwise; build args and flags from Kaniko's \`integration/images.go\`."
   echo "Base images are local (see the script's header): busybox and alpine → a busybox-static rootfs,"
   echo "debian and ubuntu → Debian 12 minbase (debootstrap), all pushed to a loopback \`docker-registry\`"
-  echo "and reached with \`--registry-map\`; \`@sha256:\` pins are dropped. A build passing here means kiln"
+  echo "and reached with \`--registry-map\`; \`@sha256:\` pins are dropped. kiln runs with \`--compat=kaniko\`, as"
+  echo "the \`executor\` alias does (Kaniko's VOLUME). A build passing here means kiln"
   echo "built and pushed it; Kaniko's own checks (container-diff against docker) are not reproduced,"
   echo "the buildah column is the differential check: per path type, mode, uid:gid, size, link"
   echo "target and content hash of the flattened trees (buildah's empty chroot leftovers"
