@@ -128,7 +128,14 @@ if [ "$PUSH" = 1 ]; then
   kp_once() { "$BIN" push "$WORK/store-big" "127.0.0.1:$port" bench/kiln >"$WORK/push.out"; }
   sp_once() { skopeo copy -q --dest-tls-verify=false "oci:$WORK/store-big:latest" "docker://127.0.0.1:$port/bench/skopeo" >/dev/null; }
   # timed() CMD: one push of CMD against a fresh registry, registry start-up not timed.
-  timed() { start_registry; t0=$(now); "$@"; t1=$(now); stop_registry; echo "$t0 $t1" | awk '{printf "%.3f", $2-$1}'; }
+  # (Runs in a $(...) subshell: the registry is stopped here even when the push fails.)
+  timed() {
+    start_registry; rc=0
+    t0=$(now); "$@" || rc=$?; t1=$(now)
+    stop_registry
+    [ "$rc" = 0 ] || { echo "push failed ($*): exit $rc" >&2; exit "$rc"; }
+    echo "$t0 $t1" | awk '{printf "%.3f", $2-$1}'
+  }
   bp_once() { "$BEFORE" push "$WORK/store-big" "127.0.0.1:$port" bench/before >/dev/null; }
   min() { echo "$1 $2" | awk '{ if ($2=="" || $1<$2) print $1; else print $2 }'; }
   kpt=""; spt=""; bpt=""
