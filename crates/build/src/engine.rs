@@ -32,6 +32,9 @@ pub struct BuildOutcome {
     pub image: Assembled,
     /// References pushed, with the manifest digest.
     pub pushed: Vec<(String, Digest)>,
+    /// With `BuildOptions::detach_cleanup`: the build directory, left for the caller to
+    /// remove (e.g. in another process, so the build returns without waiting for it).
+    pub leftover: Option<PathBuf>,
 }
 
 /// A finished stage.
@@ -83,9 +86,16 @@ struct StepOutcome {
 /// Removes the build's working directory when the build ends, however it ends.
 struct WorkDir(PathBuf);
 
+impl WorkDir {
+    /// Leaves the directory in place; returns its path.
+    fn keep(mut self) -> PathBuf {
+        std::mem::take(&mut self.0)
+    }
+}
+
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if self.0.exists() {
+        if !self.0.as_os_str().is_empty() && self.0.exists() {
             if let Err(e) = remove_tree(&self.0) {
                 tracing::warn!(path = %self.0.display(), error = %e, "could not remove build directory");
             }
@@ -283,7 +293,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
             path: work.clone(),
             source,
         })?;
-    let _cleanup = WorkDir(work.clone());
+    let cleanup = WorkDir(work.clone());
     let context = Context::open(&opts.context, &opts.dockerfile)?;
     let created = if opts.reproducible {
         "1970-01-01T00:00:00Z".to_string()
@@ -339,7 +349,11 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
             what: format!("target stage {target} was not built"),
             line: None,
         })?;
-    b.finish(final_stage, started)
+    let mut outcome = b.finish(final_stage, started)?;
+    if opts.detach_cleanup {
+        outcome.leftover = Some(cleanup.keep());
+    }
+    Ok(outcome)
 }
 
 /// Whether kiln may give files any owner: root with more than one id mapped (real root, or a
@@ -1949,7 +1963,7 @@ impl Builder<'_> {
         // Nothing reads the stages' root file systems any more: remove them while the image is
         // written out and pushed (thousands of files take seconds on a busy disk). Joined
         // before this returns, also on an error, so WorkDir's removal never races it.
-        let _remover = BackgroundRemoval::start(&self.work);
+        let _remover = (!self.opts.detach_cleanup).then(|| BackgroundRemoval::start(&self.work));
         let mut config = stage.config;
         if !self.opts.labels.is_empty() {
             let labels = config
@@ -2064,6 +2078,7 @@ impl Builder<'_> {
         Ok(BuildOutcome {
             image: assembled,
             pushed,
+            leftover: None,
         })
     }
 }

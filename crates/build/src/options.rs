@@ -104,6 +104,11 @@ pub struct BuildOptions {
     /// With `kaniko_volumes`: create missing volume directories (Kaniko's default; its
     /// `FF_KANIKO_VOLUME_SKIP_MKDIR` turns it off).
     pub volume_mkdir: bool,
+    /// On success, leave the build directory (stage root file systems) to the caller
+    /// ([`crate::BuildOutcome::leftover`]) instead of removing it before returning: removing
+    /// tens of thousands of files can take longer than the build. Failed builds always
+    /// remove it.
+    pub detach_cleanup: bool,
     /// The layer cache; `None` without `--cache`.
     pub cache: Option<CacheOptions>,
     /// Skip the up-front push-permission probe.

@@ -41,6 +41,12 @@ pub enum Command {
     /// Inspect how kiln reads a Dockerfile.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Internal: removes a finished build's directory (run detached by `kiln build`).
+    #[command(name = "__remove-tree", hide = true)]
+    RemoveTree {
+        /// `<state>/builds/<id>`.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

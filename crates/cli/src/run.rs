@@ -19,6 +19,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::RemoveTree { dir } => remove_tree_command(&dir),
         Command::Debug(DebugCommand::Parse { file }) => {
             let src =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -463,6 +464,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         snapshot_mode,
         single_snapshot: flags.single_snapshot,
         overlay_snapshots: flags.overlay_snapshots,
+        detach_cleanup: true,
         kaniko_volumes: flags.compat == "kaniko",
         volume_mkdir: !std::env::var("FF_KANIKO_VOLUME_SKIP_MKDIR")
             .ok()
@@ -495,7 +497,56 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         },
     };
     let outcome = kiln_build::build(&opts, &renderer)?;
-    let _ = outcome;
+    if let Some(dir) = outcome.leftover {
+        remove_in_background(&dir);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes a finished build's directory in a detached `kiln __remove-tree` process, so the
+/// build returns as soon as its image is out (the directory holds no secrets: a RUN's secrets
+/// are removed when it ends). Spawned from this process, the remover is in the same user
+/// namespace and may delete what the build's steps created. If it cannot start, the
+/// directory is removed here.
+fn remove_in_background(dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let spawned = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .arg("__remove-tree")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C in the terminal does not stop it half way.
+            .process_group(0)
+            .spawn()
+    });
+    if spawned.is_err() {
+        let _ = kiln_build::remove_tree(dir);
+    }
+}
+
+/// `kiln __remove-tree DIR`: the background half of [`remove_in_background`]. Only a
+/// directory directly below a `builds` directory is touched; it is first renamed to carry this
+/// process's id, so a concurrent build's sweep of stale build directories leaves it alone.
+fn remove_tree_command(dir: &Path) -> Result<ExitCode> {
+    let Some(builds) = dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "builds"))
+    else {
+        bail!(
+            "__remove-tree removes build directories only: {}",
+            dir.display()
+        );
+    };
+    let mine = builds.join(format!("{}-removing", std::process::id()));
+    let target = if std::fs::rename(dir, &mine).is_ok() {
+        mine
+    } else {
+        dir.to_path_buf()
+    };
+    kiln_build::remove_tree(&target).with_context(|| format!("removing {}", target.display()))?;
     Ok(ExitCode::SUCCESS)
 }
 

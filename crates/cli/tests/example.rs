@@ -55,7 +55,25 @@ use kiln_testkit::layout::{blob, read_json};
 
 #[test]
 fn example_config_matches_the_dockerfile() {
-    let (_tmp, layout, _tar) = build_example();
+    let (tmp, layout, _tar) = build_example();
+    // The build directory is removed by a detached process after kiln returns: it is gone
+    // within seconds, and only build directories are ever handed to that process.
+    let builds = tmp.path().join("state/builds");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_dir(&builds).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "build directory left: {:?}",
+            std::fs::read_dir(&builds).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = kiln()
+        .arg("__remove-tree")
+        .arg(tmp.path().join("oci"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && layout.join("index.json").exists());
     let index = read_json(&layout.join("index.json"));
     let manifest = read_json(&blob(
         &layout,
