@@ -303,6 +303,14 @@ kiln_cmd() { # WORKLOAD REP CTX DEST [extra flags]
 run_kiln() {
     local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:kiln" extra=${4:-} name=${LABEL:-$1}
     record "$rep" "$name" kiln "$($MEASURE --log "$WORK/kiln-$name-$rep.log" -- $(kiln_cmd "$w" "$rep" "$ctx" "$dest" $extra))" "$dest"
+    # kiln returns once the image is pushed and leaves its build directory to a detached
+    # remover (buildah and BuildKit keep theirs in their storage): wait for it, untimed, so
+    # its disk writes do not land in the next measurement.
+    local i=0
+    while [ -n "$(ls -A "$WORK/kiln/state/builds" 2>/dev/null)" ] && [ $i -lt 1500 ]; do
+        sleep 0.2
+        i=$((i + 1))
+    done
 }
 run_buildah() {
     local w=$1 rep=$2 ctx=$3 dest="$REG/bench/rep$2/$1:buildah" name=${LABEL:-$1}
