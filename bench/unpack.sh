@@ -120,7 +120,13 @@ for L in $LAYERS; do
         strace -c -f -o "$WORK/st-tar" tar -C "$WORK/d" --numeric-owner -p -xzf "$layer"
         rm -rf "$WORK/d"
         strace -c -f -o "$WORK/st-kiln" "$BIN" "$layer" "$WORK/d" >/dev/null
-        for who in kiln tar; do
+        whos="kiln tar"
+        if [ -n "${KILN_BEFORE:-}" ]; then
+            rm -rf "$WORK/d"
+            strace -c -f -o "$WORK/st-before" "$KILN_BEFORE" "$layer" "$WORK/d" >/dev/null
+            whos="kiln before tar"
+        fi
+        for who in $whos; do
             tot=$(awk '$NF == "total" { print $4 }' "$WORK/st-$who")
             top=$(awk '$1 ~ /^[0-9.]+$/ && $NF != "total" && NF >= 5 { print $4, $NF }' "$WORK/st-$who" |
                 sort -rn | head -8 | awk -v e="$entries" '{ printf " %s %.2f", $2, $1 / e }')
