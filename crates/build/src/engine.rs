@@ -550,16 +550,21 @@ impl Builder<'_> {
                 self.out
                     .event(Event::Info(&format!("pulling {reference} ({platform})")));
                 let t0 = Instant::now();
-                let prefetched = self
+                let client = Arc::clone(self.client());
+                let what = format!("pulling {reference}");
+                let prefetch = self
                     .prefetched
-                    .remove(&(name.clone(), platform.to_string()))
-                    .and_then(|h| h.join().ok());
+                    .remove(&(name.clone(), platform.to_string()));
+                let prefetched =
+                    prefetch.and_then(|h| self.with_progress(&client, &what, || h.join().ok()));
                 let (pulled, took) = match prefetched {
                     Some((Ok(pulled), took)) => (pulled, took),
                     // Not prefetched, or the prefetch failed: pull here, where an error
                     // names the stage.
                     _ => {
-                        let pulled = self.client().pull_image(&reference, &platform, &store)?;
+                        let pulled = self.with_progress(&client, &what, || {
+                            client.pull_image(&reference, &platform, &store)
+                        })?;
                         (pulled, t0.elapsed())
                     }
                 };
@@ -870,7 +875,10 @@ impl Builder<'_> {
             .event(Event::Info(&format!("pulling {reference} (for --from)")));
         let store = self.store.clone();
         let platform = self.platform.clone();
-        let pulled = self.client().pull_image(&reference, &platform, &store)?;
+        let client = Arc::clone(self.client());
+        let pulled = self.with_progress(&client, &format!("pulling {reference}"), || {
+            client.pull_image(&reference, &platform, &store)
+        })?;
         let config = ImageConfig::from_slice(&pulled.config_bytes)?;
         let layers = pulled_layers(&pulled, &config, image)?;
         let root = self.open_root(&dir)?;
@@ -1181,6 +1189,39 @@ impl Builder<'_> {
             Instruction::Copy(a) => copy_history("COPY", a),
             Instruction::Add(a) => copy_history("ADD", a),
             other => format!("{other:?}"),
+        })
+    }
+
+    /// Runs `f` (a pull or a push through `client`) and, every `--progress-interval` while it
+    /// runs, tells how many bytes have moved and at what rate, so a long transfer is visible.
+    fn with_progress<T>(
+        &self,
+        client: &kiln_registry::Client,
+        what: &str,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        let Some(every) = self.opts.progress_interval.filter(|d| !d.is_zero()) else {
+            return f();
+        };
+        let out = self.out;
+        let start = client.bytes_transferred();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            let (done, stop) = std::sync::mpsc::channel::<()>();
+            s.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every)
+                {
+                    let mb = client.bytes_transferred().saturating_sub(start) as f64 / 1e6;
+                    let secs = t0.elapsed().as_secs_f64().max(0.001);
+                    out.event(Event::Info(&format!(
+                        "  {what}: {mb:.1} MB so far, {:.1} MB/s, {secs:.0}s",
+                        mb / secs
+                    )));
+                }
+            });
+            let r = f();
+            drop(done);
+            r
         })
     }
 
@@ -2046,13 +2087,17 @@ impl Builder<'_> {
             let sources = std::mem::take(&mut b.sources);
             let store = b.store.clone();
             let t0 = Instant::now();
-            let report = b.client().push_image_with_sources(
-                &refs,
-                &assembled.manifest_bytes,
-                &assembled.manifest_media_type,
-                &store,
-                &sources,
-            )?;
+            let client = Arc::clone(b.client());
+            let what = format!("pushing {}", refs[0]);
+            let report = b.with_progress(&client, &what, || {
+                client.push_image_with_sources(
+                    &refs,
+                    &assembled.manifest_bytes,
+                    &assembled.manifest_media_type,
+                    &store,
+                    &sources,
+                )
+            })?;
             let digest = report
                 .digest
                 .unwrap_or_else(|| assembled.manifest_digest.clone());

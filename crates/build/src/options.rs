@@ -109,6 +109,8 @@ pub struct BuildOptions {
     /// tens of thousands of files can take longer than the build. Failed builds always
     /// remove it.
     pub detach_cleanup: bool,
+    /// How often a running pull or push reports its bytes and rate (`None` or zero: never).
+    pub progress_interval: Option<std::time::Duration>,
     /// The layer cache; `None` without `--cache`.
     pub cache: Option<CacheOptions>,
     /// Skip the up-front push-permission probe.

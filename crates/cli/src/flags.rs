@@ -5,6 +5,14 @@
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Seconds, finite, 0 to 3600.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 3600")),
+    }
+}
+
 /// Go's `strconv.ParseBool`, which Kaniko's flags use: 1, t, T, TRUE, true, True, 0, f, F,
 /// FALSE, false, False.
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
@@ -176,6 +184,10 @@ pub struct BuildFlags {
     /// before. `--overlay-snapshots=false` always compares the tree.
     #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub overlay_snapshots: bool,
+    /// Seconds between progress lines of a running pull or push (bytes so far and rate); 0
+    /// turns them off.
+    #[arg(long = "progress-interval", default_value = "5", value_parser = parse_interval)]
+    pub progress_interval: f64,
     /// Whose semantics where BuildKit and Kaniko differ: `buildkit` (default for `kiln build`)
     /// or `kaniko` (the default when invoked as `executor`). Today that is VOLUME: Kaniko
     /// creates a missing volume directory (unless FF_KANIKO_VOLUME_SKIP_MKDIR is set) and

@@ -465,6 +465,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         single_snapshot: flags.single_snapshot,
         overlay_snapshots: flags.overlay_snapshots,
         detach_cleanup: true,
+        progress_interval: Some(std::time::Duration::from_secs_f64(flags.progress_interval)),
         kaniko_volumes: flags.compat == "kaniko",
         volume_mkdir: !std::env::var("FF_KANIKO_VOLUME_SKIP_MKDIR")
             .ok()

@@ -638,3 +638,92 @@ fn volume_follows_kaniko_as_executor_and_buildkit_as_kiln_build() {
     let out = run(&bin.join("executor"), &["--compat=buildkit"], "explicit");
     assert!(!out.status.success());
 }
+
+#[test]
+fn long_pushes_and_pulls_report_progress() {
+    // An 80 MB incompressible layer (pushed in 16 MiB chunks, above the 64 MiB single-PUT
+    // limit): its push and pull take longer than the 10 ms interval, so progress lines with
+    // the bytes moved so far and the rate appear.
+    let reg = require!(Registry::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut big = vec![0u8; 80 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(tmp.path().join("big"), &big).unwrap();
+    write(tmp.path(), "Dockerfile", "FROM scratch\nCOPY big /big\n");
+    let image = format!("{}/progress/big", reg.addr());
+    let out = kiln()
+        .arg("build")
+        .arg("-c")
+        .arg(tmp.path())
+        .args([
+            "--insecure",
+            "--log-format=text",
+            "--progress-interval=0.01",
+            "-d",
+            &image,
+        ])
+        .arg("--kiln-dir")
+        .arg(tmp.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let moved = |l: &str| {
+        l.split(": ")
+            .nth(1)
+            .and_then(|r| r.split(" MB so far").next())
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    let pushed: Vec<f64> = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("pushing {image}")) && l.contains("MB/s"))
+        .filter_map(moved)
+        .collect();
+    assert!(
+        pushed.iter().any(|&mb| mb > 0.0 && mb <= 84.0),
+        "no push progress line with bytes moved: {stderr}"
+    );
+    write(
+        tmp.path(),
+        "Dockerfile",
+        &format!("FROM {image}\nCOPY Dockerfile /d\n"),
+    );
+    let out = kiln()
+        .arg("build")
+        .arg("-c")
+        .arg(tmp.path())
+        .args([
+            "--no-push",
+            "--insecure-pull",
+            "--log-format=text",
+            "--progress-interval=0.01",
+        ])
+        .arg("--kiln-dir")
+        .arg(tmp.path().join("state2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("pulling") && l.contains("MB/s"))
+            .filter_map(moved)
+            .any(|mb| mb > 0.0 && mb <= 84.0),
+        "no pull progress line with bytes moved: {stderr}"
+    );
+    // Bad intervals are refused by name.
+    let out = kiln()
+        .args(["build", "--progress-interval=inf", "--no-push", "-c"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--progress-interval"));
+}

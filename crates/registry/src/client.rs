@@ -48,6 +48,8 @@ pub struct Client {
     creds_cache: Mutex<HashMap<String, Option<Credential>>>,
     /// Upload bodies held in memory (bounded, shared by parallel transfers).
     upload_memory: UploadMemory,
+    /// Blob bytes moved (see [`Client::bytes_transferred`]).
+    moved: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -471,7 +473,19 @@ impl Client {
             token_fetch: Mutex::new(()),
             creds_cache: Mutex::new(HashMap::new()),
             upload_memory: UploadMemory::default(),
+            moved: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Blob bytes this client has moved so far, both directions (downloads as they stream,
+    /// uploads per sent chunk or blob): for progress lines.
+    pub fn bytes_transferred(&self) -> u64 {
+        self.moved.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_transferred(&self, n: u64) {
+        self.moved
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The configuration.

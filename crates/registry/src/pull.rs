@@ -328,7 +328,7 @@ impl Client {
                 }
                 st => return Err(ctx.status_err(st.as_u16(), error_body(resp), attempts)),
             }
-            match copy_bounded(&mut resp, &mut writer, size) {
+            match copy_bounded(&mut resp, &mut writer, size, &|n| self.count_transferred(n)) {
                 Ok(()) if writer.len() == size => break,
                 Ok(()) => {
                     // Truncated body: resumable like a reset.
@@ -446,6 +446,7 @@ fn copy_bounded(
     r: &mut impl Read,
     w: &mut kiln_oci::blobstore::BlobWriter,
     limit: u64,
+    moved: &dyn Fn(u64),
 ) -> Result<(), CopyError> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -459,6 +460,7 @@ fn copy_bounded(
             return Err(CopyError::TooLong);
         }
         w.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        moved(n as u64);
     }
 }
 

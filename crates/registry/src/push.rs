@@ -189,7 +189,10 @@ impl Client {
             req.retry = false;
             let result = self.execute(ctx, &req);
             match result {
-                Ok((resp, _)) if resp.status() == StatusCode::CREATED => return Ok(()),
+                Ok((resp, _)) if resp.status() == StatusCode::CREATED => {
+                    self.count_transferred(size);
+                    return Ok(());
+                }
                 Ok((resp, _)) if retryable(resp.status()) && attempt < max => {
                     tracing::info!(%digest, status = resp.status().as_u16(), "blob upload failed; retrying with a new session");
                 }
@@ -239,6 +242,7 @@ impl Client {
             req.retry = false;
             let failure = match self.execute(ctx, &req) {
                 Ok((resp, _)) if resp.status() == StatusCode::ACCEPTED => {
+                    self.count_transferred(end - offset);
                     location = self.upload_location(ctx, base, &resp)?;
                     offset = match range_end(&resp) {
                         Some(last) if last + 1 >= offset && last < size => last + 1,
