@@ -365,9 +365,34 @@ fn run_op(op: &Op) -> Result<bool, i32> {
                         libc::MS_BIND | libc::MS_REC,
                         None,
                     )?;
-                    // Only the top mount becomes read-only; the submounts (cgroup, ...)
-                    // keep their own flags, as in a rootless container with host network.
-                    remount_ro(target).map(|()| false)
+                    // Read-only all the way down (mount_setattr(2) with AT_RECURSIVE): a
+                    // remount would change the top mount only, and a writable
+                    // /sys/fs/cgroup below it would let a RUN create or change the host's
+                    // cgroups. If that is refused, the bind goes again and the step has no /sys.
+                    // SAFETY: a zeroed plain-data struct we own.
+                    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+                    attr.attr_set = libc::MOUNT_ATTR_RDONLY
+                        | libc::MOUNT_ATTR_NOSUID
+                        | libc::MOUNT_ATTR_NODEV
+                        | libc::MOUNT_ATTR_NOEXEC;
+                    // SAFETY: target is a valid C string, attr a valid struct of the size given.
+                    let r = unsafe {
+                        libc::syscall(
+                            libc::SYS_mount_setattr,
+                            libc::AT_FDCWD,
+                            target.as_ptr(),
+                            libc::AT_RECURSIVE as libc::c_uint,
+                            &attr as *const libc::mount_attr,
+                            std::mem::size_of::<libc::mount_attr>(),
+                        )
+                    };
+                    if r != 0 {
+                        let e = errno();
+                        // SAFETY: valid C string; detaching our own bind.
+                        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+                        return Err(e);
+                    }
+                    Ok(false)
                 }
                 Err(e) => Err(e),
             }

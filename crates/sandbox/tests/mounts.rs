@@ -285,17 +285,23 @@ fn sys_is_mounted_read_only_and_leaves_no_stub() {
     as_root_and_unprivileged("sys_is_mounted_read_only_and_leaves_no_stub", |who| {
         for network in [Network::Host, Network::None] {
             let r = busybox_rootfs();
+            // Every mount below /sys is read-only too: a writable /sys/fs/cgroup would let a
+            // RUN create cgroups on the host.
             let mut spec = sh(
                 r.path(),
                 "test -d /sys/kernel && echo sys; \
                  mkdir /sys/kiln-probe 2>/dev/null || echo ro; \
-                 grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
+                 grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1; \
+                 grep ' /sys/' /proc/mounts | cut -d' ' -f4 | cut -d, -f1 | grep -v '^ro$' | wc -l; \
+                 for d in /sys/fs/cgroup /sys/fs/cgroup/pids /sys/fs/cgroup/unified; do \
+                   test -d $d && mkdir $d/kiln-probe 2>/dev/null && echo wrote $d && rmdir $d/kiln-probe; \
+                 done; true",
             );
             spec.network = network;
             let (res, out, err) = run_capture(&spec);
             let o = res.unwrap_or_else(|e| panic!("[{who}] {e} {err}"));
             assert_eq!(o.status, ExitStatus::Code(0), "[{who}] {err}");
-            assert_eq!(out, "sys\nro\nro\n", "[{who}] {network:?}: {err}");
+            assert_eq!(out, "sys\nro\nro\n0\n", "[{who}] {network:?}: {err}");
             assert!(
                 std::fs::symlink_metadata(r.path().join("sys")).is_err(),
                 "[{who}] /sys stub left in the rootfs"
