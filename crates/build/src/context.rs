@@ -66,9 +66,19 @@ impl Context {
     /// Opens the context at `root`, reading `<dockerfile>.dockerignore` if present, else
     /// `root/.dockerignore` (BuildKit's order).
     pub fn open(root: &Path, dockerfile: &Path) -> Result<Context, ContextError> {
+        let scope = Self::scope(root)?;
+        // Inside the context, both are resolved inside it (a `.dockerignore` symlinked to a
+        // host file is not read); a Dockerfile outside the context is the caller's own.
+        let in_scope = |p: &Path| -> Option<PathBuf> {
+            let rel = match p.strip_prefix(root) {
+                Ok(rel) => rel,
+                Err(_) if p.is_relative() => p,
+                Err(_) => return Some(p.to_path_buf()).filter(|p| p.is_file()),
+            };
+            scope.resolve(rel).ok().filter(|h| h.is_file())
+        };
         let specific = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
-        let general = root.join(".dockerignore");
-        let file = [specific, general].into_iter().find(|p| p.is_file());
+        let file = in_scope(&specific).or_else(|| in_scope(Path::new(".dockerignore")));
         let ignore = match file {
             Some(path) => {
                 let text = fs::read_to_string(&path).map_err(|source| ContextError::Io {
@@ -86,7 +96,7 @@ impl Context {
         };
         Ok(Context {
             root: root.to_path_buf(),
-            scope: Some(Self::scope(root)?),
+            scope: Some(scope),
             ignore,
         })
     }

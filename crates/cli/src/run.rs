@@ -316,12 +316,41 @@ fn dockerfile_path(
         );
     }
     let given = PathBuf::from(&flags.dockerfile);
-    if given.is_file() {
-        return Ok((given, None));
-    }
     let in_context = context.join(&flags.dockerfile);
-    if in_context.is_file() {
-        return Ok((in_context, None));
+    // A path inside the context is resolved inside it: the context may be someone else's
+    // (a git branch, a tarball), and a Dockerfile symlinked to /proc/self/environ or
+    // ~/.docker/config.json must not be read from the host and echoed in a parse error.
+    let inside = |p: &Path| -> Option<PathBuf> {
+        let abs = std::path::absolute(p).ok()?;
+        let root = std::path::absolute(context).ok()?;
+        abs.strip_prefix(&root).ok().map(Path::to_path_buf)
+    };
+    let confined = |rel: &Path| -> Result<Option<PathBuf>> {
+        match kiln_rootfs::Root::open(context)
+            .with_context(|| format!("opening the build context {}", context.display()))?
+            .resolve(rel)
+        {
+            Ok(p) if p.is_file() => Ok(Some(p)),
+            Ok(_)
+            | Err(kiln_rootfs::RootError::NotFound { .. })
+            | Err(kiln_rootfs::RootError::NotADirectory { .. }) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("Dockerfile {}: {e}", in_context.display())),
+        }
+    };
+    match inside(&given) {
+        Some(rel) => {
+            if let Some(p) = confined(&rel)? {
+                return Ok((p, None));
+            }
+        }
+        // Outside the context: the caller's own file, read as given (Kaniko's first try).
+        None if given.is_file() => return Ok((given, None)),
+        None => {}
+    }
+    if given.is_relative() {
+        if let Some(p) = confined(&given)? {
+            return Ok((p, None));
+        }
     }
     bail!(
         "Dockerfile {}: not found (also tried {})",

@@ -122,3 +122,39 @@ fn run_bind_mount_of_the_context_hides_ignored_files() {
         "the bind mount showed an ignored file"
     );
 }
+
+#[test]
+fn dockerfile_and_dockerignore_symlinked_out_of_the_context_are_not_read() {
+    // A context (a git branch, a tarball) whose Dockerfile is a symlink to a host file: kiln
+    // must not read it (a parse error would print its first line: tokens, credentials).
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("host-secret");
+    std::fs::write(&secret, "TOKEN=kiln-review-secret-5f1a\n").unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::os::unix::fs::symlink(&secret, ctx.join("Dockerfile")).unwrap();
+    let (ok, err) = build(&ctx, &tmp.path().join("o1"), &[]);
+    assert!(!ok);
+    assert!(!err.contains("kiln-review-secret"), "{err}");
+    assert!(err.contains("not found"), "{err}");
+    // The same through --dockerfile naming a path in the context, and a relative symlink.
+    std::fs::remove_file(ctx.join("Dockerfile")).unwrap();
+    std::os::unix::fs::symlink("../host-secret", ctx.join("Dockerfile.prod")).unwrap();
+    let df = ctx.join("Dockerfile.prod");
+    let (ok, err) = build(&ctx, &tmp.path().join("o2"), &["-f", df.to_str().unwrap()]);
+    assert!(!ok && !err.contains("kiln-review-secret"), "{err}");
+    // A symlink inside the context is followed inside it.
+    std::fs::write(ctx.join("real.Dockerfile"), "FROM scratch\nCOPY a /a\n").unwrap();
+    std::fs::write(ctx.join("a"), "a").unwrap();
+    std::os::unix::fs::symlink("real.Dockerfile", ctx.join("Dockerfile")).unwrap();
+    // .dockerignore symlinked to a host file whose line would exclude `a`: not read.
+    std::fs::write(tmp.path().join("host-ignore"), "a\n").unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("host-ignore"), ctx.join(".dockerignore")).unwrap();
+    let (ok, err) = build(&ctx, &tmp.path().join("o3"), &[]);
+    assert!(ok, "{err}");
+    let files = kiln_testkit::layout::flatten(&tmp.path().join("o3/oci"));
+    assert!(
+        files.contains_key("a"),
+        "the host .dockerignore was applied"
+    );
+}
