@@ -225,6 +225,11 @@ pub struct FetchOptions {
     pub credentials: Option<Credentials>,
     /// Also allow `file://` remotes. Tests only: a Dockerfile must not read host repositories.
     pub allow_file: bool,
+    /// Allow ssh remotes (`ssh://`, `git@host:path`), with this machine's ssh keys, agent and
+    /// `GIT_SSH_COMMAND`. Only for a URL the caller gave (`--context`); never for a
+    /// Dockerfile's ADD, which could otherwise copy any repository those keys can read into
+    /// the image (BuildKit needs an explicit `--ssh` for that).
+    pub allow_ssh: bool,
     /// The `git` program (default `git` from PATH).
     pub program: Option<PathBuf>,
 }
@@ -405,6 +410,10 @@ fn split_user_info(url: &str) -> Result<(String, Option<Credentials>), GitError>
         return Err(bad("missing or invalid host"));
     }
     match authority.rsplit_once('@') {
+        Some((info, _)) if scheme == "ssh" && info.contains(':') => Err(bad(
+            "a password in an ssh URL is not supported (it would be on git's command line): \
+             use a key",
+        )),
         Some((info, host)) if matches!(scheme, "https" | "http") => {
             let (u, p) = info.split_once(':').unwrap_or((info, ""));
             Ok((
@@ -500,6 +509,15 @@ pub fn fetch(src: &GitSource, into: &Path, opts: &FetchOptions) -> Result<Checko
     })?;
     // The fields are public: check the remote again, whoever built the value.
     split_user_info(&src.remote)?;
+    let ssh = src.remote.starts_with("ssh://") || !src.remote.contains("://");
+    if ssh && !opts.allow_ssh {
+        return Err(GitError::BadUrl {
+            url: src.display(),
+            reason: "ssh remotes are not supported in ADD (they would use this machine's ssh \
+                     keys and agent; BuildKit needs --ssh, which kiln does not have yet): use an \
+                     https:// URL",
+        });
+    }
     if src.remote.starts_with("file://") && !opts.allow_file {
         return Err(GitError::BadUrl {
             url: src.remote.clone(),
@@ -659,6 +677,8 @@ fn normalize_modes(root: &Path) -> Result<(), GitError> {
 
 /// One hardened git invocation context.
 struct Git<'a> {
+    /// `FetchOptions::allow_ssh`: the caller's ssh settings reach git only then.
+    allow_ssh: bool,
     program: OsString,
     dir: &'a Path,
     home: PathBuf,
@@ -682,11 +702,14 @@ impl<'a> Git<'a> {
             path: home.clone(),
             source,
         })?;
-        let mut protocols = "https:http:git:ssh".to_string();
+        let mut protocols = "https:http:git".to_string();
+        if opts.allow_ssh {
+            protocols.push_str(":ssh");
+        }
         if opts.allow_file {
             protocols.push_str(":file");
         }
-        let mut env = vec![
+        let mut env: Vec<(String, String)> = vec![
             ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
             ("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()),
             ("GIT_TERMINAL_PROMPT".into(), "0".into()),
@@ -696,6 +719,13 @@ impl<'a> Git<'a> {
             // English messages: kiln recognises "couldn't find remote ref".
             ("LC_ALL".into(), "C".into()),
         ];
+        if opts.allow_ssh
+            && std::env::var_os("GIT_SSH_COMMAND").is_none()
+            && std::env::var_os("GIT_SSH").is_none()
+        {
+            // Never a prompt (an unknown host key, a passphrase) that hangs a CI job.
+            env.push(("GIT_SSH_COMMAND".into(), "ssh -o BatchMode=yes".into()));
+        }
         let mut secrets = Vec::new();
         let creds = src.credentials.as_ref().or(opts.credentials.as_ref());
         if let (Some(c), Some(scope)) = (creds, http_scope(&src.remote)) {
@@ -731,6 +761,7 @@ impl<'a> Git<'a> {
             config.push("http.sslVerify=false".into());
         }
         Ok(Git {
+            allow_ssh: opts.allow_ssh,
             program: opts
                 .program
                 .clone()
@@ -750,8 +781,10 @@ impl<'a> Git<'a> {
         // GIT_TRACE* (which can print headers), GIT_ASKPASS, and Kaniko's credential variables.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if (k.starts_with("GIT_") && k != "GIT_SSH_COMMAND" && k != "GIT_SSH")
+            let ssh_setting = k == "GIT_SSH_COMMAND" || k == "GIT_SSH" || k == "SSH_AUTH_SOCK";
+            if (k.starts_with("GIT_") && !ssh_setting)
                 || k == "SSH_ASKPASS"
+                || (ssh_setting && !self.allow_ssh)
             {
                 cmd.env_remove(k.as_ref());
             }
@@ -1114,6 +1147,44 @@ mod tests {
         assert_eq!(k.commit.as_deref(), Some("abcdef1"));
         let h = GitSource::parse_kaniko("h/r.git", "http").unwrap();
         assert_eq!(h.remote, "http://h/r.git");
+    }
+
+    #[test]
+    fn ssh_remotes_only_when_the_caller_allows_them() {
+        // A Dockerfile's ADD must not reach repositories through this machine's ssh keys or
+        // agent: refused before any git process starts (the program does not even exist).
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = FetchOptions {
+            program: Some("/nonexistent/git".into()),
+            ..FetchOptions::default()
+        };
+        for url in [
+            "git@github.com:org/private.git",
+            "ssh://git@host/org/private.git",
+        ] {
+            let src = GitSource::parse_url(url).unwrap();
+            match fetch(&src, &tmp.path().join("t"), &opts) {
+                Err(GitError::BadUrl { reason, .. }) => {
+                    assert!(reason.contains("ssh remotes are not supported"), "{reason}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        // Allowed for a caller-given URL: it gets as far as running git.
+        let allowed = FetchOptions {
+            allow_ssh: true,
+            ..opts
+        };
+        let src = GitSource::parse_url("git@github.com:org/private.git").unwrap();
+        assert!(matches!(
+            fetch(&src, &tmp.path().join("u"), &allowed),
+            Err(GitError::NoGit { .. })
+        ));
+        // A password in an ssh URL would sit on git's command line: refused.
+        assert!(matches!(
+            GitSource::parse_url("ssh://user:hunter2@host/r.git"),
+            Err(GitError::BadUrl { .. })
+        ));
     }
 
     #[test]

@@ -245,6 +245,8 @@ fn git_context(flags: &BuildFlags, state: &Path) -> Result<(PathBuf, Option<Temp
         submodules: options.recurse_submodules,
         insecure_skip_tls: options.insecure_skip_tls,
         credentials: Credentials::from_env(&|k| std::env::var(k).ok()),
+        // The caller named this URL: their ssh keys and agent may serve it.
+        allow_ssh: true,
         ..FetchOptions::default()
     };
     let checkout = fetch(&src, &t.0.join("tree"), &opts)
