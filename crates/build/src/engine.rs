@@ -1109,7 +1109,7 @@ impl Builder<'_> {
         )
         .map_err(|e| self.step_error(ins, format!("computing the cache key: {e}")))?;
         let key = chain.step(&inputs);
-        tracing::debug!(%key, step = %ins.original, "cache key");
+        tracing::debug!(%key, step = %crate::output::redact_urls(&ins.original), "cache key");
         // Every step is recorded (metadata ones too): the first new key of the chain is where
         // the change happened, even when that step is never looked up (an ARG, a COPY).
         let why = c.explain(&key, chain.last_parts(), &sc.name);
@@ -1949,11 +1949,12 @@ impl Builder<'_> {
             return Err(BuildError::RunFailed {
                 file: self.file.clone(),
                 line: ins.start_line,
-                command: ins
-                    .original
-                    .trim_start_matches(|c: char| c.is_ascii_alphabetic())
-                    .trim()
-                    .to_string(),
+                command: crate::output::redact_urls(
+                    ins.original
+                        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                        .trim(),
+                )
+                .into_owned(),
                 code: outcome.status.code(),
             });
         }
