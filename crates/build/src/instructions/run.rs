@@ -153,6 +153,30 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
     let mut out = Vec::new();
     let mut secret_env = Vec::new();
     let mut locks = Vec::new();
+    // Shared and locked caches are locked once per step, in the strongest mode any of its
+    // mounts asks for, and in name order: two mounts of one cache in a step (or two builds
+    // taking two caches in opposite orders) would otherwise wait for each other forever, as
+    // flock(2) locks belong to each open file. Private caches never wait (try-lock).
+    let mut held: std::collections::BTreeMap<String, Sharing> = std::collections::BTreeMap::new();
+    for m in specs.iter().filter(|m| m.kind == MountType::Cache) {
+        let sharing = m.sharing.unwrap_or(Sharing::Shared);
+        if sharing == Sharing::Private {
+            continue;
+        }
+        let Some(target) = &m.target else { continue };
+        let id =
+            m.id.clone()
+                .unwrap_or_else(|| abs_target(target, mc.workdir));
+        let name = kiln_oci::Digest::of(id.as_bytes()).hex().to_string();
+        let e = held.entry(name).or_insert(sharing);
+        if sharing == Sharing::Locked {
+            *e = Sharing::Locked;
+        }
+    }
+    for (name, sharing) in &held {
+        let (_, lock) = cache_instance(mc.cache_root, name, Some(*sharing))?;
+        locks.push(lock);
+    }
     for (i, m) in specs.iter().enumerate() {
         match m.kind {
             MountType::Secret => {
@@ -223,8 +247,13 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                 // fixed-length directory name so it can never form a path.
                 let id = m.id.clone().unwrap_or_else(|| target.clone());
                 let name = kiln_oci::Digest::of(id.as_bytes()).hex().to_string();
-                let (dir, lock) = cache_instance(mc.cache_root, &name, m.sharing)?;
-                locks.push(lock);
+                let dir = if held.contains_key(&name) {
+                    mc.cache_root.join(&name)
+                } else {
+                    let (dir, lock) = cache_instance(mc.cache_root, &name, m.sharing)?;
+                    locks.push(lock);
+                    dir
+                };
                 if !dir.exists() {
                     fs::create_dir_all(&dir).map_err(|source| RunSetupError::Io {
                         path: dir.clone(),
@@ -379,6 +408,52 @@ pub fn history(argv: &[String], history_args: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_cache_mounted_twice_in_a_step_does_not_wait_for_itself() {
+        // Found in review: two mounts of one cache id, locked or shared+locked, each took
+        // its own flock(2) and the second waited for the first forever.
+        let tmp = tempfile::tempdir().unwrap();
+        let spec =
+            |raw: &str| kiln_dockerfile::parse_mount(raw, &|v| Ok(v.to_string()), true).unwrap();
+        for (a, b) in [
+            ("locked", "locked"),
+            ("shared", "locked"),
+            ("locked", "shared"),
+        ] {
+            let specs = vec![
+                spec(&format!("type=cache,id=x,target=/a,sharing={a}")),
+                spec(&format!("type=cache,id=x,target=/b,sharing={b}")),
+                spec("type=cache,id=y,target=/c,sharing=locked"),
+            ];
+            let dir = tmp.path().join(format!("{a}-{b}"));
+            let (tx, rx) = std::sync::mpsc::channel();
+            // Detached: if it hangs, the assertion below fails instead of the test hanging.
+            std::thread::spawn(move || {
+                let scratch = dir.join("scratch");
+                let cache_root = dir.join("cache");
+                std::fs::create_dir_all(&scratch).unwrap();
+                std::fs::create_dir_all(&cache_root).unwrap();
+                let from = |_: &str, _: &str| -> Result<PathBuf, String> { Err("no".into()) };
+                let ctx = |_: &str| -> Result<PathBuf, String> { Err("no".into()) };
+                let mc = MountContext {
+                    scratch: &scratch,
+                    cache_root: &cache_root,
+                    secrets: &[],
+                    resolve_from: &from,
+                    resolve_context: &ctx,
+                    workdir: "/",
+                };
+                let n = mounts(&specs, &mc).map(|m| m.mounts.len());
+                let _ = tx.send(n.is_ok_and(|n| n == 3));
+            });
+            assert_eq!(
+                rx.recv_timeout(std::time::Duration::from_secs(10)),
+                Ok(true),
+                "{a}+{b}: the step waited for its own lock"
+            );
+        }
+    }
 
     #[test]
     fn cache_mount_sharing_modes() {
