@@ -575,7 +575,22 @@ pub fn hash_context_sources(
 pub(crate) fn context_sources(ctx: &Context, sources: &[String]) -> io::Result<FileDigests> {
     let mut out = FileDigests::new();
     for source in sources {
-        let rels = ctx.expand(source).map_err(io::Error::other)?;
+        // `**` (COPY --parents) matches at any depth, which `expand` does not do: hash every
+        // file below the pattern's literal prefix instead, so any file it could match is in
+        // the key (a wider key than needed, never a stale hit).
+        let rels = if source.split('/').any(|c| c.contains("**")) {
+            let prefix: Vec<&str> = source
+                .split('/')
+                .take_while(|c| !c.contains(['*', '?', '[']))
+                .collect();
+            let prefix = crate::context::clean_rel(&prefix.join("/"));
+            match ctx.resolve(&prefix).map_err(io::Error::other)? {
+                Some(_) => vec![prefix],
+                None => Vec::new(),
+            }
+        } else {
+            ctx.expand(source).map_err(io::Error::other)?
+        };
         // A pattern matching nothing still counts: adding a file that matches it must change
         // the key (COPY fails on it today, but the key must not depend on that).
         out.push(
@@ -779,6 +794,23 @@ mod tests {
         assert_eq!(
             why,
             vec!["build arg V changed".to_string(), "env E added".to_string()]
+        );
+    }
+
+    #[test]
+    fn double_star_sources_cover_every_depth() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("src/a/b/c")).unwrap();
+        fs::write(root.join("src/a/b/c/deep.txt"), "1").unwrap();
+        let ctx = Context::open(root, &root.join("Dockerfile")).unwrap();
+        let src = ["./src/**/*.txt".to_string()];
+        let d0 = context_sources(&ctx, &src).unwrap();
+        fs::write(root.join("src/a/b/c/deep.txt"), "2").unwrap();
+        assert_ne!(
+            d0,
+            context_sources(&ctx, &src).unwrap(),
+            "a deep match changed"
         );
     }
 
