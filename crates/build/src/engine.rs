@@ -744,9 +744,10 @@ impl Builder<'_> {
                 &mut cmd_set,
             );
             let outcome = match first {
-                Err(BuildError::Sandbox { source, .. }) if on_overlay => {
-                    // The sandbox fails before the command starts, so running it again without
-                    // the overlay is safe. Overlay snapshots are the default and the walk gives
+                Err(BuildError::Sandbox { source, .. }) if on_overlay && !source.may_have_run() => {
+                    // A set-up failure (the overlay mount) comes before the command starts, so
+                    // running it again without the overlay is safe; errors after that are not
+                    // retried (`may_have_run`). Overlay snapshots are the default and the walk gives
                     // the same layers, so this is a logged decision, not a warning.
                     tracing::debug!(
                         error = %source,

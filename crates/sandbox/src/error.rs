@@ -142,6 +142,19 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
+    /// Whether the command may have started before this error: waiting for it, reading its
+    /// output, or the reaper's status failed. A caller retrying a step another way (the
+    /// engine without an overlay) must not run a command twice.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            SandboxError::Sys { call, .. } => {
+                matches!(*call, "waitpid" | "poll" | "read step output")
+            }
+            SandboxError::Output { .. } | SandboxError::ChildDied { .. } => true,
+            _ => false,
+        }
+    }
+
     /// The exit status docker would report for this error, when it stands for one
     /// (127 for "not found", 126 for "cannot execute").
     pub fn exit_code(&self) -> Option<i32> {
@@ -150,5 +163,30 @@ impl SandboxError {
             SandboxError::CannotExecute { .. } => Some(126),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_after_the_start_may_have_run() {
+        let setup = SandboxError::ChildSetup {
+            step: "mounting overlay".into(),
+            source: Errno::EPERM,
+        };
+        assert!(!setup.may_have_run());
+        let fork = SandboxError::Sys {
+            call: "fork",
+            source: Errno::EAGAIN,
+        };
+        assert!(!fork.may_have_run());
+        let wait = SandboxError::Sys {
+            call: "waitpid",
+            source: Errno::ECHILD,
+        };
+        assert!(wait.may_have_run());
+        assert!(SandboxError::ChildDied { status: 9 }.may_have_run());
     }
 }
