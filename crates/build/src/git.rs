@@ -1053,41 +1053,7 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn have_git() -> bool {
-        let ok = Command::new("git")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            eprintln!("skipped: no git binary in PATH");
-        }
-        ok
-    }
-
-    /// Runs git for fixtures (author fixed, no user config).
-    fn g(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
+    use kiln_testkit::git::{available as have_git, run as g};
 
     /// A repository with two commits on main, tag v1 on the first, branch dev.
     fn fixture(dir: &Path) -> (String, String) {

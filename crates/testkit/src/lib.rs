@@ -13,6 +13,7 @@
 //! printed `skipped: ...` line with [`skip_or`] / the [`require!`] macro.
 #![forbid(unsafe_code)]
 
+pub mod git;
 pub mod http;
 pub mod image;
 pub mod layout;
