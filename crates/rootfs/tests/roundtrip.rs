@@ -432,7 +432,7 @@ fn ignore_list_is_not_snapshotted() {
 
 #[test]
 fn overlay_upper_gives_the_same_tree_as_the_walk() {
-    use nix::mount::{mount, umount, MsFlags};
+    use nix::mount::{mount, MsFlags};
     let c = Case::new(base);
     let t = tempfile::tempdir().unwrap();
     let (upper, work, merged) = (
@@ -470,7 +470,7 @@ fn overlay_upper_gives_the_same_tree_as_the_walk() {
     fs::write(m.join("var/cache/apt/fresh"), b"f").unwrap();
     fs::remove_dir_all(m.join("usr/lib/app")).unwrap();
     let want = tree(m);
-    umount(&merged).unwrap();
+    unmount(&merged);
     let cs = ChangeSet::from_overlay_upper(&upper, None, &[]).unwrap();
     let names = paths(&cs);
     assert!(names.contains(&"etc/.wh.passwd".to_string()), "{names:?}");
@@ -543,7 +543,7 @@ fn overlay_run(
     lower_src: &Path,
     mutate: impl FnOnce(&Path),
 ) -> Option<(PathBuf, PathBuf, tempfile::TempDir)> {
-    use nix::mount::{mount, umount, MsFlags};
+    use nix::mount::{mount, MsFlags};
     let t = tempfile::tempdir().unwrap();
     let (upper, work, merged) = (
         t.path().join("upper"),
@@ -593,7 +593,7 @@ fn overlay_run(
         return None;
     }
     mutate(&merged);
-    umount(&merged).unwrap();
+    unmount(&merged);
     Some((upper, lower, t))
 }
 
@@ -1051,5 +1051,19 @@ fn gnu_tar_archives_unpack_like_gnu_tar_extracts_them() {
         }
         let ino = |r: &Path, n: &str| fs::metadata(r.join(n)).unwrap().ino();
         assert_eq!(ino(&by_us, "etc/passwd"), ino(&by_us, "etc/passwd-link"));
+    }
+}
+
+/// Unmounts a test overlay. EBUSY happens now and then when parallel tests fork while a file on
+/// the mount is still being closed: retry, then detach (the upper dir is complete either way).
+fn unmount(merged: &Path) {
+    let mut tries = 0;
+    while let Err(e) = nix::mount::umount(merged) {
+        tries += 1;
+        if e != nix::errno::Errno::EBUSY || tries == 20 {
+            nix::mount::umount2(merged, nix::mount::MntFlags::MNT_DETACH).unwrap();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
