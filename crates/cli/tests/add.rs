@@ -234,3 +234,228 @@ fn add_parents_is_refused_by_name() {
     assert!(!out.status.success());
     assert!(err.contains("parents") && err.contains(":2"), "{err}");
 }
+
+/// Whether `tool --version` runs; prints a visible `skipped:` line when it does not.
+fn have_tool(tool: &str, test: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("skipped: {test}: `{tool}` is not installed (Debian: tar, bzip2, xz-utils)");
+    }
+    ok
+}
+
+/// `tar -c<flag>f out -C src <names>` with root ownership, as a person would make the archive.
+fn system_tar(src: &Path, out: &Path, flag: &str, names: &[&str]) {
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0"])
+        .arg(format!("-c{flag}f"))
+        .arg(out)
+        .arg("-C")
+        .arg(src)
+        .args(names)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -c{flag}f failed");
+}
+
+/// The link target of the last symlink entry at `path` in the image's layers.
+fn link_target(layout: &Path, path: &str) -> Option<String> {
+    let mut found = None;
+    for d in kiln_testkit::layout::layer_digests(layout) {
+        let bytes = std::fs::read(kiln_testkit::layout::blob(layout, &d)).unwrap();
+        let plain = kiln_testkit::layout::decompress(&bytes);
+        let mut ar = tar::Archive::new(&plain[..]);
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            if e.path().unwrap().to_string_lossy().trim_end_matches('/') == path {
+                found = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
+/// Bytes that do not compress (xorshift), so half of a compressed stream still decodes.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `ADD x.tar.bz2 /a/` and `ADD y.tar.xz /b/` extract like docker build: the archives are made
+/// by the system tar/bzip2/xz at test time, judged by content (a text file named `.tar.xz`
+/// and a bzip2-compressed text file are copied as files), and `ADD --unpack=true <url>` of an
+/// xz tarball extracts through the same path.
+#[test]
+fn add_extracts_bzip2_and_xz_archives() {
+    let test = "add_extracts_bzip2_and_xz_archives";
+    if !["tar", "bzip2", "xz"].iter().all(|t| have_tool(t, test)) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::create_dir_all(src.join("etc/app")).unwrap();
+    std::fs::write(src.join("bin/run.sh"), "#!/bin/sh\necho run\n").unwrap();
+    std::fs::write(src.join("etc/app/app.conf"), "key=value\n").unwrap();
+    std::os::unix::fs::symlink("bin/run.sh", src.join("run")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &str, m: u32| {
+        std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    chmod("bin/run.sh", 0o755);
+    chmod("etc/app/app.conf", 0o640);
+    chmod("etc/app", 0o750);
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let names = ["bin", "etc", "run"];
+    system_tar(&src, &ctx.join("x.tar.bz2"), "j", &names);
+    system_tar(&src, &ctx.join("y.tar.xz"), "J", &names);
+    let url_archive = tmp.path().join("z.tar.xz");
+    system_tar(&src, &url_archive, "J", &["bin"]);
+    std::fs::write(ctx.join("fake.tar.xz"), "named like an archive\n").unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("printf 'compressed notes\\n' | bzip2 -c > notes.txt.bz2")
+        .current_dir(&ctx)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let notes_bz2 = std::fs::read(ctx.join("notes.txt.bz2")).unwrap();
+    let server = kiln_testkit::RecordingServer::start(vec![(
+        "/dl/z.tar.xz".into(),
+        Response::new(200, std::fs::read(&url_archive).unwrap()),
+    )])
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\n\
+             ADD x.tar.bz2 /a/\n\
+             ADD y.tar.xz /b/\n\
+             ADD fake.tar.xz notes.txt.bz2 /c/\n\
+             ADD --unpack=true http://{}/dl/z.tar.xz /u/\n",
+            server.addr()
+        ),
+    )
+    .unwrap();
+    let layout = tmp.path().join("oci");
+    let out = kiln_build(&ctx, &tmp.path().join("state"), &layout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = flatten(&layout);
+    for d in ["a", "b"] {
+        let below: Vec<&str> = files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{d}/")))
+            .collect();
+        assert_eq!(
+            below,
+            [
+                "bin",
+                "bin/run.sh",
+                "etc",
+                "etc/app",
+                "etc/app/app.conf",
+                "run"
+            ],
+            "extracted tree of /{d}"
+        );
+        let f = |p: &str| files[&format!("{d}/{p}")].clone();
+        assert_eq!(f("bin/run.sh"), (0o755, b"#!/bin/sh\necho run\n".to_vec()));
+        assert_eq!(f("etc/app/app.conf"), (0o640, b"key=value\n".to_vec()));
+        assert_eq!(f("etc/app").0 & 0o7777, 0o750);
+        assert_eq!(
+            link_target(&layout, &format!("{d}/run")).as_deref(),
+            Some("bin/run.sh")
+        );
+    }
+    assert_eq!(files["c/fake.tar.xz"].1, b"named like an archive\n");
+    assert_eq!(files["c/notes.txt.bz2"].1, notes_bz2);
+    assert_eq!(
+        files["u/bin/run.sh"],
+        (0o755, b"#!/bin/sh\necho run\n".to_vec())
+    );
+    assert!(!files
+        .keys()
+        .any(|k| k.ends_with(".tar.bz2") || k.ends_with("y.tar.xz")));
+}
+
+/// A truncated `.tar.bz2` / `.tar.xz` fails the build with the file, the Dockerfile line and
+/// what is wrong with the stream: cut inside the first block (seen when sniffing) and cut
+/// after it (seen while extracting).
+#[test]
+fn add_of_a_truncated_bzip2_or_xz_archive_fails_by_name_and_line() {
+    let test = "add_of_a_truncated_bzip2_or_xz_archive_fails_by_name_and_line";
+    if !["tar", "bzip2", "xz"].iter().all(|t| have_tool(t, test)) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("small.txt"), "small\n").unwrap();
+    // 600 kB that do not compress: six bzip2 blocks at level 1, several LZMA2 chunks.
+    std::fs::write(src.join("big.bin"), noise(600_000)).unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let cases = [
+        ("small.tar.bz2", "j", "small.txt", "bzip2"),
+        ("big.tar.bz2", "j", "big.bin", "bzip2"),
+        ("small.tar.xz", "J", "small.txt", "xz"),
+        ("big.tar.xz", "J", "big.bin", "xz"),
+    ];
+    for (name, flag, member, format) in cases {
+        let whole = tmp.path().join(name);
+        let env_level = if format == "bzip2" {
+            ("BZIP2", "-1")
+        } else {
+            ("XZ_OPT", "-1")
+        };
+        let st = Command::new("tar")
+            .env(env_level.0, env_level.1)
+            .args(["--numeric-owner", "--owner=0", "--group=0"])
+            .arg(format!("-c{flag}f"))
+            .arg(&whole)
+            .arg("-C")
+            .arg(&src)
+            .arg(member)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let bytes = std::fs::read(&whole).unwrap();
+        std::fs::write(ctx.join(name), &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM scratch\nADD {name} /out/\n"),
+        )
+        .unwrap();
+        let out = kiln_build(
+            &ctx,
+            &tmp.path().join("state"),
+            &tmp.path().join(format!("oci-{name}")),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: the build succeeded");
+        assert!(
+            err.contains(name)
+                && err.contains(":2:")
+                && err.contains(&format!("the {format} stream is truncated")),
+            "{name}: {err}"
+        );
+    }
+}
