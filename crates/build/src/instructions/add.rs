@@ -40,11 +40,11 @@ enum Outer {
 }
 
 impl Outer {
-    /// By magic bytes, as docker's archive detection does. bzip2 ("BZh", bzip2's own
-    /// spec: `BZh` + block size `1`-`9`) must also be followed by a block or end-of-stream
-    /// magic (the BCD digits of pi or sqrt(pi)): a text file that merely starts with "BZh"
-    /// is no bzip2 stream and is copied, as docker copies it after failing to read it.
-    /// xz: the 6-byte header magic (xz-file-format.txt 2.1.1.1).
+    /// By magic bytes, as docker's archive detection does. bzip2: `BZh`, the block size
+    /// `1`-`9`, then a block magic (0x314159265359, pi in BCD) or the end-of-stream magic
+    /// (0x177245385090, sqrt(pi)); docker looks at `BZh` alone, but a text file that merely
+    /// starts with "BZh" fails to decode there and is copied, which is what kiln does with it
+    /// without trying. xz: the 6-byte header magic (xz-file-format.txt 2.1.1.1).
     fn detect(head: &[u8]) -> Option<Outer> {
         const BLOCK: [u8; 6] = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
         const END: [u8; 6] = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
@@ -115,8 +115,7 @@ pub enum DecodeError {
         #[source]
         source: io::Error,
     },
-    /// The stream uses a feature the decoder lacks (an xz filter other than LZMA2, BCJ
-    /// and delta, say).
+    /// The stream uses a feature the decoder does not implement (a filter or check type).
     #[error("the {format} stream uses a feature kiln cannot decode: {source}")]
     Unsupported {
         format: &'static str,
