@@ -8,6 +8,7 @@ use crate::instructions::{add, chmod::Chmod, copy, metadata, run, workdir};
 use crate::options::BuildOptions;
 use crate::output::{Event, Output};
 use crate::snapshot::{self, LayerSettings};
+use crate::trees::{self, TreeStore};
 use kiln_dockerfile::{
     parse_dockerfile, plan, Base, FromRef, Healthcheck, Instruction, Plan, PlannedStage, Spanned,
     StageEnv,
@@ -229,6 +230,11 @@ struct Builder<'a> {
     overlay: bool,
     /// Cache stores running in the background; joined before the image is written out.
     stores: Vec<std::thread::JoinHandle<Result<(), cache::CacheError>>>,
+    /// The store of unpacked trees (`None` until the first stage asks; `Some(None)` when it
+    /// is off for this build: see [`Builder::tree_store`]).
+    trees: Option<Option<TreeStore>>,
+    /// Root file systems that share inodes with the tree store.
+    linked_roots: std::collections::HashSet<PathBuf>,
 }
 
 /// Builds the image `opts` describes and writes it to every requested output.
@@ -326,6 +332,8 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         // redo and time modes keep their own change rules by walking.
         overlay: opts.overlay_snapshots && opts.snapshot_mode == kiln_rootfs::SnapshotMode::Full,
         stores: Vec::new(),
+        trees: None,
+        linked_roots: std::collections::HashSet::new(),
     };
     b.open_cache()?;
     if !b.privileged {
@@ -477,6 +485,115 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The tree store, when this build may use it: RUN steps on an overlay (a RUN never
+    /// writes the rootfs in place, so it may share inodes with the store) in a user namespace,
+    /// full snapshots, not --single-snapshot, and `--cache-unpacked-trees` (default on).
+    fn tree_store(&mut self) -> Option<TreeStore> {
+        if self.trees.is_none() {
+            let wanted = self.opts.tree_store
+                && self.overlay
+                && !self.opts.single_snapshot
+                && matches!(self.isolation(), Ok(kiln_sandbox::Isolation::Userns));
+            let store = if wanted {
+                TreeStore::open(&self.opts.state_dir, self.privileged)
+                    .map_err(|e| tracing::debug!(error = %e, "tree store unavailable"))
+                    .ok()
+            } else {
+                None
+            };
+            self.trees = Some(store);
+        }
+        self.trees.clone().flatten()
+    }
+
+    /// Brings `root` (which holds `layers[..*applied]`) up to all of `layers`: an empty
+    /// rootfs starts from the longest chain the tree store has (hard links, no unpacking),
+    /// the rest is unpacked (`origins[i]` names where layer `i` came from in errors). A rootfs
+    /// filled from nothing is then stored as the tree of its chain.
+    fn fill_root(
+        &mut self,
+        root: &Root,
+        layers: &[LayerRecord],
+        origins: &[String],
+        applied: &mut usize,
+    ) -> Result<(), BuildError> {
+        if *applied >= layers.len() {
+            return Ok(());
+        }
+        let fresh = *applied == 0;
+        let mut start = *applied;
+        if let (true, Some(store)) = (fresh, self.tree_store()) {
+            let ids = trees::chain_ids(layers.iter().map(|l| &l.diff_id));
+            for j in (1..=layers.len()).rev() {
+                let Some(tree) = store.get(&ids[j - 1]) else {
+                    continue;
+                };
+                let t0 = Instant::now();
+                match store.materialize(&tree, root.path()) {
+                    Ok(stats) => {
+                        self.linked_roots.insert(root.path().to_path_buf());
+                        self.out.event(Event::Info(&format!(
+                            "  {j} of {} layers from the unpacked-tree store ({} files linked in {:.2}s)",
+                            layers.len(),
+                            stats.links,
+                            t0.elapsed().as_secs_f64()
+                        )));
+                        start = j;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tree store: unpacking instead");
+                        empty_dir(root.path())?;
+                    }
+                }
+                break;
+            }
+        }
+        for (l, origin) in layers.iter().zip(origins).skip(start) {
+            self.unpack_into(root, std::slice::from_ref(l), origin)?;
+        }
+        *applied = layers.len();
+        if fresh && start < layers.len() {
+            self.capture_tree(root, layers);
+        }
+        Ok(())
+    }
+
+    /// Stores `root` (which holds exactly `layers`) in the tree store, unless it is there.
+    /// Failing to is not an error: the next build unpacks.
+    fn capture_tree(&mut self, root: &Root, layers: &[LayerRecord]) {
+        let Some(store) = self.tree_store() else {
+            return;
+        };
+        let Some(chain) = trees::chain_ids(layers.iter().map(|l| &l.diff_id)).pop() else {
+            return;
+        };
+        let t0 = Instant::now();
+        match store.capture(root.path(), &chain) {
+            Ok(Some(stats)) => {
+                self.linked_roots.insert(root.path().to_path_buf());
+                tracing::debug!(
+                    layers = layers.len(),
+                    files = stats.links,
+                    dirs = stats.dirs,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "stored the rootfs in the tree store"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "tree store: not stored"),
+        }
+    }
+
+    /// Before a RUN runs directly in `root` (no overlay): give its files that the tree store
+    /// shares their own inodes, so the RUN cannot change a stored tree; no more trees.
+    fn unlink_from_trees(&mut self, root: &Root) -> Result<(), BuildError> {
+        self.trees = Some(None);
+        if self.linked_roots.remove(root.path()) {
+            kiln_rootfs::break_links(root.path(), self.privileged)?;
+        }
+        Ok(())
+    }
+
     fn open_root(&self, dir: &Path) -> Result<Root, BuildError> {
         let ownership = if self.privileged {
             Ownership::Preserve
@@ -486,11 +603,11 @@ impl Builder<'_> {
         Ok(Root::open(dir)?.with_ownership(ownership))
     }
 
-    /// The base of a stage: (config, layers, format) with its rootfs unpacked in `root`.
+    /// The base of a stage: (config, layers, format). Its layers are not unpacked yet: the
+    /// stage does that when a step first needs its rootfs ([`Builder::fill_root`]).
     fn base(
         &mut self,
         stage: &PlannedStage,
-        root: &Root,
         results: &HashMap<usize, StageResult>,
     ) -> Result<(ImageConfig, Vec<LayerRecord>, ImageFormat, BaseIdentity), BuildError> {
         match &stage.base {
@@ -505,7 +622,6 @@ impl Builder<'_> {
                     what: format!("stage {idx} is used before it was built"),
                     line: Some(stage.from.span.start_line),
                 })?;
-                self.unpack_into(root, &prev.layers, &format!("stage {idx}"))?;
                 let id = match &prev.final_key {
                     Some(k) => BaseIdentity::Stage(k.clone()),
                     None => BaseIdentity::Scratch,
@@ -536,7 +652,6 @@ impl Builder<'_> {
                         cb.manifest_digest
                     )));
                     let config = ImageConfig::from_slice(&cb.config_bytes)?;
-                    self.unpack_into(root, &cb.layers, name)?;
                     let format = self.opts.image_format.unwrap_or_else(|| {
                         ImageFormat::of_manifest_type(&cb.media_type).unwrap_or(ImageFormat::Oci)
                     });
@@ -579,7 +694,6 @@ impl Builder<'_> {
                 )));
                 let config = ImageConfig::from_slice(&pulled.config_bytes)?;
                 let layers = pulled_layers(&pulled, &config, name)?;
-                self.unpack_into(root, &layers, name)?;
                 for l in &layers {
                     self.sources.insert(l.digest.clone(), pulled.source.clone());
                 }
@@ -620,7 +734,19 @@ impl Builder<'_> {
             steps: stage.instructions.len(),
             text: &crate::output::redact_urls(&stage.from.span.original),
         });
-        let (mut config, mut layers, format, base_id) = self.base(stage, &root, results)?;
+        let (mut config, mut layers, format, base_id) = self.base(stage, results)?;
+        // The rootfs holds `layers[..applied]`; the rest (base layers, cache hits) is
+        // unpacked when a step first needs the tree, from the tree store when it has them.
+        let mut applied = 0usize;
+        let base_origin = match &stage.base {
+            Base::Image(name) => name.clone(),
+            Base::Stage(idx) => format!("stage {idx}"),
+            Base::Scratch => "scratch".to_string(),
+        };
+        let mut origins: Vec<String> = vec![base_origin; layers.len()];
+        // Whether the rootfs holds files that are not in `layers` (ignored paths a RUN wrote):
+        // then it is not the tree of its chain and is never stored.
+        let mut beyond_layers = false;
         let mut chain = self.cache.as_ref().map(|_| {
             let mut c = KeyChain::new(&base_id, &self.platform);
             // Layers made with exact ownership and with a single-id map differ for the same
@@ -665,6 +791,7 @@ impl Builder<'_> {
         let single = self.opts.single_snapshot && stage.index == self.plan.target;
         if single {
             chain = None;
+            self.fill_root(&root, &layers, &origins, &mut applied)?;
             index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
         }
         self.prefetch_stage(
@@ -702,10 +829,10 @@ impl Builder<'_> {
                 &mut stage_cache,
             )?;
             if let Some(hit) = hit {
-                // Replay the cached outcome: the step does not run.
-                if let Some(l) = &hit.layer {
-                    self.unpack_into(&root, std::slice::from_ref(l), "the layer cache")?;
-                    // The tree changed behind the index's back: take a new one when needed.
+                // Replay the cached outcome: the step does not run, and its layer is unpacked
+                // when a later step needs the rootfs.
+                if hit.layer.is_some() {
+                    // The tree changes behind the index's back: take a new one when needed.
                     index = None;
                 }
                 let created_by = self.created_by_without_running(&expanded, &config, &env)?;
@@ -721,12 +848,22 @@ impl Builder<'_> {
                 if let Some(l) = hit.layer {
                     config.rootfs.diff_ids.push(l.diff_id.clone());
                     layers.push(l);
+                    origins.push("the layer cache".to_string());
                 }
                 self.out.event(Event::StepDone {
                     elapsed: t0.elapsed(),
                     layer_size: size,
                 });
                 continue;
+            }
+            let touched = touches_root(&expanded, self.opts.kaniko_volumes);
+            if touched {
+                self.fill_root(&root, &layers, &origins, &mut applied)?;
+                if reads_context(&expanded) && !beyond_layers && applied > 0 {
+                    // A step that reads the build context: the usual first miss of the next
+                    // build after an edit. Keep the tree it starts from.
+                    self.capture_tree(&root, &layers);
+                }
             }
             let on_overlay = self.overlay && !single && matches!(expanded, Instruction::Run(_));
             if index.is_none() && !on_overlay && self.needs_walk(&expanded) {
@@ -754,6 +891,7 @@ impl Builder<'_> {
                         "RUN on an overlay is not possible here; comparing the file tree instead"
                     );
                     self.overlay = false;
+                    self.unlink_from_trees(&root)?;
                     if index.is_none() {
                         index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
                     }
@@ -772,7 +910,8 @@ impl Builder<'_> {
             };
             let layer = match outcome.fs {
                 FsEffect::Overlay(upper) => {
-                    let layer = self.apply_overlay(&root, &upper, single)?;
+                    let (layer, wrote_ignored) = self.apply_overlay(&root, &upper, single)?;
+                    beyond_layers |= wrote_ignored;
                     // The tree changed without the index: take a new one when a walk is needed.
                     index = None;
                     layer
@@ -825,6 +964,20 @@ impl Builder<'_> {
             if let Some(l) = layer {
                 config.rootfs.diff_ids.push(l.diff_id.clone());
                 layers.push(l);
+                origins.push("a step of this build".to_string());
+            }
+            if touched {
+                // The step ran on the filled rootfs and its layer is in it.
+                applied = layers.len();
+            } else {
+                debug_assert!(
+                    size.is_none(),
+                    "a step that made a layer must fill the rootfs first"
+                );
+            }
+            if matches!(expanded, Instruction::Volume(_)) && self.opts.kaniko_volumes {
+                // Kaniko's VOLUME made a directory that is kept out of later layers.
+                beyond_layers = true;
             }
             self.out.event(Event::StepDone {
                 elapsed: t0.elapsed(),
@@ -844,7 +997,15 @@ impl Builder<'_> {
                 });
                 config.rootfs.diff_ids.push(l.diff_id.clone());
                 layers.push(l);
+                origins.push("a step of this build".to_string());
+                applied = layers.len();
             }
+        }
+        if stage.index != self.plan.target {
+            // Later stages read this one's rootfs (COPY --from, RUN --mount=from). The
+            // target's is never read: a build whose last steps were all cache hits unpacks
+            // nothing of them.
+            self.fill_root(&root, &layers, &origins, &mut applied)?;
         }
         Ok(StageResult {
             final_key: chain.map(|c| c.current().clone()),
@@ -883,7 +1044,8 @@ impl Builder<'_> {
         let config = ImageConfig::from_slice(&pulled.config_bytes)?;
         let layers = pulled_layers(&pulled, &config, image)?;
         let root = self.open_root(&dir)?;
-        self.unpack_into(&root, &layers, image)?;
+        let origins = vec![image.to_string(); layers.len()];
+        self.fill_root(&root, &layers, &origins, &mut 0)?;
         self.image_roots.insert(image.to_string(), dir.clone());
         Ok(dir)
     }
@@ -897,7 +1059,7 @@ impl Builder<'_> {
         root: &Root,
         upper: &Path,
         single: bool,
-    ) -> Result<Option<LayerRecord>, BuildError> {
+    ) -> Result<(Option<LayerRecord>, bool), BuildError> {
         debug_assert!(!single);
         let t0 = std::time::Instant::now();
         // --ignore-path applies as it does to the walk.
@@ -935,7 +1097,7 @@ impl Builder<'_> {
         if let Some(dir) = upper.parent() {
             let _ = remove_tree(dir);
         }
-        Ok(layer)
+        Ok((layer, wrote_ignored))
     }
 
     /// Opens the layer cache (`--cache`): the `--cache-repo` (or `<destination>/cache`) in a
@@ -2199,6 +2361,50 @@ fn pulled_layers(
 
 /// Whether a step's result depends on something its cache key does not cover: the bytes
 /// behind an ADD URL, or an image named by `--from` (a tag can move).
+/// Whether a step reads or writes the stage's rootfs (metadata-only steps do not).
+fn touches_root(ins: &Instruction, kaniko_volumes: bool) -> bool {
+    match ins {
+        Instruction::Run(_)
+        | Instruction::Copy(_)
+        | Instruction::Add(_)
+        | Instruction::Workdir(_) => true,
+        Instruction::Volume(_) => kaniko_volumes,
+        _ => false,
+    }
+}
+
+/// Whether a step reads files of the build context (COPY/ADD without --from, a RUN with a
+/// bind mount of the context).
+fn reads_context(ins: &Instruction) -> bool {
+    match ins {
+        Instruction::Copy(a) | Instruction::Add(a) => a.from.is_none(),
+        Instruction::Run(r) => r
+            .mounts
+            .iter()
+            .any(|m| m.kind == kiln_dockerfile::MountType::Bind && m.from.is_none()),
+        _ => false,
+    }
+}
+
+/// Removes everything inside `dir` (not `dir`: a [`Root`] holds it open).
+fn empty_dir(dir: &Path) -> Result<(), BuildError> {
+    let io = |source| BuildError::Io {
+        what: "emptying a rootfs",
+        path: dir.to_path_buf(),
+        source,
+    };
+    for e in fs::read_dir(dir).map_err(io)? {
+        let p = e.map_err(io)?.path();
+        let r = if p.is_dir() && !p.is_symlink() {
+            remove_tree(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        r.map_err(io)?;
+    }
+    Ok(())
+}
+
 fn content_not_in_key(ins: &Instruction, from_is_image: &dyn Fn(&str) -> bool) -> bool {
     match ins {
         Instruction::Add(a) | Instruction::Copy(a) => {

@@ -18,6 +18,7 @@ mod instructions;
 pub mod options;
 pub mod output;
 mod snapshot;
+pub mod trees;
 
 pub use engine::{build, remove_tree, BuildOutcome};
 pub use error::BuildError;

@@ -98,6 +98,10 @@ pub struct BuildOptions {
     /// Run RUN steps on an overlay and take its upper directory as the change set (no walk of
     /// the rootfs), falling back to the walk where overlayfs is not available.
     pub overlay_snapshots: bool,
+    /// Keep the unpacked root file systems of layer chains in the state directory
+    /// (`<state>/trees`) and start later builds from hard-link copies of them instead of
+    /// unpacking (only with overlay snapshots in a user namespace; see `trees.rs`).
+    pub tree_store: bool,
     /// Kaniko's VOLUME (`--compat=kaniko`): the volume's path is left out of every later
     /// snapshot, and a missing directory is created (0755, in no layer) when `volume_mkdir`.
     pub kaniko_volumes: bool,

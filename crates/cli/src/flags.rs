@@ -184,6 +184,13 @@ pub struct BuildFlags {
     /// before. `--overlay-snapshots=false` always compares the tree.
     #[arg(long = "overlay-snapshots", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub overlay_snapshots: bool,
+    /// Keep the unpacked file systems of base images and of the steps before a COPY of the
+    /// context under --kiln-dir (`trees/`, the 12 most recently used) and start later builds
+    /// on this machine from hard-link copies of them instead of unpacking the layers again.
+    /// Used only where RUN steps run on an overlay (a user namespace); `kiln cache prune`
+    /// removes them.
+    #[arg(long = "cache-unpacked-trees", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
+    pub cache_unpacked_trees: bool,
     /// Seconds between progress lines of a running pull or push (bytes so far and rate); 0
     /// turns them off.
     #[arg(long = "progress-interval", default_value = "5", value_parser = parse_interval)]

@@ -495,6 +495,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         snapshot_mode,
         single_snapshot: flags.single_snapshot,
         overlay_snapshots: flags.overlay_snapshots,
+        tree_store: flags.cache_unpacked_trees,
         detach_cleanup: true,
         progress_interval: Some(std::time::Duration::from_secs_f64(flags.progress_interval)),
         kaniko_volumes: flags.compat == "kaniko",
@@ -780,6 +781,9 @@ fn cache_prune(kiln_dir: Option<PathBuf>, max_size: &str) -> Result<ExitCode> {
     let cache = kiln_build::cache::LocalCache::open(&state, kiln_build::cache::DEFAULT_TTL)?;
     let report = cache.prune(parse_size(max_size)?)?;
     println!("{report:?}");
+    // Unpacked trees are a cache of unpacking, rebuilt on demand: all of them go.
+    let trees = kiln_build::trees::prune(&state);
+    println!("removed {trees} unpacked trees");
     Ok(ExitCode::SUCCESS)
 }
 

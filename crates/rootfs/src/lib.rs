@@ -23,12 +23,14 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod linktree;
 mod root;
 mod snapshot;
 mod unpack;
 mod xattr;
 
 pub use error::{DiffError, RootError, UnpackError};
+pub use linktree::{break_links, link_tree, LinkStats};
 pub use root::{IdMap, Kind, Meta, Ownership, Root, MAX_SYMLINK_HOPS};
 pub use snapshot::{write_layer, Change, ChangeSet, Index, SnapshotMode, WriteStats};
 pub use unpack::{

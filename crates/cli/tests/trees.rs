@@ -1,0 +1,182 @@
+//! The tree store (`--kiln-dir`/trees): a rebuild on the same machine starts from a hard-link
+//! copy of the stored rootfs instead of unpacking, gives the same image as a build without it,
+//! and no step of any build changes a stored tree, although they share inodes.
+
+use kiln_testkit::{push_busybox, require, Registry};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn kiln(args: &[String]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The stored trees (their rootfs directories), by name.
+fn trees(state: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(state.join("trees"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                    !n.starts_with("tmp-") && !n.starts_with("gone-")
+                })
+                .map(|p| p.join("rootfs"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn warm_rebuild_starts_from_stored_trees_and_never_changes_them() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("a.txt"), "one\n").unwrap();
+    std::fs::write(ctx.join("lib"), "replaced by COPY\n").unwrap();
+    // RUN 2 changes files of the stored tree through the overlay (append, chmod, delete) and
+    // the COPY after it replaces one: none of that may reach the store.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/library/busybox\n\
+             RUN mkdir /deps && echo original >/deps/lib && echo other >/deps/other && echo gone >/deps/gone && chmod 644 /deps/other\n\
+             COPY a.txt /app/a.txt\n\
+             RUN cat /app/a.txt >>/deps/lib && chmod 600 /deps/other && rm /deps/gone && cat /deps/lib >/app/seen\n\
+             COPY lib /deps/lib\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let state = tmp.path().join("state");
+    let build = |n: usize, state: &Path, extra: &[&str]| -> (String, Vec<String>) {
+        let layout = tmp.path().join(format!("oci{n}"));
+        let mut args: Vec<String> = vec![
+            "build".into(),
+            "-c".into(),
+            ctx.display().to_string(),
+            "--no-push".into(),
+            "--reproducible".into(),
+            "--cache=true".into(),
+            "--cache-copy-layers=true".into(),
+            "--insecure-pull".into(),
+            "--log-format=text".into(),
+            "--oci-layout-path".into(),
+            layout.display().to_string(),
+            "--kiln-dir".into(),
+            state.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (ok, err) = kiln(&args);
+        assert!(ok, "build {n}: {err}");
+        (err, kiln_testkit::layout::layer_digests(&layout))
+    };
+    let check_store = |when: &str, count: usize| {
+        let stored = trees(&state);
+        assert_eq!(
+            stored.len(),
+            count,
+            "{when}: the base's tree and one before each `COPY` of the context: {stored:?}"
+        );
+        // Before `COPY a.txt`: base + the first RUN.
+        let first: Vec<&PathBuf> = stored
+            .iter()
+            .filter(|t| t.join("deps").exists() && !t.join("app").exists())
+            .collect();
+        assert_eq!(first.len(), 1, "{when}: {stored:?}");
+        let t = first[0];
+        assert_eq!(
+            std::fs::read_to_string(t.join("deps/lib")).unwrap(),
+            "original\n",
+            "{when}"
+        );
+        let mode = std::fs::metadata(t.join("deps/other"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "{when}: chmod in a RUN reached the store"
+        );
+        assert!(
+            t.join("deps/gone").exists(),
+            "{when}: rm in a RUN reached the store"
+        );
+        // Before `COPY lib /deps/lib` of the cold build: the COPY replaced deps/lib in the
+        // rootfs, not in this tree.
+        let second: Vec<&PathBuf> = stored
+            .iter()
+            .filter(|t| std::fs::read_to_string(t.join("app/a.txt")).is_ok_and(|s| s == "one\n"))
+            .collect();
+        assert_eq!(second.len(), 1, "{when}: {stored:?}");
+        assert_eq!(
+            std::fs::read_to_string(second[0].join("deps/lib")).unwrap(),
+            "original\none\n",
+            "{when}"
+        );
+    };
+
+    let (out1, l1) = build(1, &state, &[]);
+    assert!(!out1.contains("unpacked-tree store"), "{out1}");
+    check_store("after the cold build", 3);
+
+    // One context file changed: the first RUN is a cache hit, and the rootfs for the COPY
+    // comes from the stored tree (no unpacking).
+    std::fs::write(ctx.join("a.txt"), "two\n").unwrap();
+    let (out2, l2) = build(2, &state, &[]);
+    assert_eq!(out2.matches("cache hit").count(), 1, "{out2}");
+    assert!(
+        out2.contains("2 of 2 layers from the unpacked-tree store"),
+        "{out2}"
+    );
+    assert_eq!(l2[..2], l1[..2], "base and first RUN reused");
+    assert_ne!(l2[2], l1[2], "COPY a.txt changed");
+    check_store("after the warm rebuild", 4);
+
+    // The same build without the store (a fresh state dir) gives the same image.
+    let (out3, l3) = build(
+        3,
+        &tmp.path().join("fresh"),
+        &["--cache-unpacked-trees=false"],
+    );
+    assert!(!out3.contains("unpacked-tree store"), "{out3}");
+    assert!(
+        trees(&tmp.path().join("fresh")).is_empty(),
+        "--cache-unpacked-trees=false stores nothing"
+    );
+    assert_eq!(
+        l2, l3,
+        "the image does not depend on where the rootfs came from"
+    );
+
+    // Nothing changed: every step is a hit and no step needs the rootfs, so nothing is
+    // unpacked or linked at all.
+    let (out4, l4) = build(4, &state, &[]);
+    assert_eq!(out4.matches("cache hit").count(), 4, "{out4}");
+    assert!(!out4.contains("unpacked-tree store"), "{out4}");
+    assert_eq!(l4, l2);
+
+    // `kiln cache prune` removes the trees.
+    let (ok, err) = kiln(&[
+        "cache".into(),
+        "prune".into(),
+        "--max-size".into(),
+        "1G".into(),
+        "--kiln-dir".into(),
+        state.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(trees(&state).is_empty(), "{:?}", trees(&state));
+}
