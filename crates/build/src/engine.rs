@@ -1680,12 +1680,6 @@ impl Builder<'_> {
                                         extracted = true;
                                         continue;
                                     }
-                                    add::ArchiveKind::Unsupported(kind) => {
-                                        let _ = fs::remove_file(&tmp);
-                                        return Err(bad(format!(
-                                            "not supported yet: extracting {kind}-compressed archive {u}"
-                                        )));
-                                    }
                                     add::ArchiveKind::NotArchive => {}
                                 }
                             }
@@ -1890,12 +1884,6 @@ impl Builder<'_> {
                         archives.push(inside);
                         archive_names.push(rel.clone());
                         any = true;
-                    }
-                    add::ArchiveKind::Unsupported(kind) => {
-                        return Err(format!(
-                            "not supported yet: extracting {kind}-compressed archive {}",
-                            rel.display()
-                        ))
                     }
                     add::ArchiveKind::NotArchive => {}
                 }

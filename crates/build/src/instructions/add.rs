@@ -20,10 +20,6 @@ pub enum ArchiveKind {
     NotArchive,
     /// tar, plain or compressed with gzip, bzip2, xz or zstd: extracted.
     Tar,
-    /// A compressed stream kiln cannot read. Every compression docker detects is read now, so
-    /// nothing produces this; it stays until the engine's `match` arms for it are removed.
-    #[allow(dead_code)]
-    Unsupported(&'static str),
 }
 
 /// The memory an xz stream may ask for, in KiB: twice what `xz -9` (a 64 MiB dictionary)
