@@ -2013,6 +2013,8 @@ impl Builder<'_> {
             scratch: &scratch,
             cache_root: &cache_root,
             secrets: &self.opts.secrets,
+            ssh: &self.opts.ssh,
+            env: &envv,
             resolve_from: &resolve_from,
             resolve_context: &resolve_context,
             workdir: &cwd,
@@ -2025,6 +2027,8 @@ impl Builder<'_> {
         let step_mounts = run::mounts(&r.mounts, &mc).map_err(|e| bad(e.to_string()))?;
         // Held (not `_`) until the step has run: the cache mounts' `sharing=` locks.
         let _cache_locks = step_mounts.cache_locks;
+        // Likewise the ssh-agent relays behind `--mount=type=ssh` (dropped before the scratch dir).
+        let _ssh_agents = step_mounts.ssh_agents;
         let mut mounts = step_mounts.mounts;
         if argv.first().is_some_and(|a| a.starts_with("/.kiln-run/")) {
             mounts.push(kiln_sandbox::Mount::Bind {

@@ -24,6 +24,24 @@ impl std::fmt::Debug for SecretSource {
     }
 }
 
+/// A `--ssh` value: an ssh-agent socket that `RUN --mount=type=ssh,id=ID` reaches through a
+/// forwarding socket kiln serves for that step only (BuildKit's `--ssh ID=SOCKET`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SshSource {
+    /// The id a mount names (`default` when the mount has no `id=`).
+    pub id: String,
+    /// The agent's socket on the host (`$SSH_AUTH_SOCK` for `--ssh default`).
+    pub socket: PathBuf,
+}
+
+impl std::fmt::Debug for SshSource {
+    // The id only: the agent socket's path is a credential of sorts (whoever can reach it can
+    // sign with the caller's keys), so it stays out of debug logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SshSource({})", self.id)
+    }
+}
+
 /// The layer cache (`--cache` and its companions); `None` in [`BuildOptions`] when off.
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
@@ -89,6 +107,8 @@ pub struct BuildOptions {
     pub isolation: Option<String>,
     /// `--secret`.
     pub secrets: Vec<SecretSource>,
+    /// `--ssh`: agent sockets for `RUN --mount=type=ssh`.
+    pub ssh: Vec<SshSource>,
     /// Layer compression.
     pub compression: kiln_oci::layer::Compression,
     /// Registry transport options.

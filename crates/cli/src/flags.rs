@@ -139,6 +139,10 @@ pub struct BuildFlags {
     /// A build secret: id=ID[,src=FILE][,env=VAR] (repeatable).
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
+    /// An ssh-agent socket for `RUN --mount=type=ssh`: `default` or ID (the socket in
+    /// $SSH_AUTH_SOCK), or ID=SOCKET (repeatable).
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
 
     /// Use the layer cache.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]

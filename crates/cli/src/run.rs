@@ -6,7 +6,7 @@ use crate::flags::{
 };
 use crate::render::{Format, Renderer};
 use anyhow::{bail, Context, Result};
-use kiln_build::options::{BuildOptions, SecretFrom, SecretSource};
+use kiln_build::options::{BuildOptions, SecretFrom, SecretSource, SshSource};
 use kiln_build::output::{Event, Output};
 use kiln_rootfs::SnapshotMode;
 use std::path::{Path, PathBuf};
@@ -151,6 +151,56 @@ fn parse_secret(spec: &str) -> Result<SecretSource> {
     // Docker's default: a secret with no source is read from the env var or file named by id.
     let source = from.unwrap_or_else(|| SecretFrom::Env(id.clone()));
     Ok(SecretSource { id, source })
+}
+
+/// `--ssh` values as `docker buildx build --ssh` takes them: `ID` (the agent in
+/// `auth_sock`, i.e. $SSH_AUTH_SOCK) or `ID=PATH`. A path must be an agent's socket: BuildKit
+/// also takes private key files (and several paths for one id), loading them into an agent
+/// of its own; kiln does not yet. Errors name the id and never the path (logs may be public;
+/// whoever reaches the socket signs with the caller's keys).
+fn parse_ssh(specs: &[String], auth_sock: Option<std::ffi::OsString>) -> Result<Vec<SshSource>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out: Vec<SshSource> = Vec::new();
+    for spec in specs {
+        let (id, paths) = match spec.split_once('=') {
+            Some((id, paths)) => (id, Some(paths)),
+            None => (spec.as_str(), None),
+        };
+        if id.is_empty() || id.contains(',') {
+            bail!("invalid --ssh value: expected default, ID or ID=SOCKET");
+        }
+        if out.iter().any(|s| s.id == id) {
+            bail!("invalid --ssh {id}: the id is given twice");
+        }
+        let socket = match paths.filter(|p| !p.is_empty()) {
+            Some(p) if p.contains(',') => bail!(
+                "not supported yet: ssh key files (--ssh {id}=PATH,PATH... to keys); pass an agent socket"
+            ),
+            Some(p) => PathBuf::from(p),
+            None => match auth_sock.as_ref().filter(|s| !s.is_empty()) {
+                Some(s) => PathBuf::from(s),
+                None => bail!(
+                    "invalid --ssh {id}: SSH_AUTH_SOCK is not set (start ssh-agent, or give --ssh {id}=SOCKET)"
+                ),
+            },
+        };
+        let meta = std::fs::metadata(&socket).map_err(|e| {
+            anyhow::anyhow!("invalid --ssh {id}: the agent socket cannot be read: {e}")
+        })?;
+        if meta.is_file() {
+            bail!(
+                "not supported yet: ssh key files (--ssh {id}=PATH to a key); pass an agent socket"
+            );
+        }
+        if !meta.file_type().is_socket() {
+            bail!("invalid --ssh {id}: the path is not an ssh-agent socket");
+        }
+        out.push(SshSource {
+            id: id.to_string(),
+            socket,
+        });
+    }
+    Ok(out)
 }
 
 fn opt_path(s: &str) -> Option<PathBuf> {
@@ -510,6 +560,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
             .iter()
             .map(|s| parse_secret(s))
             .collect::<Result<_>>()?,
+        ssh: parse_ssh(&flags.ssh, std::env::var_os("SSH_AUTH_SOCK"))?,
         compression,
         registry: registry_options(&flags.registry)?,
         credentials: credentials(),
@@ -828,5 +879,48 @@ fn remove_own_dirs(state: &Path) {
                 let _ = kiln_build::remove_tree(&e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod ssh_flag_tests {
+    use super::parse_ssh;
+
+    #[test]
+    fn ssh_values_as_buildx_takes_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("agent.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let env = Some(sock.clone().into_os_string());
+        let specs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // `default` and a bare id take $SSH_AUTH_SOCK; `id=PATH` takes the path.
+        let got = parse_ssh(
+            &specs(&["default", "b", &format!("c={}", sock.display())]),
+            env.clone(),
+        )
+        .unwrap();
+        let ids: Vec<&str> = got.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["default", "b", "c"]);
+        assert!(got.iter().all(|s| s.socket == sock));
+        let err = |v: &[&str], env: Option<std::ffi::OsString>| {
+            format!("{:#}", parse_ssh(&specs(v), env).unwrap_err())
+        };
+        assert!(err(&["default"], None).contains("SSH_AUTH_SOCK is not set"));
+        assert!(err(&["a", "a"], env.clone()).contains("--ssh a: the id is given twice"));
+        assert!(err(&["=x"], env.clone()).starts_with("invalid --ssh value"));
+        let key = tmp.path().join("id_ed25519");
+        std::fs::write(&key, "key").unwrap();
+        let e = err(&[&format!("default={}", key.display())], None);
+        assert!(e.starts_with("not supported yet: ssh key files"), "{e}");
+        assert!(!e.contains("id_ed25519"), "the path is in the message: {e}");
+        let two = format!("default={},{}", key.display(), key.display());
+        assert!(err(&[&two], None).starts_with("not supported yet: ssh key files"));
+        let e = err(&["default=/nonexistent/agent"], None);
+        assert!(
+            e.contains("invalid --ssh default: the agent socket cannot be read"),
+            "{e}"
+        );
+        assert!(err(&[&format!("d={}", tmp.path().display())], None)
+            .contains("is not an ssh-agent socket"));
     }
 }

@@ -6,4 +6,5 @@ pub mod chmod;
 pub mod copy;
 pub mod metadata;
 pub mod run;
+pub mod ssh_agent;
 pub mod workdir;

@@ -5,9 +5,11 @@
 //! bodies as BuildKit passes them: a lone `RUN <<EOF` runs its body as the script (`#!` bodies
 //! are executed as a file), any other heredoc is handed to the shell inline so that it does the
 //! redirections itself. `--mount`s become sandbox mounts; secrets are written to a private file
-//! outside the rootfs, mounted read-only, and removed after the step.
+//! outside the rootfs, mounted read-only, and removed after the step; ssh mounts bind a
+//! forwarding socket to the caller's agent ([`super::ssh_agent`]) that lives as long as the step.
 
-use crate::options::{SecretFrom, SecretSource};
+use super::ssh_agent::{AgentForward, ForwardError};
+use crate::options::{SecretFrom, SecretSource, SshSource};
 use kiln_dockerfile::{CommandLine, Heredoc, MountSpec, MountType, RunInstr, Sharing};
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -23,6 +25,14 @@ pub enum RunSetupError {
         id: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("ssh agent {id:?} is required but was not given (use --ssh {id}=SOCKET, or --ssh {id} for $SSH_AUTH_SOCK)")]
+    MissingSsh { id: String },
+    #[error("--ssh {id}: {source}")]
+    SshForward {
+        id: String,
+        #[source]
+        source: ForwardError,
     },
     #[error("--mount: {0}")]
     Mount(String),
@@ -110,6 +120,11 @@ pub struct MountContext<'a> {
     /// Persistent directory for `type=cache` mounts.
     pub cache_root: &'a Path,
     pub secrets: &'a [SecretSource],
+    /// `--ssh` agents, by id.
+    pub ssh: &'a [SshSource],
+    /// The environment the RUN gets before its mounts (`SSH_AUTH_SOCK` is set only when this
+    /// does not set it, as BuildKit does).
+    pub env: &'a [(String, String)],
     /// Resolves `from=` of a bind mount to the host path of `source` inside that stage's root.
     pub resolve_from: &'a dyn Fn(&str, &str) -> Result<PathBuf, String>,
     /// Resolves `source` inside the build context.
@@ -126,15 +141,19 @@ fn abs_target(target: &str, workdir: &str) -> String {
     }
 }
 
-/// What a RUN's `--mount` flags give it: sandbox mounts, and environment variables holding
-/// secrets (`type=secret,env=NAME`: for that RUN's process only, never in the config, the
-/// history or a cache key).
+/// What a RUN's `--mount` flags give it: sandbox mounts, and environment variables for that
+/// RUN's process only, never in the config, the history or a cache key: secrets
+/// (`type=secret,env=NAME`) and `SSH_AUTH_SOCK` for ssh mounts.
 #[derive(Default)]
 pub struct StepMounts {
     pub mounts: Vec<kiln_sandbox::Mount>,
+    /// Set (replacing a same-named variable) in the RUN's environment.
     pub secret_env: Vec<(String, String)>,
     /// flock(2)s on the step's cache mounts (`sharing=`); keep them until the step ends.
     pub cache_locks: Vec<fs::File>,
+    /// The relays behind the step's ssh mounts; keep them until the step ends (dropping one
+    /// closes its socket and every connection through it).
+    pub ssh_agents: Vec<AgentForward>,
 }
 
 impl std::fmt::Debug for StepMounts {
@@ -144,6 +163,7 @@ impl std::fmt::Debug for StepMounts {
         f.debug_struct("StepMounts")
             .field("mounts", &self.mounts)
             .field("secret_env", &names)
+            .field("ssh_agents", &self.ssh_agents.len())
             .finish()
     }
 }
@@ -153,6 +173,8 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
     let mut out = Vec::new();
     let mut secret_env = Vec::new();
     let mut locks = Vec::new();
+    let mut ssh_agents = Vec::new();
+    let mut ssh_index = 0usize;
     // Shared and locked caches are locked once per step, in the strongest mode any of its
     // mounts asks for, and in name order: two mounts of one cache in a step (or two builds
     // taking two caches in opposite orders) would otherwise wait for each other forever, as
@@ -313,7 +335,50 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                 });
             }
             MountType::Ssh => {
-                return Err(RunSetupError::Unsupported("--mount=type=ssh".into()));
+                // BuildKit (client/llb/exec.go): an ssh mount without target= is at
+                // /run/buildkit/ssh_agent.<n>, n counting the step's ssh mounts; the first one
+                // is SSH_AUTH_SOCK unless the environment already names a socket. The variable
+                // is set even when an optional mount's id was not given (the LLB is made
+                // before the session is asked), so a RUN can test `-S "$SSH_AUTH_SOCK"`.
+                let n = ssh_index;
+                ssh_index += 1;
+                let id = m.id.clone().unwrap_or_else(|| "default".into());
+                let target = abs_target(
+                    &m.target
+                        .clone()
+                        .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}")),
+                    mc.workdir,
+                );
+                if n == 0 && !mc.env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+                    secret_env.push(("SSH_AUTH_SOCK".into(), target.clone()));
+                }
+                let Some(src) = mc.ssh.iter().find(|s| s.id == id) else {
+                    if m.required {
+                        return Err(RunSetupError::MissingSsh { id });
+                    }
+                    // Optional and not given: the step runs without the socket (BuildKit).
+                    continue;
+                };
+                // BuildKit's defaults for the socket inside: mode 0600, owned by 0:0.
+                let fwd = AgentForward::start(
+                    &src.socket,
+                    &mc.scratch.join(format!("ssh-{i}")),
+                    m.mode.unwrap_or(0o600),
+                    m.uid.unwrap_or(0),
+                    m.gid.unwrap_or(0),
+                )
+                .map_err(|source| RunSetupError::SshForward {
+                    id: id.clone(),
+                    source,
+                })?;
+                // Read-only: the step cannot chmod the file. connect(2) checks write
+                // permission on the socket inode (unix(7)), which a read-only mount keeps.
+                out.push(kiln_sandbox::Mount::Bind {
+                    source: fwd.socket().to_path_buf(),
+                    target,
+                    readonly: true,
+                });
+                ssh_agents.push(fwd);
             }
         }
     }
@@ -321,6 +386,7 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
         mounts: out,
         secret_env,
         cache_locks: locks,
+        ssh_agents,
     })
 }
 
@@ -440,6 +506,8 @@ mod tests {
                     scratch: &scratch,
                     cache_root: &cache_root,
                     secrets: &[],
+                    ssh: &[],
+                    env: &[],
                     resolve_from: &from,
                     resolve_context: &ctx,
                     workdir: "/",
@@ -453,6 +521,74 @@ mod tests {
                 "{a}+{b}: the step waited for its own lock"
             );
         }
+    }
+
+    #[test]
+    fn ssh_mounts_targets_env_and_required() {
+        let tmp = tempfile::tempdir().unwrap();
+        let agent = tmp.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+        let scratch = tmp.path().join("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let spec =
+            |raw: &str| kiln_dockerfile::parse_mount(raw, &|v| Ok(v.to_string()), true).unwrap();
+        let ssh = [SshSource {
+            id: "default".into(),
+            socket: agent.clone(),
+        }];
+        let from = |_: &str, _: &str| -> Result<PathBuf, String> { Err("no".into()) };
+        let ctx = |_: &str| -> Result<PathBuf, String> { Err("no".into()) };
+        let run = |specs: &[MountSpec], env: &[(String, String)], ssh: &[SshSource]| {
+            let mc = MountContext {
+                scratch: &scratch,
+                cache_root: tmp.path(),
+                secrets: &[],
+                ssh,
+                env,
+                resolve_from: &from,
+                resolve_context: &ctx,
+                workdir: "/src",
+            };
+            mounts(specs, &mc)
+        };
+        let bind_targets = |m: &StepMounts| -> Vec<String> {
+            m.mounts.iter().map(|m| m.target().to_string()).collect()
+        };
+        // Default targets count the step's ssh mounts (not all mounts); the first is
+        // SSH_AUTH_SOCK; a relative target is under the workdir; an optional mount whose id
+        // was not given is skipped.
+        let specs = [
+            spec("type=tmpfs,target=/t"),
+            spec("type=ssh"),
+            spec("type=ssh,id=other"),
+            spec("type=ssh,target=rel.sock"),
+        ];
+        let m = run(&specs, &[], &ssh).unwrap();
+        assert_eq!(
+            bind_targets(&m),
+            ["/t", "/run/buildkit/ssh_agent.0", "/src/rel.sock"]
+        );
+        assert_eq!(
+            m.secret_env,
+            [(
+                "SSH_AUTH_SOCK".to_string(),
+                "/run/buildkit/ssh_agent.0".to_string()
+            )]
+        );
+        assert_eq!(m.ssh_agents.len(), 2);
+        drop(m);
+        // An SSH_AUTH_SOCK the image or a build arg sets is kept (BuildKit).
+        let env = [("SSH_AUTH_SOCK".to_string(), "/mine".to_string())];
+        let m = run(&specs[1..2], &env, &ssh).unwrap();
+        assert!(m.secret_env.is_empty());
+        // Not given: the variable still names the target, no mount.
+        let m = run(&specs[1..2], &[], &[]).unwrap();
+        assert!(m.mounts.is_empty());
+        assert_eq!(m.secret_env[0].1, "/run/buildkit/ssh_agent.0");
+        // required=true: an error naming the id and the flag.
+        let e = run(&[spec("type=ssh,id=deploy,required=true")], &[], &ssh).unwrap_err();
+        assert!(matches!(&e, RunSetupError::MissingSsh { id } if id == "deploy"));
+        assert!(e.to_string().contains("--ssh deploy"), "{e}");
     }
 
     #[test]
