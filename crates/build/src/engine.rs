@@ -485,15 +485,22 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Whether RUN steps run on an overlay: overlay snapshots on and user-namespace isolation
+    /// (chroot isolation has no overlay: its RUNs are compared by the walk). Decided once.
+    fn overlay_usable(&mut self) -> bool {
+        if self.overlay && !matches!(self.isolation(), Ok(kiln_sandbox::Isolation::Userns)) {
+            self.overlay = false;
+        }
+        self.overlay
+    }
+
     /// The tree store, when this build may use it: RUN steps on an overlay (a RUN never
     /// writes the rootfs in place, so it may share inodes with the store) in a user namespace,
     /// full snapshots, not --single-snapshot, and `--cache-unpacked-trees` (default on).
     fn tree_store(&mut self) -> Option<TreeStore> {
         if self.trees.is_none() {
-            let wanted = self.opts.tree_store
-                && self.overlay
-                && !self.opts.single_snapshot
-                && matches!(self.isolation(), Ok(kiln_sandbox::Isolation::Userns));
+            let wanted =
+                self.opts.tree_store && !self.opts.single_snapshot && self.overlay_usable();
             let store = if wanted {
                 TreeStore::open(&self.opts.state_dir, self.privileged)
                     .map_err(|e| tracing::debug!(error = %e, "tree store unavailable"))
@@ -865,7 +872,8 @@ impl Builder<'_> {
                     self.capture_tree(&root, &layers);
                 }
             }
-            let on_overlay = self.overlay && !single && matches!(expanded, Instruction::Run(_));
+            let on_overlay =
+                !single && matches!(expanded, Instruction::Run(_)) && self.overlay_usable();
             if index.is_none() && !on_overlay && self.needs_walk(&expanded) {
                 // The stage's first RUN: index the tree as it is now (base + earlier steps).
                 index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
@@ -925,7 +933,14 @@ impl Builder<'_> {
                         }
                         FsEffect::Unknown => match index.as_mut() {
                             Some(ix) => ix.diff(&root)?,
-                            None => ChangeSet::default(),
+                            // Never silently an empty layer: a RUN without an overlay always
+                            // has an index (taken above).
+                            None => {
+                                return Err(self.step_error(
+                                    ins,
+                                    "internal error: the step ran without a snapshot of the tree before it".into(),
+                                ))
+                            }
                         },
                     };
                     snapshot::write(&root, &changes, &self.store, &self.settings)?
