@@ -499,8 +499,19 @@ impl Builder<'_> {
     /// full snapshots, not --single-snapshot, and `--cache-unpacked-trees` (default on).
     fn tree_store(&mut self) -> Option<TreeStore> {
         if self.trees.is_none() {
-            let wanted =
-                self.opts.tree_store && !self.opts.single_snapshot && self.overlay_usable();
+            // A RUN with --security=insecure keeps CAP_SYS_ADMIN and could remount a read-only
+            // bind of another stage's rootfs writable: no shared inodes in such a build.
+            let insecure = self.plan.stages.iter().any(|st| {
+                st.instructions.iter().any(|i| {
+                    matches!(&i.value, Instruction::Run(r)
+                        if r.security == Some(kiln_dockerfile::Security::Insecure))
+                })
+            });
+            let wanted = self.opts.tree_store
+                && !self.opts.single_snapshot
+                && !insecure
+                && !TreeStore::overlay_unusable(&self.opts.state_dir)
+                && self.overlay_usable();
             let store = if wanted {
                 TreeStore::open(&self.opts.state_dir, self.privileged)
                     .map_err(|e| tracing::debug!(error = %e, "tree store unavailable"))
@@ -516,18 +527,21 @@ impl Builder<'_> {
     /// Brings `root` (which holds `layers[..*applied]`) up to all of `layers`: an empty
     /// rootfs starts from the longest chain the tree store has (hard links, no unpacking),
     /// the rest is unpacked (`origins[i]` names where layer `i` came from in errors). A rootfs
-    /// filled from nothing is then stored as the tree of its chain.
+    /// filled from nothing is then stored as the tree of its chain. `clean`: the rootfs holds
+    /// nothing but `layers[..*applied]` (a Kaniko VOLUME may have made a directory in an
+    /// empty one); the store is used only then.
     fn fill_root(
         &mut self,
         root: &Root,
         layers: &[LayerRecord],
         origins: &[String],
         applied: &mut usize,
+        clean: bool,
     ) -> Result<(), BuildError> {
         if *applied >= layers.len() {
             return Ok(());
         }
-        let fresh = *applied == 0;
+        let fresh = *applied == 0 && clean;
         let mut start = *applied;
         if let (true, Some(store)) = (fresh, self.tree_store()) {
             let ids = trees::chain_ids(layers.iter().map(|l| &l.diff_id));
@@ -594,6 +608,9 @@ impl Builder<'_> {
     /// Before a RUN runs directly in `root` (no overlay): give its files that the tree store
     /// shares their own inodes, so the RUN cannot change a stored tree; no more trees.
     fn unlink_from_trees(&mut self, root: &Root) -> Result<(), BuildError> {
+        if self.opts.tree_store {
+            TreeStore::remember_no_overlay(&self.opts.state_dir);
+        }
         self.trees = Some(None);
         if self.linked_roots.remove(root.path()) {
             kiln_rootfs::break_links(root.path(), self.privileged)?;
@@ -798,7 +815,7 @@ impl Builder<'_> {
         let single = self.opts.single_snapshot && stage.index == self.plan.target;
         if single {
             chain = None;
-            self.fill_root(&root, &layers, &origins, &mut applied)?;
+            self.fill_root(&root, &layers, &origins, &mut applied, !beyond_layers)?;
             index = Some(Index::scan(&root, &self.ignore, self.opts.snapshot_mode)?);
         }
         self.prefetch_stage(
@@ -865,7 +882,7 @@ impl Builder<'_> {
             }
             let touched = touches_root(&expanded, self.opts.kaniko_volumes);
             if touched {
-                self.fill_root(&root, &layers, &origins, &mut applied)?;
+                self.fill_root(&root, &layers, &origins, &mut applied, !beyond_layers)?;
                 if reads_context(&expanded) && !beyond_layers && applied > 0 {
                     // A step that reads the build context: the usual first miss of the next
                     // build after an edit. Keep the tree it starts from.
@@ -1020,7 +1037,7 @@ impl Builder<'_> {
             // Later stages read this one's rootfs (COPY --from, RUN --mount=from). The
             // target's is never read: a build whose last steps were all cache hits unpacks
             // nothing of them.
-            self.fill_root(&root, &layers, &origins, &mut applied)?;
+            self.fill_root(&root, &layers, &origins, &mut applied, !beyond_layers)?;
         }
         Ok(StageResult {
             final_key: chain.map(|c| c.current().clone()),
@@ -1060,7 +1077,7 @@ impl Builder<'_> {
         let layers = pulled_layers(&pulled, &config, image)?;
         let root = self.open_root(&dir)?;
         let origins = vec![image.to_string(); layers.len()];
-        self.fill_root(&root, &layers, &origins, &mut 0)?;
+        self.fill_root(&root, &layers, &origins, &mut 0, true)?;
         self.image_roots.insert(image.to_string(), dir.clone());
         Ok(dir)
     }

@@ -70,12 +70,34 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> TreeError + '_ {
     }
 }
 
+/// Creates `dir` and its missing parents, mode 0700 (trees hold whole image file systems).
+fn mkdir_private(dir: &Path) -> Result<(), TreeError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))
+}
+
 /// The store under one state directory, for one ownership flavour.
 #[derive(Debug, Clone)]
 pub struct TreeStore {
     dir: PathBuf,
-    flavour: &'static str,
+    flavour: String,
     owners: bool,
+}
+
+/// Names of tree directories start with one of these (then the id maps' hash and the chain).
+const FLAVOURS: [&str; 2] = ["exact-", "single-id-"];
+
+/// The file that says overlayfs could not be used with this state directory on this kernel.
+const NO_OVERLAY: &str = "overlay-unusable";
+
+/// The kernel release (procfs), which a remembered "no overlay" applies to.
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// A tree found in the store, locked (shared) against removal until dropped.
@@ -96,18 +118,38 @@ impl Tree {
 impl TreeStore {
     /// Opens (creating, 0700) `<state_dir>/trees`. `owners`: files have their image owners
     /// (the build may chown), else all belong to the caller (a single-id build).
+    ///
+    /// The id maps this process runs with (procfs `uid_map`/`gid_map`) are part of every
+    /// tree's name: stored owners are host ids, which mean other image ids under another
+    /// map, and real root makes device nodes a user namespace cannot.
     pub fn open(state_dir: &Path, owners: bool) -> Result<TreeStore, TreeError> {
         let dir = state_dir.join("trees");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err(&dir))?;
+        mkdir_private(&dir)?;
+        let maps = ["uid_map", "gid_map"]
+            .map(|m| fs::read_to_string(format!("/proc/self/{m}")).unwrap_or_default())
+            .join("\n");
+        let maps = Digest::of(maps.as_bytes());
+        let kind = if owners { FLAVOURS[0] } else { FLAVOURS[1] };
         Ok(TreeStore {
             dir,
-            flavour: if owners { "exact" } else { "single-id" },
+            flavour: format!("{kind}{}", &maps.hex()[..12]),
             owners,
         })
+    }
+
+    /// Whether overlayfs was found unusable with this state directory (on this kernel).
+    pub fn overlay_unusable(state_dir: &Path) -> bool {
+        fs::read_to_string(state_dir.join("trees").join(NO_OVERLAY))
+            .is_ok_and(|k| k.trim() == kernel_release())
+    }
+
+    /// Remembers that overlayfs cannot be used here: later builds leave the store off instead
+    /// of linking trees they would have to copy again for every RUN.
+    pub fn remember_no_overlay(state_dir: &Path) {
+        let dir = state_dir.join("trees");
+        if mkdir_private(&dir).is_ok() {
+            let _ = fs::write(dir.join(NO_OVERLAY), kernel_release());
+        }
     }
 
     fn entry(&self, chain: &Digest) -> PathBuf {
@@ -164,11 +206,7 @@ impl TreeStore {
             .unwrap_or(0);
         let tmp = self.dir.join(format!("tmp-{}-{nanos}", std::process::id()));
         let tree = tmp.join("rootfs");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&tree)
-            .map_err(io_err(&tree))?;
+        mkdir_private(&tree)?;
         let linked =
             kiln_rootfs::link_tree(root, &tree, self.owners).map_err(|source| TreeError::Link {
                 from: root.to_path_buf(),
@@ -202,6 +240,10 @@ impl TreeStore {
             let name = e.file_name().to_string_lossy().into_owned();
             let Ok(md) = e.metadata() else { continue };
             let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            let tree = FLAVOURS.iter().any(|f| name.starts_with(f));
+            if !tree && !name.starts_with("tmp-") && !name.starts_with("gone-") {
+                continue; // the no-overlay note
+            }
             if name.starts_with("tmp-") || name.starts_with("gone-") {
                 let old = SystemTime::now()
                     .duration_since(mtime)

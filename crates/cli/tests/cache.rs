@@ -4,17 +4,9 @@
 
 use kiln_testkit::{push_busybox, require, Registry};
 use std::path::Path;
-use std::process::Command;
 
 fn kiln(args: &[String]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    kiln_testkit::status_and_stderr(env!("CARGO_BIN_EXE_kiln"), args)
 }
 
 fn layers(layout: &Path) -> Vec<String> {

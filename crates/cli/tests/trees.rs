@@ -5,17 +5,9 @@
 use kiln_testkit::{push_busybox, require, Registry};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn kiln(args: &[String]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    kiln_testkit::status_and_stderr(env!("CARGO_BIN_EXE_kiln"), args)
 }
 
 /// The stored trees (their rootfs directories), by name.
@@ -179,4 +171,51 @@ fn warm_rebuild_starts_from_stored_trees_and_never_changes_them() {
     ]);
     assert!(ok, "{err}");
     assert!(trees(&state).is_empty(), "{:?}", trees(&state));
+}
+
+#[test]
+fn a_rootfs_holding_more_than_its_layers_is_never_stored() {
+    // Kaniko's VOLUME makes its directory in the (empty) scratch rootfs, outside every layer:
+    // the rootfs the cached COPY --from then fills is not the tree of its chain.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/library/busybox AS src\nFROM scratch\nVOLUME /data\nCOPY --from=src /bin/busybox /bin/busybox\nCOPY a.txt /a.txt\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let state = tmp.path().join("state");
+    for (n, content) in ["one\n", "two\n"].iter().enumerate() {
+        std::fs::write(ctx.join("a.txt"), content).unwrap();
+        let (ok, err) = kiln(&[
+            "build".into(),
+            "-c".into(),
+            ctx.display().to_string(),
+            "--no-push".into(),
+            "--compat=kaniko".into(),
+            "--cache=true".into(),
+            "--cache-copy-layers=true".into(),
+            "--insecure-pull".into(),
+            "--log-format=text".into(),
+            "--kiln-dir".into(),
+            state.display().to_string(),
+            "--tar-path".into(),
+            tmp.path().join(format!("image{n}.tar")).display().to_string(),
+        ]);
+        assert!(ok, "build {n}: {err}");
+        if n == 1 {
+            assert_eq!(err.matches("cache hit").count(), 1, "{err}");
+        }
+    }
+    let stored = trees(&state);
+    assert!(!stored.is_empty(), "the busybox image's tree is stored");
+    for t in &stored {
+        assert!(!t.join("data").exists(), "{} holds the volume", t.display());
+    }
 }

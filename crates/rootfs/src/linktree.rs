@@ -19,7 +19,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, OFlag};
@@ -55,6 +54,26 @@ fn io<'a>(op: &'static str, rel: &'a [u8]) -> impl Fn(Errno) -> RootError + 'a {
         path: String::from_utf8_lossy(rel).into_owned(),
         source,
     }
+}
+
+fn check_depth(depth: usize, rel: &[u8]) -> Result<(), RootError> {
+    if depth > MAX_DEPTH {
+        return Err(RootError::TooDeep {
+            path: String::from_utf8_lossy(rel).into_owned(),
+            limit: MAX_DEPTH,
+        });
+    }
+    Ok(())
+}
+
+/// Gives `fd` the access and modification times of `st`.
+fn copy_times(fd: impl AsFd, st: &FileStat, rel: &[u8]) -> Result<(), RootError> {
+    futimens(
+        fd,
+        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+    )
+    .map_err(io("utimens", rel))
 }
 
 fn kind_of(st: &FileStat) -> SFlag {
@@ -104,12 +123,7 @@ fn copy_dir_meta(
     copy_xattrs(src, dst, rel)?;
     // After chown, which clears set-id bits.
     fchmod(dst, Mode::from_bits_truncate(st.st_mode & 0o7777)).map_err(io("chmod", rel))?;
-    futimens(
-        dst,
-        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-    )
-    .map_err(io("utimens", rel))
+    copy_times(dst, st, rel)
 }
 
 fn copy_xattrs(src: impl AsFd, dst: impl AsFd, rel: &[u8]) -> Result<(), RootError> {
@@ -148,7 +162,8 @@ fn copy_xattrs(src: impl AsFd, dst: impl AsFd, rel: &[u8]) -> Result<(), RootErr
 
 /// Recreates the tree `src` in the existing, empty directory `dst`: directories are created
 /// with the mode, owner (when `owners`: the caller can give any owner), xattrs and times of
-/// their source, every other entry (files, symlinks, devices, FIFOs, sockets) is hard-linked.
+/// their source, every other entry (files, symlinks, devices, FIFOs) is hard-linked; sockets
+/// are left out (no layer holds one).
 /// Files linked under several names in `src` stay one inode in `dst`. `dst` itself gets
 /// `src`'s metadata. Both must be on one file system (else `EXDEV`). On error `dst` is
 /// partly filled: the caller removes it.
@@ -176,12 +191,7 @@ fn link_dir(
     depth: usize,
     stats: &mut LinkStats,
 ) -> Result<(), RootError> {
-    if depth > MAX_DEPTH {
-        return Err(RootError::TooDeep {
-            path: String::from_utf8_lossy(rel).into_owned(),
-            limit: MAX_DEPTH,
-        });
-    }
+    check_depth(depth, rel)?;
     for name in names(s, rel)? {
         let child = join(rel, &name);
         let st = fstatat(s, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
@@ -196,6 +206,11 @@ fn link_dir(
             link_dir(&cs, &cd, owners, &child, depth + 1, stats)?;
             copy_dir_meta(&cs, &cd, &st, owners, &child)?;
             stats.dirs += 1;
+        } else if kind_of(&st) == SFlag::S_IFSOCK {
+            // A socket a RUN left behind (gpg-agent's, say) is not in its layer (the layer
+            // writer skips sockets), so it is not in the tree either: a tree holds what
+            // unpacking its layers gives.
+            continue;
         } else {
             linkat(s, name.as_slice(), d, name.as_slice(), AtFlags::empty())
                 .map_err(io("link", &child))?;
@@ -205,11 +220,13 @@ fn link_dir(
     Ok(())
 }
 
-/// Gives every regular file of the tree at `root` that has more than one link its own inode
-/// (a copy with the same content, owner when `owners`, mode, xattrs and times, renamed over
-/// the name), so that writing it in place no longer changes another tree linked to it. Names
-/// of one inode inside `root` stay names of one (new) inode. Used before a RUN runs directly
-/// in a rootfs that shares inodes with the tree store.
+/// Gives every entry of the tree at `root` that has more than one link its own inode: regular
+/// files are copied (content, owner when `owners`, mode, xattrs, times), symlinks and FIFOs
+/// made again, each under a temporary name renamed over the original, so that changing it in
+/// place (data, chmod, lchown, utimes) no longer changes another tree linked to it. Names of
+/// one inode inside `root` stay names of one (new) inode. Device nodes stay shared (making
+/// them needs CAP_MKNOD; a RUN changing a device node's metadata is not worth a failure).
+/// Used before a RUN runs directly in a rootfs that shares inodes with the tree store.
 pub fn break_links(root: &Path, owners: bool) -> Result<LinkStats, RootError> {
     let fd =
         nix::fcntl::open(root, DIR_FLAGS, Mode::empty()).map_err(|source| RootError::Open {
@@ -217,51 +234,44 @@ pub fn break_links(root: &Path, owners: bool) -> Result<LinkStats, RootError> {
             source,
         })?;
     let mut stats = LinkStats::default();
-    let mut seen: HashMap<(u64, u64), (Arc<OwnedFd>, Vec<u8>)> = HashMap::new();
-    break_dir(Arc::new(fd), owners, b"", 0, &mut seen, &mut stats)?;
+    let mut seen = Seen::new();
+    break_dir(&fd, &fd, owners, b"", 0, &mut seen, &mut stats)?;
     Ok(stats)
 }
 
-type Seen = HashMap<(u64, u64), (Arc<OwnedFd>, Vec<u8>)>;
+/// Inodes given a new one, by (device, inode): the new inode's path from the root (a path,
+/// not a descriptor: a wide tree would run out of descriptors).
+type Seen = HashMap<(u64, u64), Vec<u8>>;
 
 fn break_dir(
-    d: Arc<OwnedFd>,
+    root: &OwnedFd,
+    d: &OwnedFd,
     owners: bool,
     rel: &[u8],
     depth: usize,
     seen: &mut Seen,
     stats: &mut LinkStats,
 ) -> Result<(), RootError> {
-    if depth > MAX_DEPTH {
-        return Err(RootError::TooDeep {
-            path: String::from_utf8_lossy(rel).into_owned(),
-            limit: MAX_DEPTH,
-        });
-    }
-    // Copies are created next to the file: a directory without u+w (a 0555 /usr/bin) gets
+    check_depth(depth, rel)?;
+    // New entries are created next to the old: a directory without u+w (a 0555 /usr/bin) gets
     // it for the loop and its mode back after (root ignores the bit; a single-id build does
     // not).
-    let dst = fstat(&*d).map_err(io("stat", rel))?;
+    let dst = fstat(d).map_err(io("stat", rel))?;
     let mode = Mode::from_bits_truncate(dst.st_mode & 0o7777);
     let widen = !mode.contains(Mode::S_IWUSR | Mode::S_IXUSR);
     if widen {
-        fchmod_dir(&d, mode | Mode::S_IRWXU, rel)?;
+        fchmod(d, mode | Mode::S_IRWXU).map_err(io("chmod", rel))?;
     }
-    let r = break_entries(&d, owners, rel, depth, seen, stats);
+    let r = break_entries(root, d, owners, rel, depth, seen, stats);
     if widen {
-        fchmod_dir(&d, mode, rel)?;
+        fchmod(d, mode).map_err(io("chmod", rel))?;
     }
     r
 }
 
-/// fchmod(2) of a directory opened read-only (fchmod works on any open descriptor but
-/// O_PATH ones, which these are not).
-fn fchmod_dir(d: &OwnedFd, mode: Mode, rel: &[u8]) -> Result<(), RootError> {
-    fchmod(d, mode).map_err(io("chmod", rel))
-}
-
 fn break_entries(
-    d: &Arc<OwnedFd>,
+    root: &OwnedFd,
+    d: &OwnedFd,
     owners: bool,
     rel: &[u8],
     depth: usize,
@@ -270,47 +280,127 @@ fn break_entries(
 ) -> Result<(), RootError> {
     for name in names(d, rel)? {
         let child = join(rel, &name);
-        let st = fstatat(&**d, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        let st = fstatat(d, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(io("lstat", &child))?;
         let kind = kind_of(&st);
         if kind == SFlag::S_IFDIR {
-            let cd = openat(&**d, name.as_slice(), DIR_FLAGS, Mode::empty())
-                .map_err(io("open", &child))?;
-            break_dir(Arc::new(cd), owners, &child, depth + 1, seen, stats)?;
+            let cd =
+                openat(d, name.as_slice(), DIR_FLAGS, Mode::empty()).map_err(io("open", &child))?;
+            break_dir(root, &cd, owners, &child, depth + 1, seen, stats)?;
             continue;
         }
-        if kind != SFlag::S_IFREG || st.st_nlink < 2 {
+        let remake = matches!(kind, SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO);
+        if !remake || st.st_nlink < 2 {
             continue;
         }
         let id = (st.st_dev, st.st_ino);
-        if let Some((fd, first)) = seen.get(&id) {
-            // Another name of a file already copied: link it to the copy.
-            unlinkat(&**d, name.as_slice(), UnlinkatFlags::NoRemoveDir)
+        if let Some(first) = seen.get(&id) {
+            // Another name of an inode already made again: link it to the new one (the path
+            // was walked as directories a moment ago and nothing runs meanwhile).
+            unlinkat(d, name.as_slice(), UnlinkatFlags::NoRemoveDir)
                 .map_err(io("unlink", &child))?;
-            linkat(
-                &**fd,
-                first.as_slice(),
-                &**d,
-                name.as_slice(),
-                AtFlags::empty(),
-            )
-            .map_err(io("link", &child))?;
+            linkat(root, first.as_slice(), d, name.as_slice(), AtFlags::empty())
+                .map_err(io("link", &child))?;
             stats.links += 1;
             continue;
         }
-        let tmp = format!(".kiln-unshare-{}", st.st_ino).into_bytes();
-        let copied = copy_file(d, &name, &tmp, &st, owners, &child);
-        if let Err(e) = copied {
-            let _ = unlinkat(&**d, tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
-            return Err(e);
-        }
-        renameat(&**d, tmp.as_slice(), &**d, name.as_slice()).map_err(io("rename", &child))?;
-        seen.insert(id, (Arc::clone(d), name));
+        let tmp = remake_entry(d, &name, &st, owners, &child)?;
+        renameat(d, tmp.as_slice(), d, name.as_slice()).map_err(io("rename", &child))?;
+        seen.insert(id, child);
         stats.copied += 1;
     }
     Ok(())
 }
 
+/// Makes a new inode like `name` (a regular file, symlink or FIFO described by `st`) under a
+/// fresh temporary name in `d`, and returns that name. A name the tree already has is never
+/// touched: creation is exclusive and retried under another name.
+fn remake_entry(
+    d: &OwnedFd,
+    name: &[u8],
+    st: &FileStat,
+    owners: bool,
+    rel: &[u8],
+) -> Result<Vec<u8>, RootError> {
+    let kind = kind_of(st);
+    let target = if kind == SFlag::S_IFLNK {
+        Some(nix::fcntl::readlinkat(d, name).map_err(io("readlink", rel))?)
+    } else {
+        None
+    };
+    for n in 0..64 {
+        let tmp = format!(".kiln-unshare-{}-{n}", st.st_ino).into_bytes();
+        let made = match (kind, &target) {
+            (SFlag::S_IFLNK, Some(t)) => nix::unistd::symlinkat(t.as_os_str(), d, tmp.as_slice()),
+            (SFlag::S_IFIFO, _) => nix::unistd::mkfifoat(d, tmp.as_slice(), Mode::S_IRUSR),
+            _ => match copy_file(d, name, &tmp, st, owners, rel) {
+                Ok(()) => return Ok(tmp),
+                Err(RootError::Io {
+                    source: Errno::EEXIST,
+                    ..
+                }) => continue,
+                Err(e) => {
+                    let _ = unlinkat(d, tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
+                    return Err(e);
+                }
+            },
+        };
+        match made {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(io("create", rel)(e)),
+        }
+        let meta = set_meta_at(d, &tmp, st, owners, rel, kind == SFlag::S_IFLNK);
+        if let Err(e) = meta {
+            let _ = unlinkat(d, tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        return Ok(tmp);
+    }
+    Err(io("create", rel)(Errno::EEXIST))
+}
+
+/// Owner (when `owners`), mode (not for symlinks) and times of `st` on the entry `name` in
+/// `d`, without following it.
+fn set_meta_at(
+    d: &OwnedFd,
+    name: &[u8],
+    st: &FileStat,
+    owners: bool,
+    rel: &[u8],
+    symlink: bool,
+) -> Result<(), RootError> {
+    if owners {
+        nix::unistd::fchownat(
+            d,
+            name,
+            Some(Uid::from_raw(st.st_uid)),
+            Some(Gid::from_raw(st.st_gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(io("chown", rel))?;
+    }
+    if !symlink {
+        nix::sys::stat::fchmodat(
+            d,
+            name,
+            Mode::from_bits_truncate(st.st_mode & 0o7777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(io("chmod", rel))?;
+    }
+    nix::sys::stat::utimensat(
+        d,
+        name,
+        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io("utimens", rel))
+}
+
+/// Copies the regular file `name` in `d` to the new name `tmp` (created exclusively: EEXIST
+/// when taken) with `st`'s owner (when `owners`), xattrs, mode and times.
 fn copy_file(
     d: &OwnedFd,
     name: &[u8],
@@ -319,13 +409,6 @@ fn copy_file(
     owners: bool,
     rel: &[u8],
 ) -> Result<(), RootError> {
-    let src = openat(
-        d,
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io("open", rel))?;
     let dst = openat(
         d,
         tmp,
@@ -333,6 +416,13 @@ fn copy_file(
         Mode::from_bits_truncate(0o600),
     )
     .map_err(io("create", rel))?;
+    let src = openat(
+        d,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io("open", rel))?;
     let mut from = File::from(src);
     let mut to = File::from(dst);
     std::io::copy(&mut from, &mut to).map_err(|source| RootError::StdIo {
@@ -350,12 +440,7 @@ fn copy_file(
     }
     copy_xattrs(&from, &to, rel)?;
     fchmod(&to, Mode::from_bits_truncate(st.st_mode & 0o7777)).map_err(io("chmod", rel))?;
-    futimens(
-        &to,
-        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-    )
-    .map_err(io("utimens", rel))
+    copy_times(&to, st, rel)
 }
 
 #[cfg(test)]
@@ -432,6 +517,37 @@ mod tests {
     }
 
     #[test]
+    fn link_tree_leaves_sockets_out() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let _l = std::os::unix::net::UnixListener::bind(src.path().join("S.agent")).expect("bind");
+        fs::write(src.path().join("f"), b"f").unwrap();
+        let dst = tempfile::tempdir().expect("tempdir");
+        let stats = link_tree(src.path(), dst.path(), false).expect("link_tree");
+        assert_eq!(stats.links, 1);
+        assert!(fs::symlink_metadata(dst.path().join("S.agent")).is_err());
+    }
+
+    #[test]
+    fn break_links_never_touches_a_name_the_tree_has() {
+        let src = tempfile::tempdir().expect("tempdir");
+        fs::write(src.path().join("f"), b"data").unwrap();
+        let ino = fs::metadata(src.path().join("f")).unwrap().ino();
+        let dst = tempfile::tempdir().expect("tempdir");
+        link_tree(src.path(), dst.path(), false).expect("link_tree");
+        // The image already has a file named like the first temporary name.
+        let taken = format!(".kiln-unshare-{ino}-0");
+        fs::write(dst.path().join(&taken), b"the image's own").unwrap();
+        let stats = break_links(dst.path(), false).expect("break_links");
+        assert_eq!(stats.copied, 1);
+        assert_eq!(
+            fs::read(dst.path().join(&taken)).unwrap(),
+            b"the image's own"
+        );
+        assert_eq!(fs::read(dst.path().join("f")).unwrap(), b"data");
+        assert_ne!(fs::metadata(dst.path().join("f")).unwrap().ino(), ino);
+    }
+
+    #[test]
     fn link_tree_refuses_too_deep_trees() {
         let src = tempfile::tempdir().expect("tempdir");
         let mut p = src.path().to_path_buf();
@@ -452,8 +568,21 @@ mod tests {
         let (s, d) = (src.path(), dst.path());
         let before = fs::metadata(d.join("a/f")).unwrap();
         let stats = break_links(d, false).expect("break_links");
-        // a/f (two names in each tree: one copy), a/b/c/g, ro/x; the FIFO and symlinks stay.
-        assert_eq!(stats.copied, 3, "{stats:?}");
+        // a/f (two names in each tree: one copy), a/b/c/g, ro/x, the FIFO and both symlinks.
+        assert_eq!(stats.copied, 6, "{stats:?}");
+        for f in ["a/abs", "a/b/up", "fifo"] {
+            let (ms, md) = (
+                fs::symlink_metadata(s.join(f)).unwrap(),
+                fs::symlink_metadata(d.join(f)).unwrap(),
+            );
+            assert_ne!(ms.ino(), md.ino(), "{f} has its own inode");
+            assert_eq!(ms.mode(), md.mode(), "{f} mode");
+            assert_eq!(ms.mtime(), md.mtime(), "{f} mtime");
+        }
+        assert_eq!(
+            fs::read_link(d.join("a/b/up")).unwrap(),
+            Path::new("../../..")
+        );
         assert_eq!(stats.links, 1, "{stats:?}");
         for f in ["a/f", "a/b/f2", "a/b/c/g", "ro/x"] {
             let (ms, md) = (

@@ -353,8 +353,9 @@ fn parse_time(v: &[u8]) -> Option<(i64, u32)> {
     Some((secs, ns))
 }
 
-/// A directory whose mtime (and, unprivileged, mode) is set after all entries.
-type DirFixup = (Vec<u8>, (i64, u32), Option<u32>);
+/// A directory whose mtime (and, unprivileged, mode) is set after all entries: its path, mtime,
+/// mode, and its (device, inode) when created.
+type DirFixup = (Vec<u8>, (i64, u32), Option<u32>, Option<(u64, u64)>);
 
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const WH: &[u8] = b".wh.";
@@ -536,7 +537,16 @@ fn consume(
         }
     }
     // Directory mtimes last: creating children changed them (as Docker and containerd do).
-    for (path, t, mode) in dir_times.iter().rev() {
+    for (path, t, mode, id) in dir_times.iter().rev() {
+        // Only the directory this layer made: a later entry may have replaced the name (with a
+        // hard link to a file, say), whose inode must not get the directory's mode or mtime
+        // (it may be shared with other trees: kiln_rootfs::link_tree).
+        let same = root.lstat(p(path)).is_ok_and(|st| {
+            Some((st.st_dev, st.st_ino)) == *id && Kind::of_mode(st.st_mode) == Kind::Dir
+        });
+        if !same {
+            continue;
+        }
         if let Some(mode) = mode {
             if let Err(e) = root.set_mode(p(path), *mode) {
                 tracing::warn!(path = %show(path), error = %e, "directory mode not restored");
@@ -744,7 +754,8 @@ fn apply_entry<R: Read>(
                 ..meta.clone()
             };
             root.mkdir_cached(&name, &m, cache).inspect(|l| {
-                dir_times.push((l.clone(), mtime, restrict.then_some(mode)));
+                let id = root.lstat(p(l)).ok().map(|st| (st.st_dev, st.st_ino));
+                dir_times.push((l.clone(), mtime, restrict.then_some(mode), id));
             })
         }
         t if t.is_file() || t.is_contiguous() || t.is_gnu_sparse() => {

@@ -938,3 +938,38 @@ fn parent_cache_target_of_cached_symlink_whited_out() {
     assert!(!sb.rootfs.join("d/f1").exists());
     sb.check();
 }
+
+#[test]
+fn a_directory_replaced_later_in_the_layer_does_not_pass_its_times_to_the_replacement() {
+    // `x/` then `x` as a hard link to an existing file: the directory's mtime (and mode,
+    // unprivileged), set after the last entry, must not land on the linked file, whose inode
+    // other trees may share (kiln_rootfs::link_tree).
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.rootfs.join("etc")).unwrap();
+    fs::write(sb.rootfs.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+    let f = fs::File::options()
+        .write(true)
+        .open(sb.rootfs.join("etc/passwd"))
+        .unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1234))
+        .unwrap();
+    drop(f);
+    let tar = RawTar::new()
+        .dir("x", 0o700)
+        .hardlink("x", "etc/passwd")
+        .finish();
+    apply(&sb.root(), &tar).unwrap();
+    let md = fs::metadata(sb.rootfs.join("etc/passwd")).unwrap();
+    assert_eq!(
+        md.mtime(),
+        1234,
+        "the directory's mtime reached the linked file"
+    );
+    assert_eq!(md.permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        fs::metadata(sb.rootfs.join("x")).unwrap().ino(),
+        md.ino(),
+        "x is the link"
+    );
+    sb.check();
+}

@@ -117,6 +117,19 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Runs `program` with `args` (a kiln binary under test, where failing is an outcome the
+/// test checks): whether it succeeded, and its standard error as text.
+pub fn status_and_stderr(program: &str, args: &[String]) -> (bool, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs a command to completion; error with its stderr when it fails.
 pub fn run(cmd: &mut std::process::Command) -> Result<Vec<u8>, TestkitError> {
     let command = format!("{cmd:?}");
