@@ -40,6 +40,8 @@ pub struct BuildOutcome {
 
 /// A finished stage.
 struct StageResult {
+    /// Whether `root` holds all of `layers` (a stage nothing reads by `--from` is not filled).
+    filled: bool,
     /// The cache key of the stage's last step (with `--cache`).
     final_key: Option<CacheKey>,
     root: PathBuf,
@@ -483,6 +485,31 @@ impl Builder<'_> {
             )?;
         }
         Ok(())
+    }
+
+    /// Whether a step of the Dockerfile may read stage `idx`'s rootfs: a `COPY`/`ADD --from`
+    /// or `RUN --mount=from=` that names it, or whose name is not known before it runs (an
+    /// unexpanded `$VAR`). ONBUILD triggers of base images are not seen here (they name
+    /// stages of their own Dockerfile); reading an unfilled stage is an error, never empty.
+    fn read_by_from(&self, idx: usize) -> bool {
+        let names = |from: &str, at: usize| {
+            from.contains('$')
+                || matches!(self.plan.resolve_from(at, from), Ok(FromRef::Stage(i)) if i == idx)
+        };
+        self.plan.stages.iter().any(|st| {
+            st.instructions.iter().any(|i| match &i.value {
+                Instruction::Copy(a) | Instruction::Add(a) => {
+                    a.from.as_deref().is_some_and(|f| names(f, st.index))
+                }
+                Instruction::Run(r) => r
+                    .mounts
+                    .iter()
+                    .any(|m| m.from.as_deref().is_some_and(|f| names(f, st.index))),
+                // A trigger this Dockerfile sets runs in a later stage built FROM this one.
+                Instruction::Onbuild(t) => t.contains("from"),
+                _ => false,
+            })
+        })
     }
 
     /// Whether RUN steps run on an overlay: overlay snapshots on and user-namespace isolation
@@ -1033,13 +1060,15 @@ impl Builder<'_> {
                 applied = layers.len();
             }
         }
-        if stage.index != self.plan.target {
-            // Later stages read this one's rootfs (COPY --from, RUN --mount=from). The
-            // target's is never read: a build whose last steps were all cache hits unpacks
-            // nothing of them.
+        if stage.index != self.plan.target && self.read_by_from(stage.index) {
+            // Later stages read this one's rootfs (COPY --from, RUN --mount=from). A stage that
+            // is only a FROM base is not filled (the next stage unpacks its layers into its
+            // own rootfs), nor is the target: a build whose last steps were all cache hits
+            // unpacks nothing of them.
             self.fill_root(&root, &layers, &origins, &mut applied, !beyond_layers)?;
         }
         Ok(StageResult {
+            filled: applied == layers.len(),
             final_key: chain.map(|c| c.current().clone()),
             root: dir,
             config,
@@ -1816,6 +1845,9 @@ impl Builder<'_> {
                 let r = results.get(&idx).ok_or_else(|| {
                     self.step_error(ins, format!("--from={from}: stage {idx} was not built"))
                 })?;
+                if !r.filled {
+                    return Err(self.step_error(ins, not_kept(from, idx)));
+                }
                 self.open_root(&r.root)
             }
             FromRef::Image(image) => {
@@ -2027,6 +2059,9 @@ impl Builder<'_> {
                     let r = results
                         .get(&idx)
                         .ok_or_else(|| format!("from={from}: stage {idx} was not built"))?;
+                    if !r.filled {
+                        return Err(not_kept(from, idx));
+                    }
                     Root::open(&r.root)
                         .and_then(|root| root.resolve(crate::context::clean_rel(src)))
                         .map_err(|e| e.to_string())
@@ -2385,6 +2420,14 @@ fn pulled_layers(
 
 /// Whether a step's result depends on something its cache key does not cover: the bytes
 /// behind an ADD URL, or an image named by `--from` (a tag can move).
+/// The error for a `--from` naming a stage whose rootfs was not kept (see
+/// [`Builder::read_by_from`]).
+fn not_kept(from: &str, idx: usize) -> String {
+    format!(
+        "not supported yet: --from={from} in an ONBUILD trigger names stage {idx}, whose file system was not kept"
+    )
+}
+
 /// Whether a step reads or writes the stage's rootfs (metadata-only steps do not).
 fn touches_root(ins: &Instruction, kaniko_volumes: bool) -> bool {
     match ins {

@@ -206,7 +206,10 @@ fn a_rootfs_holding_more_than_its_layers_is_never_stored() {
             "--kiln-dir".into(),
             state.display().to_string(),
             "--tar-path".into(),
-            tmp.path().join(format!("image{n}.tar")).display().to_string(),
+            tmp.path()
+                .join(format!("image{n}.tar"))
+                .display()
+                .to_string(),
         ]);
         assert!(ok, "build {n}: {err}");
         if n == 1 {
@@ -217,5 +220,53 @@ fn a_rootfs_holding_more_than_its_layers_is_never_stored() {
     assert!(!stored.is_empty(), "the busybox image's tree is stored");
     for t in &stored {
         assert!(!t.join("data").exists(), "{} holds the volume", t.display());
+    }
+}
+
+#[test]
+fn stages_read_by_from_are_kept_and_from_only_bases_still_build() {
+    // `x` is read by COPY --from and kept; `a` is only a FROM base, whose rootfs is not
+    // filled at its end: the last stage fills its own. Both give what docker builds.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {0}/library/busybox AS x\nRUN echo from-x >/f\n\
+             FROM {0}/library/busybox AS a\nRUN echo from-a >/a\n\
+             FROM a\nCOPY --from=x /f /f\nRUN cat /f /a >/both\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    for n in 0..2 {
+        let layout = tmp.path().join(format!("oci{n}"));
+        let (ok, err) = kiln(&[
+            "build".into(),
+            "-c".into(),
+            ctx.display().to_string(),
+            "--no-push".into(),
+            "--cache=true".into(),
+            "--insecure-pull".into(),
+            "--log-format=text".into(),
+            "--kiln-dir".into(),
+            tmp.path().join("state").display().to_string(),
+            "--oci-layout-path".into(),
+            layout.display().to_string(),
+        ]);
+        assert!(ok, "build {n}: {err}");
+        let layers = kiln_testkit::layout::layer_digests(&layout);
+        let last = layers.last().unwrap();
+        let entries: Vec<String> = kiln_testkit::layout::layer_entries(&layout, last)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert!(
+            entries.iter().any(|p| p.trim_start_matches("./") == "both"),
+            "build {n}: {entries:?}"
+        );
     }
 }
