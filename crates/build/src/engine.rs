@@ -209,7 +209,7 @@ struct Builder<'a> {
     platform: Platform,
     store: BlobStore,
     work: PathBuf,
-    context: Context,
+    context: Arc<Context>,
     client: Option<Arc<kiln_registry::Client>>,
     /// Base images of the stages, pulled in the background from the start of the build so a
     /// later stage's pull overlaps the earlier stages' steps (keyed by name and platform).
@@ -223,7 +223,7 @@ struct Builder<'a> {
     /// The layer cache, with `--cache`.
     cache: Option<Arc<dyn LayerCache>>,
     /// `--cache-dir` base images, with `--cache` when the directory exists.
-    base_cache: Option<BaseImageCache>,
+    base_cache: Option<Arc<BaseImageCache>>,
     /// Root file systems of images named by `COPY --from=<image>` / `--mount=from=<image>`,
     /// pulled and unpacked once per build.
     image_roots: HashMap<String, PathBuf>,
@@ -237,6 +237,9 @@ struct Builder<'a> {
     trees: Option<Option<TreeStore>>,
     /// Root file systems that share inodes with the tree store.
     linked_roots: std::collections::HashSet<PathBuf>,
+    /// Prefix of the build-directory names this builder makes (a stage running alongside
+    /// others has its own: see [`Builder::fork`]).
+    tag: String,
 }
 
 /// Builds the image `opts` describes and writes it to every requested output.
@@ -316,7 +319,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         platform,
         store,
         work,
-        context,
+        context: Arc::new(context),
         client: None,
         prefetched: HashMap::new(),
         created,
@@ -336,6 +339,7 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
         stores: Vec::new(),
         trees: None,
         linked_roots: std::collections::HashSet::new(),
+        tag: String::new(),
     };
     b.open_cache()?;
     if !b.privileged {
@@ -348,9 +352,35 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
     let stages = b.plan.stages.clone();
     b.prefetch_bases(&stages);
     let mut results: HashMap<usize, StageResult> = HashMap::new();
-    for (i, stage) in stages.iter().enumerate() {
-        let r = b.run_stage(stage, i + 1, stages.len(), &results)?;
-        results.insert(stage.index, r);
+    // Stages run as soon as the stages they read are done: independent ones side by side
+    // (`--parallel-stages`, BuildKit's default), each with its own builder; the first of a
+    // wave prints as it goes, the others' output follows when the wave ends.
+    let mut pending: Vec<usize> = (0..stages.len()).collect();
+    while !pending.is_empty() {
+        let ready: Vec<usize> = pending
+            .iter()
+            .copied()
+            .filter(|&p| stages[p].deps.iter().all(|d| results.contains_key(d)))
+            .collect();
+        let wave: Vec<usize> = match ready.first() {
+            None => {
+                return Err(BuildError::Unsupported {
+                    what: "stages that depend on each other in a cycle".into(),
+                    line: None,
+                })
+            }
+            Some(&first) if !opts.parallel_stages || ready.len() == 1 => vec![first],
+            Some(_) => ready,
+        };
+        pending.retain(|p| !wave.contains(p));
+        if let [p] = wave[..] {
+            let r = b.run_stage(&stages[p], p + 1, stages.len(), &results)?;
+            results.insert(stages[p].index, r);
+            continue;
+        }
+        for (p, r) in b.run_wave(&stages, &wave, &results)? {
+            results.insert(stages[p].index, r);
+        }
     }
     let target = b.plan.target;
     let final_stage = results
@@ -382,7 +412,189 @@ fn can_chown() -> bool {
     root && mapped > 1
 }
 
-impl Builder<'_> {
+/// One event, owned: what a stage running alongside another said, replayed after the wave.
+enum Recorded {
+    Step(usize, usize, usize, usize, String),
+    StepDone(Duration, Option<u64>),
+    RunOutput(bool, Vec<u8>),
+    Warning(String),
+    Info(String),
+}
+
+/// An [`Output`] that keeps what it is told, for [`Builder::run_wave`].
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<Recorded>>);
+
+impl Output for Recorder {
+    fn event(&self, e: Event<'_>) {
+        let r = match e {
+            Event::Step {
+                stage,
+                stages,
+                step,
+                steps,
+                text,
+            } => Recorded::Step(stage, stages, step, steps, text.to_string()),
+            Event::StepDone {
+                elapsed,
+                layer_size,
+            } => Recorded::StepDone(elapsed, layer_size),
+            Event::RunOutput { stderr, bytes } => Recorded::RunOutput(stderr, bytes.to_vec()),
+            Event::Warning(w) => Recorded::Warning(w.to_string()),
+            Event::Info(i) => Recorded::Info(i.to_string()),
+            // Only the build's end says this, never a stage.
+            Event::Summary { .. } => return,
+        };
+        if let Ok(mut v) = self.0.lock() {
+            v.push(r);
+        }
+    }
+}
+
+impl Recorder {
+    fn replay(self, out: &dyn Output) {
+        let events = self.0.into_inner().unwrap_or_else(|p| p.into_inner());
+        for r in &events {
+            out.event(match r {
+                Recorded::Step(stage, stages, step, steps, text) => Event::Step {
+                    stage: *stage,
+                    stages: *stages,
+                    step: *step,
+                    steps: *steps,
+                    text,
+                },
+                Recorded::StepDone(elapsed, layer_size) => Event::StepDone {
+                    elapsed: *elapsed,
+                    layer_size: *layer_size,
+                },
+                Recorded::RunOutput(stderr, bytes) => Event::RunOutput {
+                    stderr: *stderr,
+                    bytes,
+                },
+                Recorded::Warning(w) => Event::Warning(w),
+                Recorded::Info(i) => Event::Info(i),
+            });
+        }
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Runs the stages at `wave` (positions in `stages`, none reading another) at the same
+    /// time, each on a builder of its own ([`Builder::fork`]) whose state is merged back
+    /// after. The first stage's output is shown live, the others' after the wave, in order.
+    /// Every stage runs to its end; the first error (in stage order) is returned.
+    fn run_wave(
+        &mut self,
+        stages: &[PlannedStage],
+        wave: &[usize],
+        results: &HashMap<usize, StageResult>,
+    ) -> Result<Vec<(usize, StageResult)>, BuildError> {
+        // Decided once for every fork.
+        let _ = self.tree_store();
+        let _ = self.overlay_usable();
+        let out = self.out;
+        let recorders: Vec<Recorder> = wave.iter().skip(1).map(|_| Recorder::default()).collect();
+        let mut forks: Vec<Builder<'_>> = Vec::new();
+        for (k, &p) in wave.iter().enumerate() {
+            let sink: &dyn Output = match k {
+                0 => out,
+                _ => &recorders[k - 1],
+            };
+            forks.push(self.fork(&stages[p], sink));
+        }
+        let total = stages.len();
+        let outcomes: Vec<Result<StageResult, BuildError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = forks
+                .iter_mut()
+                .zip(wave)
+                .map(|(f, &p)| s.spawn(move || f.run_stage(&stages[p], p + 1, total, results)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        for f in forks {
+            self.merge(f);
+        }
+        for (rec, &p) in recorders.into_iter().zip(&wave[1..]) {
+            out.event(Event::Info(&format!(
+                "[stage {}/{total}] ran alongside stage {}/{total}; its output:",
+                p + 1,
+                wave[0] + 1
+            )));
+            rec.replay(out);
+        }
+        let mut done = Vec::new();
+        for (r, &p) in outcomes.into_iter().zip(wave) {
+            done.push((p, r?));
+        }
+        Ok(done)
+    }
+
+    /// A builder for `stage` running alongside others, telling `out`: the shared parts are
+    /// shared (options, blob store, registry client, caches, decisions), the per-build maps
+    /// start empty and are merged back by [`Builder::merge`]; it names its build-directory
+    /// entries apart.
+    fn fork<'w>(&mut self, stage: &PlannedStage, out: &'w dyn Output) -> Builder<'w>
+    where
+        'a: 'w,
+    {
+        // The stage's own base pull, if it was started ahead.
+        let mut prefetched = HashMap::new();
+        if let Base::Image(name) = &stage.base {
+            let platform = stage
+                .platform
+                .as_ref()
+                .and_then(|p| p.parse::<Platform>().ok())
+                .unwrap_or_else(|| self.platform.clone());
+            let key = (name.clone(), platform.to_string());
+            if let Some(h) = self.prefetched.remove(&key) {
+                prefetched.insert(key, h);
+            }
+        }
+        Builder {
+            opts: self.opts,
+            out,
+            file: self.file.clone(),
+            plan: self.plan.clone(),
+            platform: self.platform.clone(),
+            store: self.store.clone(),
+            work: self.work.clone(),
+            context: Arc::clone(&self.context),
+            client: Some(Arc::clone(self.client())),
+            prefetched,
+            created: self.created.clone(),
+            settings: self.settings,
+            privileged: self.privileged,
+            ignore: self.ignore.clone(),
+            sources: HashMap::new(),
+            cache: self.cache.clone(),
+            base_cache: self.base_cache.clone(),
+            image_roots: self.image_roots.clone(),
+            overlay: self.overlay,
+            stores: Vec::new(),
+            trees: self.trees.clone(),
+            linked_roots: std::collections::HashSet::new(),
+            tag: format!("{}s{}-", self.tag, stage.index),
+        }
+    }
+
+    /// Takes back what a forked builder learned.
+    fn merge(&mut self, f: Builder<'_>) {
+        self.sources.extend(f.sources);
+        for (image, dir) in f.image_roots {
+            self.image_roots.entry(image).or_insert(dir);
+        }
+        self.stores.extend(f.stores);
+        self.linked_roots.extend(f.linked_roots);
+        // A fork that found the overlay unusable turned it (and the tree store) off.
+        self.overlay &= f.overlay;
+        if matches!(f.trees, Some(None)) {
+            self.trees = Some(None);
+        }
+    }
+
     fn client(&mut self) -> &Arc<kiln_registry::Client> {
         let opts = self.opts;
         self.client.get_or_insert_with(|| {
@@ -1087,7 +1299,7 @@ impl Builder<'_> {
         let reference = self.parse_ref(image)?;
         let dir = self
             .work
-            .join(format!("image-{}", self.image_roots.len()))
+            .join(format!("image-{}{}", self.tag, self.image_roots.len()))
             .join("rootfs");
         fs::create_dir_all(&dir).map_err(|source| BuildError::Io {
             what: "creating an image root",
@@ -1194,7 +1406,7 @@ impl Builder<'_> {
                 self.opts.registry.clone(),
                 self.opts.credentials.clone(),
             ));
-            self.base_cache = Some(BaseImageCache::new(dir, c.ttl, Some(client)));
+            self.base_cache = Some(Arc::new(BaseImageCache::new(dir, c.ttl, Some(client))));
         }
         Ok(())
     }
@@ -1395,7 +1607,7 @@ impl Builder<'_> {
     ) -> Result<String, BuildError> {
         Ok(match expanded {
             Instruction::Run(r) => {
-                let scratch = self.work.join("history-scratch");
+                let scratch = self.work.join(format!("{}history-scratch", self.tag));
                 let _ = fs::remove_dir_all(&scratch);
                 fs::create_dir_all(&scratch).map_err(|source| BuildError::Io {
                     what: "creating a scratch directory",

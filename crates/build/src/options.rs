@@ -122,6 +122,8 @@ pub struct BuildOptions {
     /// (`<state>/trees`) and start later builds from hard-link copies of them instead of
     /// unpacking (only with overlay snapshots in a user namespace; see `trees.rs`).
     pub tree_store: bool,
+    /// Run stages that do not read each other at the same time (BuildKit does).
+    pub parallel_stages: bool,
     /// Kaniko's VOLUME (`--compat=kaniko`): the volume's path is left out of every later
     /// snapshot, and a missing directory is created (0755, in no layer) when `volume_mkdir`.
     pub kaniko_volumes: bool,

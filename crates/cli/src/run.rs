@@ -546,6 +546,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         single_snapshot: flags.single_snapshot,
         overlay_snapshots: flags.overlay_snapshots,
         tree_store: flags.cache_unpacked_trees,
+        parallel_stages: flags.parallel_stages,
         detach_cleanup: true,
         progress_interval: Some(std::time::Duration::from_secs_f64(flags.progress_interval)),
         kaniko_volumes: flags.compat == "kaniko",

@@ -1,0 +1,66 @@
+//! Independent stages run at the same time (`--parallel-stages`, on by default): two stages
+//! that each sleep one second overlap in time, which the last stage checks; one at a time
+//! they do not. Their output is all there, the second stage's after the first.
+
+use kiln_testkit::{push_busybox, require, Registry};
+
+fn kiln(args: &[String]) -> (bool, String) {
+    kiln_testkit::status_and_stderr(env!("CARGO_BIN_EXE_kiln"), args)
+}
+
+#[test]
+fn independent_stages_overlap_in_time() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // Each stage records when its RUN started and ended (system uptime, shared by all
+    // namespaces); the last stage fails unless the two intervals overlap.
+    let timed = "RUN s=$(cut -d' ' -f1 /proc/uptime) && sleep 1 && echo \"$s $(cut -d' ' -f1 /proc/uptime)\" >/t";
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {0}/library/busybox AS a\n{timed}\n\
+             FROM {0}/library/busybox AS b\n{timed}\n\
+             FROM {0}/library/busybox\n\
+             COPY --from=a /t /a\nCOPY --from=b /t /b\n\
+             RUN read as ae </a && read bs be </b && echo \"a $as-$ae b $bs-$be\" && \
+             awk -v as=$as -v ae=$ae -v bs=$bs -v be=$be 'BEGIN {{ exit !(as < be && bs < ae) }}'\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let build = |extra: &str| {
+        let mut args: Vec<String> = vec![
+            "build".into(),
+            "-c".into(),
+            ctx.display().to_string(),
+            "--no-push".into(),
+            "--insecure-pull".into(),
+            "--log-format=text".into(),
+            "--kiln-dir".into(),
+            tmp.path().join("state").display().to_string(),
+        ];
+        if !extra.is_empty() {
+            args.push(extra.into());
+        }
+        kiln(&args)
+    };
+    let (ok, err) = build("");
+    assert!(ok, "{err}");
+    assert!(err.contains("[stage 2/3] ran alongside stage 1/3"), "{err}");
+    // Both stages' steps are reported, the second's after the first's.
+    let a = err
+        .find("[stage 1/3 step 1/1] RUN")
+        .expect("stage 1's step");
+    let b = err
+        .find("[stage 2/3 step 1/1] RUN")
+        .expect("stage 2's step");
+    assert!(a < b, "{err}");
+    assert_eq!(err.matches("  done in").count(), 5, "{err}");
+
+    let (ok, err) = build("--parallel-stages=false");
+    assert!(!ok, "one at a time, the stages cannot overlap: {err}");
+    assert!(!err.contains("ran alongside"), "{err}");
+}
