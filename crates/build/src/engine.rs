@@ -355,12 +355,15 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
     // Stages run as soon as the stages they read are done: independent ones side by side
     // (`--parallel-stages`, BuildKit's default), each with its own builder; the first of a
     // wave prints as it goes, the others' output follows when the wave ends.
+    let deps = wave_deps(&stages);
+    let cap = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut pending: Vec<usize> = (0..stages.len()).collect();
     while !pending.is_empty() {
         let ready: Vec<usize> = pending
             .iter()
             .copied()
-            .filter(|&p| stages[p].deps.iter().all(|d| results.contains_key(d)))
+            .filter(|&p| deps[p].iter().all(|d| results.contains_key(d)))
+            .take(cap)
             .collect();
         let wave: Vec<usize> = match ready.first() {
             None => {
@@ -410,6 +413,39 @@ fn can_chown() -> bool {
         })
         .unwrap_or(0);
     root && mapped > 1
+}
+
+/// The stages each planned stage must wait for: its `deps` (FROM <stage>, `--from`), and every
+/// earlier stage when a `--from` of it is known only when it runs (a `$VAR` an inherited ENV
+/// may set) or when the Dockerfile sets ONBUILD triggers that name a stage (they run in
+/// whichever stage is built FROM the one that set them).
+fn wave_deps(stages: &[PlannedStage]) -> Vec<Vec<usize>> {
+    let dynamic = |from: &Option<String>| from.as_deref().is_some_and(|f| f.contains('$'));
+    let onbuild_from = stages.iter().any(|st| {
+        st.instructions.iter().any(
+            |i| matches!(&i.value, Instruction::Onbuild(t) if t.to_lowercase().contains("from")),
+        )
+    });
+    stages
+        .iter()
+        .map(|st| {
+            let unknown = onbuild_from
+                || st.instructions.iter().any(|i| match &i.value {
+                    Instruction::Copy(a) | Instruction::Add(a) => dynamic(&a.from),
+                    Instruction::Run(r) => r.mounts.iter().any(|m| dynamic(&m.from)),
+                    _ => false,
+                });
+            if unknown {
+                stages
+                    .iter()
+                    .map(|o| o.index)
+                    .filter(|&o| o < st.index)
+                    .collect()
+            } else {
+                st.deps.clone()
+            }
+        })
+        .collect()
 }
 
 /// One event, owned: what a stage running alongside another said, replayed after the wave.
@@ -507,7 +543,19 @@ impl<'a> Builder<'a> {
             let handles: Vec<_> = forks
                 .iter_mut()
                 .zip(wave)
-                .map(|(f, &p)| s.spawn(move || f.run_stage(&stages[p], p + 1, total, results)))
+                .map(|(f, &p)| {
+                    s.spawn(move || {
+                        let r = f.run_stage(&stages[p], p + 1, total, results);
+                        if let Err(e) = &r {
+                            // Said now, not when the wave ends: the other stages may run on.
+                            out.event(Event::Warning(&format!(
+                                "stage {}/{total} failed: {e}; waiting for the stages running alongside it",
+                                p + 1
+                            )));
+                        }
+                        r
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -526,10 +574,19 @@ impl<'a> Builder<'a> {
             rec.replay(out);
         }
         let mut done = Vec::new();
+        let mut first_err = None;
         for (r, &p) in outcomes.into_iter().zip(wave) {
-            done.push((p, r?));
+            match r {
+                Ok(r) => done.push((p, r)),
+                Err(e) if first_err.is_none() => first_err = Some(e),
+                // Already told as a warning when it happened.
+                Err(_) => {}
+            }
         }
-        Ok(done)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// A builder for `stage` running alongside others, telling `out`: the shared parts are
@@ -2630,8 +2687,6 @@ fn pulled_layers(
         .collect()
 }
 
-/// Whether a step's result depends on something its cache key does not cover: the bytes
-/// behind an ADD URL, or an image named by `--from` (a tag can move).
 /// The error for a `--from` naming a stage whose rootfs was not kept (see
 /// [`Builder::read_by_from`]).
 fn not_kept(from: &str, idx: usize) -> String {
@@ -2684,6 +2739,8 @@ fn empty_dir(dir: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Whether a step's result depends on something its cache key does not cover: the bytes
+/// behind an ADD URL, or an image named by `--from` (a tag can move).
 fn content_not_in_key(ins: &Instruction, from_is_image: &dyn Fn(&str) -> bool) -> bool {
     match ins {
         Instruction::Add(a) | Instruction::Copy(a) => {

@@ -204,7 +204,12 @@ impl TreeStore {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let tmp = self.dir.join(format!("tmp-{}-{nanos}", std::process::id()));
+        // Stages of one build may capture at the same time: the thread is part of the name.
+        let tmp = self.dir.join(format!(
+            "tmp-{}-{:?}-{nanos}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let tree = tmp.join("rootfs");
         mkdir_private(&tree)?;
         let linked =

@@ -64,3 +64,40 @@ fn independent_stages_overlap_in_time() {
     assert!(!ok, "one at a time, the stages cannot overlap: {err}");
     assert!(!err.contains("ran alongside"), "{err}");
 }
+
+#[test]
+fn a_from_known_only_when_the_step_runs_waits_for_every_earlier_stage() {
+    // `--from=$SRC` is read from an ENV the stage inherits: the plan cannot see that `c`
+    // reads `x` (the last stage names `x` too, so it is built), so `c` waits for every stage
+    // before it instead of running alongside `x`, which becomes ready at the same time.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {0}/library/busybox AS y\nRUN sleep 1\n\
+             FROM y AS x\nRUN echo from-x >/f\n\
+             FROM {0}/library/busybox AS base\nENV SRC=x\n\
+             FROM base AS c\nCOPY --from=$SRC /f /f\nRUN grep from-x /f\n\
+             FROM c\nCOPY --from=x /f /g\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let (ok, err) = kiln(&[
+        "build".into(),
+        "-c".into(),
+        ctx.display().to_string(),
+        "--no-push".into(),
+        "--insecure-pull".into(),
+        "--log-format=text".into(),
+        "--kiln-dir".into(),
+        tmp.path().join("state").display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("[stage 4/5] ran alongside"), "{err}");
+    assert!(err.contains("[stage 3/5] ran alongside stage 1/5"), "{err}");
+}
