@@ -2,7 +2,7 @@
 //! that each sleep one second overlap in time, which the last stage checks; one at a time
 //! they do not. Their output is all there, the second stage's after the first.
 
-use kiln_testkit::{push_busybox, require, Registry};
+use kiln_testkit::{push_busybox, require, Project, Registry};
 
 fn kiln(args: &[String]) -> (bool, String) {
     kiln_testkit::status_and_stderr(env!("CARGO_BIN_EXE_kiln"), args)
@@ -12,42 +12,20 @@ fn kiln(args: &[String]) -> (bool, String) {
 fn independent_stages_overlap_in_time() {
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
-    let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
     // Each stage records when its RUN started and ended (system uptime, shared by all
     // namespaces); the last stage fails unless the two intervals overlap.
     let timed = "RUN s=$(cut -d' ' -f1 /proc/uptime) && sleep 1 && echo \"$s $(cut -d' ' -f1 /proc/uptime)\" >/t";
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {0}/library/busybox AS a\n{timed}\n\
-             FROM {0}/library/busybox AS b\n{timed}\n\
-             FROM {0}/library/busybox\n\
-             COPY --from=a /t /a\nCOPY --from=b /t /b\n\
-             RUN read as ae </a && read bs be </b && echo \"a $as-$ae b $bs-$be\" && \
-             awk -v as=$as -v ae=$ae -v bs=$bs -v be=$be 'BEGIN {{ exit !(as < be && bs < ae) }}'\n",
-            reg.addr()
-        ),
-    )
-    .unwrap();
-    let build = |extra: &str| {
-        let mut args: Vec<String> = vec![
-            "build".into(),
-            "-c".into(),
-            ctx.display().to_string(),
-            "--no-push".into(),
-            "--insecure-pull".into(),
-            "--log-format=text".into(),
-            "--kiln-dir".into(),
-            tmp.path().join("state").display().to_string(),
-        ];
-        if !extra.is_empty() {
-            args.push(extra.into());
-        }
-        kiln(&args)
-    };
-    let (ok, err) = build("");
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS a\n{timed}\n\
+         FROM {0}/library/busybox AS b\n{timed}\n\
+         FROM {0}/library/busybox\n\
+         COPY --from=a /t /a\nCOPY --from=b /t /b\n\
+         RUN read as ae </a && read bs be </b && echo \"a $as-$ae b $bs-$be\" && \
+         awk -v as=$as -v ae=$ae -v bs=$bs -v be=$be 'BEGIN {{ exit !(as < be && bs < ae) }}'\n",
+        reg.addr()
+    ));
+    let build = |extra: &[&str]| kiln(&p.build_args("state", extra));
+    let (ok, err) = build(&[]);
     assert!(ok, "{err}");
     assert!(err.contains("[stage 2/3] ran alongside stage 1/3"), "{err}");
     // Both stages' steps are reported, the second's after the first's.
@@ -60,7 +38,7 @@ fn independent_stages_overlap_in_time() {
     assert!(a < b, "{err}");
     assert_eq!(err.matches("  done in").count(), 5, "{err}");
 
-    let (ok, err) = build("--parallel-stages=false");
+    let (ok, err) = build(&["--parallel-stages=false"]);
     assert!(!ok, "one at a time, the stages cannot overlap: {err}");
     assert!(!err.contains("ran alongside"), "{err}");
 }
@@ -72,31 +50,15 @@ fn a_from_known_only_when_the_step_runs_waits_for_every_earlier_stage() {
     // before it instead of running alongside `x`, which becomes ready at the same time.
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
-    let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {0}/library/busybox AS y\nRUN sleep 1\n\
-             FROM y AS x\nRUN echo from-x >/f\n\
-             FROM {0}/library/busybox AS base\nENV SRC=x\n\
-             FROM base AS c\nCOPY --from=$SRC /f /f\nRUN grep from-x /f\n\
-             FROM c\nCOPY --from=x /f /g\n",
-            reg.addr()
-        ),
-    )
-    .unwrap();
-    let (ok, err) = kiln(&[
-        "build".into(),
-        "-c".into(),
-        ctx.display().to_string(),
-        "--no-push".into(),
-        "--insecure-pull".into(),
-        "--log-format=text".into(),
-        "--kiln-dir".into(),
-        tmp.path().join("state").display().to_string(),
-    ]);
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS y\nRUN sleep 1\n\
+         FROM y AS x\nRUN echo from-x >/f\n\
+         FROM {0}/library/busybox AS base\nENV SRC=x\n\
+         FROM base AS c\nCOPY --from=$SRC /f /f\nRUN grep from-x /f\n\
+         FROM c\nCOPY --from=x /f /g\n",
+        reg.addr()
+    ));
+    let (ok, err) = kiln(&p.build_args("state", &[]));
     assert!(ok, "{err}");
     assert!(!err.contains("[stage 4/5] ran alongside"), "{err}");
     assert!(err.contains("[stage 3/5] ran alongside stage 1/5"), "{err}");

@@ -2,7 +2,7 @@
 //! copy of the stored rootfs instead of unpacking, gives the same image as a build without it,
 //! and no step of any build changes a stored tree, although they share inodes.
 
-use kiln_testkit::{push_busybox, require, Registry};
+use kiln_testkit::{push_busybox, require, Project, Registry};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -179,38 +179,24 @@ fn a_rootfs_holding_more_than_its_layers_is_never_stored() {
     // the rootfs the cached COPY --from then fills is not the tree of its chain.
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
-    let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {}/library/busybox AS src\nFROM scratch\nVOLUME /data\nCOPY --from=src /bin/busybox /bin/busybox\nCOPY a.txt /a.txt\n",
-            reg.addr()
-        ),
-    )
-    .unwrap();
-    let state = tmp.path().join("state");
+    let p = Project::new(&format!(
+        "FROM {}/library/busybox AS src\nFROM scratch\nVOLUME /data\nCOPY --from=src /bin/busybox /bin/busybox\nCOPY a.txt /a.txt\n",
+        reg.addr()
+    ));
+    let state = p.path("state");
     for (n, content) in ["one\n", "two\n"].iter().enumerate() {
-        std::fs::write(ctx.join("a.txt"), content).unwrap();
-        let (ok, err) = kiln(&[
-            "build".into(),
-            "-c".into(),
-            ctx.display().to_string(),
-            "--no-push".into(),
-            "--compat=kaniko".into(),
-            "--cache=true".into(),
-            "--cache-copy-layers=true".into(),
-            "--insecure-pull".into(),
-            "--log-format=text".into(),
-            "--kiln-dir".into(),
-            state.display().to_string(),
-            "--tar-path".into(),
-            tmp.path()
-                .join(format!("image{n}.tar"))
-                .display()
-                .to_string(),
-        ]);
+        std::fs::write(p.ctx.join("a.txt"), content).unwrap();
+        let tar = p.path(&format!("image{n}.tar")).display().to_string();
+        let (ok, err) = kiln(&p.build_args(
+            "state",
+            &[
+                "--compat=kaniko",
+                "--cache=true",
+                "--cache-copy-layers=true",
+                "--tar-path",
+                &tar,
+            ],
+        ));
         assert!(ok, "build {n}: {err}");
         if n == 1 {
             assert_eq!(err.matches("cache hit").count(), 1, "{err}");
@@ -229,34 +215,16 @@ fn stages_read_by_from_are_kept_and_from_only_bases_still_build() {
     // filled at its end: the last stage fills its own. Both give what docker builds.
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
-    let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {0}/library/busybox AS x\nRUN echo from-x >/f\n\
-             FROM {0}/library/busybox AS a\nRUN echo from-a >/a\n\
-             FROM a\nCOPY --from=x /f /f\nRUN cat /f /a >/both\n",
-            reg.addr()
-        ),
-    )
-    .unwrap();
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS x\nRUN echo from-x >/f\n\
+         FROM {0}/library/busybox AS a\nRUN echo from-a >/a\n\
+         FROM a\nCOPY --from=x /f /f\nRUN cat /f /a >/both\n",
+        reg.addr()
+    ));
     for n in 0..2 {
-        let layout = tmp.path().join(format!("oci{n}"));
-        let (ok, err) = kiln(&[
-            "build".into(),
-            "-c".into(),
-            ctx.display().to_string(),
-            "--no-push".into(),
-            "--cache=true".into(),
-            "--insecure-pull".into(),
-            "--log-format=text".into(),
-            "--kiln-dir".into(),
-            tmp.path().join("state").display().to_string(),
-            "--oci-layout-path".into(),
-            layout.display().to_string(),
-        ]);
+        let layout = p.path(&format!("oci{n}"));
+        let out = layout.display().to_string();
+        let (ok, err) = kiln(&p.build_args("state", &["--cache=true", "--oci-layout-path", &out]));
         assert!(ok, "build {n}: {err}");
         let layers = kiln_testkit::layout::layer_digests(&layout);
         let last = layers.last().unwrap();

@@ -117,6 +117,47 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A build context (`<tmp>/ctx` with a `Dockerfile`) for tests that run the kiln binary.
+pub struct Project {
+    /// Holds everything; removed on drop.
+    pub tmp: tempfile::TempDir,
+    /// The context directory.
+    pub ctx: PathBuf,
+}
+
+impl Project {
+    /// A fresh context whose Dockerfile is `dockerfile`.
+    pub fn new(dockerfile: &str) -> Project {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ctx = tmp.path().join("ctx");
+        std::fs::create_dir_all(&ctx).expect("mkdir ctx");
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).expect("write Dockerfile");
+        Project { tmp, ctx }
+    }
+
+    /// `rel` below the project's temporary directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    /// `build -c <ctx> --no-push --insecure-pull --log-format=text --kiln-dir <tmp>/<state>`
+    /// followed by `extra`.
+    pub fn build_args(&self, state: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "build".into(),
+            "-c".into(),
+            self.ctx.display().to_string(),
+            "--no-push".into(),
+            "--insecure-pull".into(),
+            "--log-format=text".into(),
+            "--kiln-dir".into(),
+            self.path(state).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+}
+
 /// Runs `program` with `args` (a kiln binary under test, where failing is an outcome the
 /// test checks): whether it succeeded, and its standard error as text.
 pub fn status_and_stderr(program: &str, args: &[String]) -> (bool, String) {
