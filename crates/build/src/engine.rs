@@ -457,12 +457,24 @@ enum Recorded {
     Info(String),
 }
 
-/// An [`Output`] that keeps what it is told, for [`Builder::run_wave`].
-#[derive(Default)]
-struct Recorder(std::sync::Mutex<Vec<Recorded>>);
+/// The output of one stage of a wave ([`Builder::run_wave`]): kept while another stage of the
+/// wave is shown, passed straight on once this one is (`go_live` first tells what was kept).
+/// One stage at a time is live, so no two stages' lines interleave.
+struct Recorder<'o> {
+    out: &'o dyn Output,
+    state: std::sync::Mutex<(bool, Vec<Recorded>)>,
+}
 
-impl Output for Recorder {
+impl Output for Recorder<'_> {
     fn event(&self, e: Event<'_>) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if st.0 {
+            // Under the lock: nothing kept can come after this.
+            self.out.event(e);
+            return;
+        }
         let r = match e {
             Event::Step {
                 stage,
@@ -481,17 +493,26 @@ impl Output for Recorder {
             // Only the build's end says this, never a stage.
             Event::Summary { .. } => return,
         };
-        if let Ok(mut v) = self.0.lock() {
-            v.push(r);
-        }
+        st.1.push(r);
     }
 }
 
-impl Recorder {
-    fn replay(self, out: &dyn Output) {
-        let events = self.0.into_inner().unwrap_or_else(|p| p.into_inner());
-        for r in &events {
-            out.event(match r {
+impl<'o> Recorder<'o> {
+    fn new(out: &'o dyn Output, live: bool) -> Recorder<'o> {
+        Recorder {
+            out,
+            state: std::sync::Mutex::new((live, Vec::new())),
+        }
+    }
+
+    /// Tells what was kept, then passes everything on as it comes.
+    fn go_live(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 {
+            return;
+        }
+        for r in std::mem::take(&mut st.1) {
+            self.out.event(match &r {
                 Recorded::Step(stage, stages, step, steps, text) => Event::Step {
                     stage: *stage,
                     stages: *stages,
@@ -511,14 +532,16 @@ impl Recorder {
                 Recorded::Info(i) => Event::Info(i),
             });
         }
+        st.0 = true;
     }
 }
 
 impl<'a> Builder<'a> {
     /// Runs the stages at `wave` (positions in `stages`, none reading another) at the same
     /// time, each on a builder of its own ([`Builder::fork`]) whose state is merged back
-    /// after. The first stage's output is shown live, the others' after the wave, in order.
-    /// Every stage runs to its end; the first error (in stage order) is returned.
+    /// after. One stage's output is shown as it comes: the first's, then, when it ends, the
+    /// next one's (first what it said so far). Every stage runs to its end; the first error
+    /// (in stage order) is returned.
     fn run_wave(
         &mut self,
         stages: &[PlannedStage],
@@ -529,34 +552,55 @@ impl<'a> Builder<'a> {
         let _ = self.tree_store();
         let _ = self.overlay_usable();
         let out = self.out;
-        let recorders: Vec<Recorder> = wave.iter().skip(1).map(|_| Recorder::default()).collect();
-        let mut forks: Vec<Builder<'_>> = Vec::new();
-        for (k, &p) in wave.iter().enumerate() {
-            let sink: &dyn Output = match k {
-                0 => out,
-                _ => &recorders[k - 1],
-            };
-            forks.push(self.fork(&stages[p], sink));
-        }
         let total = stages.len();
+        let recorders: Vec<Recorder> = (0..wave.len())
+            .map(|k| Recorder::new(out, k == 0))
+            .collect();
+        let mut forks: Vec<Builder<'_>> = Vec::new();
+        for (&p, rec) in wave.iter().zip(&recorders) {
+            forks.push(self.fork(&stages[p], rec));
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
         let outcomes: Vec<Result<StageResult, BuildError>> = std::thread::scope(|s| {
             let handles: Vec<_> = forks
                 .iter_mut()
                 .zip(wave)
-                .map(|(f, &p)| {
+                .enumerate()
+                .map(|(k, (f, &p))| {
+                    let tx = tx.clone();
                     s.spawn(move || {
                         let r = f.run_stage(&stages[p], p + 1, total, results);
                         if let Err(e) = &r {
-                            // Said now, not when the wave ends: the other stages may run on.
+                            // Said now, not when its output is shown: others may run on.
                             out.event(Event::Warning(&format!(
                                 "stage {}/{total} failed: {e}; waiting for the stages running alongside it",
                                 p + 1
                             )));
                         }
+                        let _ = tx.send(k);
                         r
                     })
                 })
                 .collect();
+            drop(tx);
+            // When the shown stage ends, the next one in order is shown: what it said so far,
+            // then the rest as it comes (stages that already ended are told whole).
+            let mut finished = vec![false; wave.len()];
+            let mut live = 0;
+            for k in rx.iter() {
+                finished[k] = true;
+                while live < wave.len() && finished[live] {
+                    live += 1;
+                    if live < wave.len() {
+                        out.event(Event::Info(&format!(
+                            "[stage {}/{total}] runs alongside stage {}/{total}; its output:",
+                            wave[live] + 1,
+                            wave[0] + 1
+                        )));
+                        recorders[live].go_live();
+                    }
+                }
+            }
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
@@ -565,13 +609,9 @@ impl<'a> Builder<'a> {
         for f in forks {
             self.merge(f);
         }
-        for (rec, &p) in recorders.into_iter().zip(&wave[1..]) {
-            out.event(Event::Info(&format!(
-                "[stage {}/{total}] ran alongside stage {}/{total}; its output:",
-                p + 1,
-                wave[0] + 1
-            )));
-            rec.replay(out);
+        for rec in &recorders {
+            // A stage whose thread panicked never sent its number: nothing is lost.
+            rec.go_live();
         }
         let mut done = Vec::new();
         let mut first_err = None;

@@ -196,8 +196,9 @@ pub struct BuildFlags {
     #[arg(long = "cache-unpacked-trees", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub cache_unpacked_trees: bool,
     /// Build stages that do not read each other (no FROM or --from between them) at the
-    /// same time, as BuildKit does; the first one's output is shown as it runs, the others'
-    /// when they are done. `--parallel-stages=false` builds one stage at a time.
+    /// same time, as BuildKit does; one stage's output is shown at a time (the next one's,
+    /// from its start, when the shown one ends). `--parallel-stages=false` builds one stage at
+    /// a time.
     #[arg(long = "parallel-stages", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub parallel_stages: bool,
     /// Seconds between progress lines of a running pull or push (bytes so far and rate); 0

@@ -27,7 +27,10 @@ fn independent_stages_overlap_in_time() {
     let build = |extra: &[&str]| kiln(&p.build_args("state", extra));
     let (ok, err) = build(&[]);
     assert!(ok, "{err}");
-    assert!(err.contains("[stage 2/3] ran alongside stage 1/3"), "{err}");
+    assert!(
+        err.contains("[stage 2/3] runs alongside stage 1/3"),
+        "{err}"
+    );
     // Both stages' steps are reported, the second's after the first's.
     let a = err
         .find("[stage 1/3 step 1/1] RUN")
@@ -40,7 +43,7 @@ fn independent_stages_overlap_in_time() {
 
     let (ok, err) = build(&["--parallel-stages=false"]);
     assert!(!ok, "one at a time, the stages cannot overlap: {err}");
-    assert!(!err.contains("ran alongside"), "{err}");
+    assert!(!err.contains("runs alongside"), "{err}");
 }
 
 #[test]
@@ -60,6 +63,34 @@ fn a_from_known_only_when_the_step_runs_waits_for_every_earlier_stage() {
     ));
     let (ok, err) = kiln(&p.build_args("state", &[]));
     assert!(ok, "{err}");
-    assert!(!err.contains("[stage 4/5] ran alongside"), "{err}");
-    assert!(err.contains("[stage 3/5] ran alongside stage 1/5"), "{err}");
+    assert!(!err.contains("[stage 4/5] runs alongside"), "{err}");
+    assert!(
+        err.contains("[stage 3/5] runs alongside stage 1/5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn when_the_shown_stage_ends_the_next_one_is_shown_as_it_runs() {
+    // `a` ends at once; `b` prints, then fails two seconds later. `b`'s output is shown as
+    // soon as `a` is done, so its line comes before the failure, which is said when it happens.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS a\nRUN echo a-done >/a\n\
+         FROM {0}/library/busybox AS b\nRUN echo early-b && sleep 2 && exit 3\n\
+         FROM {0}/library/busybox\nCOPY --from=a /a /a\nCOPY --from=b /bin/sh /b\n",
+        reg.addr()
+    ));
+    let (ok, err) = kiln(&p.build_args("state", &[]));
+    assert!(!ok, "{err}");
+    let early = err.find("early-b").expect("b's output");
+    let failed = err
+        .find("stage 2/3 failed")
+        .expect("the failure, said when it happened");
+    assert!(early < failed, "{err}");
+    assert!(
+        err.contains("[stage 2/3] runs alongside stage 1/3"),
+        "{err}"
+    );
 }
