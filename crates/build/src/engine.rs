@@ -38,6 +38,9 @@ pub struct BuildOutcome {
     pub leftover: Option<PathBuf>,
 }
 
+/// Finished stages by index, shared with stages running at the same time.
+type Results = HashMap<usize, Arc<StageResult>>;
+
 /// A finished stage.
 struct StageResult {
     /// Whether `root` holds all of `layers` (a stage nothing reads by `--from` is not filled).
@@ -351,43 +354,22 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
 
     let stages = b.plan.stages.clone();
     b.prefetch_bases(&stages);
-    let mut results: HashMap<usize, StageResult> = HashMap::new();
-    // Stages run as soon as the stages they read are done: independent ones side by side
-    // (`--parallel-stages`, BuildKit's default), each with its own builder; the first of a
-    // wave prints as it goes, the others' output follows when the wave ends.
-    let deps = wave_deps(&stages);
-    let cap = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut pending: Vec<usize> = (0..stages.len()).collect();
-    while !pending.is_empty() {
-        let ready: Vec<usize> = pending
-            .iter()
-            .copied()
-            .filter(|&p| deps[p].iter().all(|d| results.contains_key(d)))
-            .take(cap)
-            .collect();
-        let wave: Vec<usize> = match ready.first() {
-            None => {
-                return Err(BuildError::Unsupported {
-                    what: "stages that depend on each other in a cycle".into(),
-                    line: None,
-                })
-            }
-            Some(&first) if !opts.parallel_stages || ready.len() == 1 => vec![first],
-            Some(_) => ready,
-        };
-        pending.retain(|p| !wave.contains(p));
-        if let [p] = wave[..] {
-            let r = b.run_stage(&stages[p], p + 1, stages.len(), &results)?;
-            results.insert(stages[p].index, r);
-            continue;
-        }
-        for (p, r) in b.run_wave(&stages, &wave, &results)? {
-            results.insert(stages[p].index, r);
+    let deps = stage_deps(&stages);
+    let mut results: Results = HashMap::new();
+    if opts.parallel_stages {
+        // Stages run as soon as the stages they read are done: independent ones side by side
+        // (BuildKit's default), each on a builder of its own.
+        b.run_parallel(&stages, &deps, &mut results)?;
+    } else {
+        for (p, stage) in stages.iter().enumerate() {
+            let r = b.run_stage(stage, p + 1, stages.len(), &results)?;
+            results.insert(stage.index, Arc::new(r));
         }
     }
     let target = b.plan.target;
     let final_stage = results
         .remove(&target)
+        .and_then(|r| Arc::try_unwrap(r).ok())
         .ok_or_else(|| BuildError::Unsupported {
             what: format!("target stage {target} was not built"),
             line: None,
@@ -419,7 +401,7 @@ fn can_chown() -> bool {
 /// earlier stage when a `--from` of it is known only when it runs (a `$VAR` an inherited ENV
 /// may set) or when the Dockerfile sets ONBUILD triggers that name a stage (they run in
 /// whichever stage is built FROM the one that set them).
-fn wave_deps(stages: &[PlannedStage]) -> Vec<Vec<usize>> {
+fn stage_deps(stages: &[PlannedStage]) -> Vec<Vec<usize>> {
     let dynamic = |from: &Option<String>| from.as_deref().is_some_and(|f| f.contains('$'));
     let onbuild_from = stages.iter().any(|st| {
         st.instructions.iter().any(
@@ -448,7 +430,7 @@ fn wave_deps(stages: &[PlannedStage]) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// One event, owned: what a stage running alongside another said, replayed after the wave.
+/// One event, owned: what a stage said while another stage was shown.
 enum Recorded {
     Step(usize, usize, usize, usize, String),
     StepDone(Duration, Option<u64>),
@@ -457,8 +439,37 @@ enum Recorded {
     Info(String),
 }
 
-/// The output of one stage of a wave ([`Builder::run_wave`]): kept while another stage of the
-/// wave is shown, passed straight on once this one is (`go_live` first tells what was kept).
+/// Shows the started stages' output in order: the one at `shown` live, then, once it has
+/// ended, the next (a stage whose output was held back first gets a line saying so).
+fn show_next(
+    shown: &mut usize,
+    order: &[usize],
+    finished: &[bool],
+    held_back: &mut [bool],
+    recorders: &[Recorder<'_>],
+    out: &dyn Output,
+) {
+    let total = recorders.len();
+    while *shown < order.len() {
+        let p = order[*shown];
+        if held_back[p] {
+            held_back[p] = false;
+            out.event(Event::Info(&format!(
+                "[stage {}/{total}] ran alongside other stages; its output:",
+                p + 1
+            )));
+        }
+        recorders[p].go_live();
+        if !finished[p] {
+            break;
+        }
+        *shown += 1;
+    }
+}
+
+/// The output of one stage running with others ([`Builder::run_parallel`]): kept while
+/// another stage is shown, passed straight on once this one is (`go_live` first tells what
+/// was kept).
 /// One stage at a time is live, so no two stages' lines interleave.
 struct Recorder<'o> {
     out: &'o dyn Output,
@@ -537,96 +548,121 @@ impl<'o> Recorder<'o> {
 }
 
 impl<'a> Builder<'a> {
-    /// Runs the stages at `wave` (positions in `stages`, none reading another) at the same
-    /// time, each on a builder of its own ([`Builder::fork`]) whose state is merged back
-    /// after. One stage's output is shown as it comes: the first's, then, when it ends, the
-    /// next one's (first what it said so far). Every stage runs to its end; the first error
-    /// (in stage order) is returned.
-    fn run_wave(
+    /// Runs `stages` with at most one per CPU at a time, each as soon as the stages it waits
+    /// for (`deps`, by position) are done, on a builder of its own ([`Builder::fork`]) whose
+    /// state is merged back when it ends. One stage's output is shown at a time, in the order
+    /// the stages started: a stage that starts while others still run keeps its output until
+    /// the stages before it end, then shows it (under a line saying so) and the rest as it
+    /// comes. After a stage fails no new stage starts; the running ones run to their end and
+    /// the first error is returned.
+    fn run_parallel(
         &mut self,
         stages: &[PlannedStage],
-        wave: &[usize],
-        results: &HashMap<usize, StageResult>,
-    ) -> Result<Vec<(usize, StageResult)>, BuildError> {
+        deps: &[Vec<usize>],
+        results: &mut Results,
+    ) -> Result<(), BuildError> {
         // Decided once for every fork.
         let _ = self.tree_store();
         let _ = self.overlay_usable();
         let out = self.out;
         let total = stages.len();
-        let recorders: Vec<Recorder> = (0..wave.len())
-            .map(|k| Recorder::new(out, k == 0))
-            .collect();
-        let mut forks: Vec<Builder<'_>> = Vec::new();
-        for (&p, rec) in wave.iter().zip(&recorders) {
-            forks.push(self.fork(&stages[p], rec));
-        }
-        let (tx, rx) = std::sync::mpsc::channel::<usize>();
-        let outcomes: Vec<Result<StageResult, BuildError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = forks
-                .iter_mut()
-                .zip(wave)
-                .enumerate()
-                .map(|(k, (f, &p))| {
-                    let tx = tx.clone();
-                    s.spawn(move || {
-                        let r = f.run_stage(&stages[p], p + 1, total, results);
-                        if let Err(e) = &r {
-                            // Said now, not when its output is shown: others may run on.
-                            out.event(Event::Warning(&format!(
-                                "stage {}/{total} failed: {e}; waiting for the stages running alongside it",
-                                p + 1
-                            )));
+        let cap = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let recorders: Vec<Recorder> = (0..total).map(|_| Recorder::new(out, false)).collect();
+        let outcome = std::thread::scope(|s| -> Result<(), BuildError> {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut started = vec![false; total];
+            let mut finished = vec![false; total];
+            let mut held_back = vec![false; total];
+            // Started stages in order; `shown` indexes the one shown now.
+            let mut order: Vec<usize> = Vec::new();
+            let mut shown = 0;
+            let mut running = 0;
+            let mut first_err: Option<BuildError> = None;
+            loop {
+                show_next(
+                    &mut shown,
+                    &order,
+                    &finished,
+                    &mut held_back,
+                    &recorders,
+                    out,
+                );
+                if first_err.is_none() {
+                    for p in 0..total {
+                        if running >= cap {
+                            break;
                         }
-                        let _ = tx.send(k);
-                        r
-                    })
-                })
-                .collect();
-            drop(tx);
-            // When the shown stage ends, the next one in order is shown: what it said so far,
-            // then the rest as it comes (stages that already ended are told whole).
-            let mut finished = vec![false; wave.len()];
-            let mut live = 0;
-            for k in rx.iter() {
-                finished[k] = true;
-                while live < wave.len() && finished[live] {
-                    live += 1;
-                    if live < wave.len() {
-                        out.event(Event::Info(&format!(
-                            "[stage {}/{total}] runs alongside stage {}/{total}; its output:",
-                            wave[live] + 1,
-                            wave[0] + 1
-                        )));
-                        recorders[live].go_live();
+                        let ready = deps[p].iter().all(|d| results.contains_key(d));
+                        if started[p] || !ready {
+                            continue;
+                        }
+                        started[p] = true;
+                        running += 1;
+                        held_back[p] = shown < order.len();
+                        order.push(p);
+                        let snapshot = results.clone();
+                        let mut f = self.fork(&stages[p], &recorders[p]);
+                        let tx = tx.clone();
+                        s.spawn(move || {
+                            let run = std::panic::AssertUnwindSafe(|| {
+                                f.run_stage(&stages[p], p + 1, total, &snapshot)
+                            });
+                            let r = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                                Err(BuildError::Unsupported {
+                                    what: format!("internal error: stage {} panicked", p + 1),
+                                    line: None,
+                                })
+                            });
+                            if let Err(e) = &r {
+                                // Said now, not when its output is shown.
+                                out.event(Event::Warning(&format!(
+                                    "stage {}/{total} failed: {e}; waiting for the stages running alongside it",
+                                    p + 1
+                                )));
+                            }
+                            let _ = tx.send((p, f, r));
+                        });
+                    }
+                }
+                show_next(
+                    &mut shown,
+                    &order,
+                    &finished,
+                    &mut held_back,
+                    &recorders,
+                    out,
+                );
+                if running == 0 {
+                    break;
+                }
+                // Wait for one stage to end, then take every other that has.
+                let Ok(first) = rx.recv() else {
+                    break;
+                };
+                let mut ended = vec![first];
+                ended.extend(rx.try_iter());
+                for (p, f, r) in ended {
+                    running -= 1;
+                    finished[p] = true;
+                    self.merge(f);
+                    match r {
+                        Ok(r) => {
+                            results.insert(stages[p].index, Arc::new(r));
+                        }
+                        Err(e) if first_err.is_none() => first_err = Some(e),
+                        Err(_) => {}
                     }
                 }
             }
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         });
-        for f in forks {
-            self.merge(f);
-        }
         for rec in &recorders {
-            // A stage whose thread panicked never sent its number: nothing is lost.
             rec.go_live();
         }
-        let mut done = Vec::new();
-        let mut first_err = None;
-        for (r, &p) in outcomes.into_iter().zip(wave) {
-            match r {
-                Ok(r) => done.push((p, r)),
-                Err(e) if first_err.is_none() => first_err = Some(e),
-                // Already told as a warning when it happened.
-                Err(_) => {}
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(done),
-        }
+        outcome
     }
 
     /// A builder for `stage` running alongside others, telling `out`: the shared parts are
@@ -968,7 +1004,7 @@ impl<'a> Builder<'a> {
     fn base(
         &mut self,
         stage: &PlannedStage,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
     ) -> Result<(ImageConfig, Vec<LayerRecord>, ImageFormat, BaseIdentity), BuildError> {
         match &stage.base {
             Base::Scratch => Ok((
@@ -1075,7 +1111,7 @@ impl<'a> Builder<'a> {
         stage: &PlannedStage,
         pos: usize,
         total: usize,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
     ) -> Result<StageResult, BuildError> {
         let dir = self
             .work
@@ -1555,7 +1591,7 @@ impl<'a> Builder<'a> {
         steps: &[Spanned<Instruction>],
         config: &ImageConfig,
         env: &StageEnv,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
         stage: &PlannedStage,
         chain: Option<&KeyChain>,
         sc: &StageCache,
@@ -1620,7 +1656,7 @@ impl<'a> Builder<'a> {
         expanded: &Instruction,
         config: &ImageConfig,
         env: &StageEnv,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
         stage: &PlannedStage,
         chain: Option<&mut KeyChain>,
         sc: &mut StageCache,
@@ -1815,7 +1851,7 @@ impl<'a> Builder<'a> {
         config: &mut ImageConfig,
         root: &Root,
         env: &StageEnv,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
         stage: &PlannedStage,
         cmd_set: &mut bool,
     ) -> Result<StepOutcome, BuildError> {
@@ -1929,7 +1965,7 @@ impl<'a> Builder<'a> {
         is_add: bool,
         config: &ImageConfig,
         root: &Root,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
         stage: &PlannedStage,
     ) -> Result<StepOutcome, BuildError> {
         let name = if is_add { "ADD" } else { "COPY" };
@@ -2142,7 +2178,7 @@ impl<'a> Builder<'a> {
         &mut self,
         ins: &Spanned<Instruction>,
         from: &str,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
         stage: &PlannedStage,
     ) -> Result<Root, BuildError> {
         let resolved = self
@@ -2306,7 +2342,7 @@ impl<'a> Builder<'a> {
         config: &ImageConfig,
         root: &Root,
         env: &StageEnv,
-        results: &HashMap<usize, StageResult>,
+        results: &Results,
         stage: &PlannedStage,
     ) -> Result<StepOutcome, BuildError> {
         // Images a bind mount names are pulled and unpacked before the closures below borrow

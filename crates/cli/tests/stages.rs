@@ -28,7 +28,7 @@ fn independent_stages_overlap_in_time() {
     let (ok, err) = build(&[]);
     assert!(ok, "{err}");
     assert!(
-        err.contains("[stage 2/3] runs alongside stage 1/3"),
+        err.contains("[stage 2/3] ran alongside other stages"),
         "{err}"
     );
     // Both stages' steps are reported, the second's after the first's.
@@ -43,7 +43,7 @@ fn independent_stages_overlap_in_time() {
 
     let (ok, err) = build(&["--parallel-stages=false"]);
     assert!(!ok, "one at a time, the stages cannot overlap: {err}");
-    assert!(!err.contains("runs alongside"), "{err}");
+    assert!(!err.contains("ran alongside"), "{err}");
 }
 
 #[test]
@@ -63,9 +63,9 @@ fn a_from_known_only_when_the_step_runs_waits_for_every_earlier_stage() {
     ));
     let (ok, err) = kiln(&p.build_args("state", &[]));
     assert!(ok, "{err}");
-    assert!(!err.contains("[stage 4/5] runs alongside"), "{err}");
+    assert!(!err.contains("[stage 4/5] ran alongside"), "{err}");
     assert!(
-        err.contains("[stage 3/5] runs alongside stage 1/5"),
+        err.contains("[stage 3/5] ran alongside other stages"),
         "{err}"
     );
 }
@@ -90,7 +90,30 @@ fn when_the_shown_stage_ends_the_next_one_is_shown_as_it_runs() {
         .expect("the failure, said when it happened");
     assert!(early < failed, "{err}");
     assert!(
-        err.contains("[stage 2/3] runs alongside stage 1/3"),
+        err.contains("[stage 2/3] ran alongside other stages"),
         "{err}"
     );
+}
+
+#[test]
+fn a_stage_starts_as_soon_as_the_stages_it_reads_are_done() {
+    // `c` reads only `b`, which ends at once: `c` starts while `a` still sleeps.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        kiln_testkit::report_skip("one CPU: kiln runs one stage at a time");
+        return;
+    }
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS a\n\
+         RUN s=$(cut -d' ' -f1 /proc/uptime) && sleep 2 && echo \"$s $(cut -d' ' -f1 /proc/uptime)\" >/t\n\
+         FROM {0}/library/busybox AS b\nRUN true\n\
+         FROM b AS c\nRUN cut -d' ' -f1 /proc/uptime >/s\n\
+         FROM {0}/library/busybox\nCOPY --from=a /t /a\nCOPY --from=c /s /c\n\
+         RUN read as ae </a && read cs </c && echo \"a $as-$ae c $cs\" && \
+         awk -v ae=$ae -v cs=$cs 'BEGIN {{ exit !(cs < ae) }}'\n",
+        reg.addr()
+    ));
+    let (ok, err) = kiln(&p.build_args("state", &[]));
+    assert!(ok, "{err}");
 }
