@@ -439,31 +439,60 @@ enum Recorded {
     Info(String),
 }
 
-/// Shows the started stages' output in order: the one at `shown` live, then, once it has
-/// ended, the next (a stage whose output was held back first gets a line saying so).
-fn show_next(
-    shown: &mut usize,
-    order: &[usize],
-    finished: &[bool],
-    held_back: &mut [bool],
-    recorders: &[Recorder<'_>],
-    out: &dyn Output,
-) {
-    let total = recorders.len();
-    while *shown < order.len() {
-        let p = order[*shown];
-        if held_back[p] {
-            held_back[p] = false;
-            out.event(Event::Info(&format!(
-                "[stage {}/{total}] ran alongside other stages; its output:",
-                p + 1
-            )));
+/// Which stage's output is shown ([`Builder::run_parallel`]): stages in the order they
+/// started, one at a time.
+struct Shown<'r, 'o> {
+    recorders: &'r [Recorder<'o>],
+    out: &'o dyn Output,
+    /// Started stages (positions), in order; `next` indexes the one shown now.
+    order: Vec<usize>,
+    next: usize,
+    finished: Vec<bool>,
+    held_back: Vec<bool>,
+}
+
+impl<'r, 'o> Shown<'r, 'o> {
+    fn new(recorders: &'r [Recorder<'o>], out: &'o dyn Output) -> Self {
+        let n = recorders.len();
+        Shown {
+            recorders,
+            out,
+            order: Vec::new(),
+            next: 0,
+            finished: vec![false; n],
+            held_back: vec![false; n],
         }
-        recorders[p].go_live();
-        if !finished[p] {
-            break;
+    }
+
+    /// Stage `p` started: held back when an earlier stage is still shown.
+    fn started(&mut self, p: usize) {
+        self.held_back[p] = self.next < self.order.len();
+        self.order.push(p);
+    }
+
+    fn ended(&mut self, p: usize) {
+        self.finished[p] = true;
+    }
+
+    /// Shows the stage whose turn it is: live, after what it said so far (with a line saying
+    /// it ran alongside others when it was held back); the next one once it has ended.
+    fn advance(&mut self) {
+        let total = self.recorders.len();
+        while self.next < self.order.len() {
+            let p = self.order[self.next];
+            if self.held_back[p] {
+                self.held_back[p] = false;
+                self.out.event(Event::Info(&format!(
+                    "[stage {}/{total}] ran alongside other stages; its output:",
+                    p + 1
+                )));
+            }
+            self.recorders[p].go_live();
+            if !self.finished[p] {
+                break;
+            }
+            self.next += 1;
         }
-        *shown += 1;
     }
 }
 
@@ -571,22 +600,11 @@ impl<'a> Builder<'a> {
         let outcome = std::thread::scope(|s| -> Result<(), BuildError> {
             let (tx, rx) = std::sync::mpsc::channel();
             let mut started = vec![false; total];
-            let mut finished = vec![false; total];
-            let mut held_back = vec![false; total];
-            // Started stages in order; `shown` indexes the one shown now.
-            let mut order: Vec<usize> = Vec::new();
-            let mut shown = 0;
+            let mut shown = Shown::new(&recorders, out);
             let mut running = 0;
             let mut first_err: Option<BuildError> = None;
             loop {
-                show_next(
-                    &mut shown,
-                    &order,
-                    &finished,
-                    &mut held_back,
-                    &recorders,
-                    out,
-                );
+                shown.advance();
                 if first_err.is_none() {
                     for p in 0..total {
                         if running >= cap {
@@ -598,8 +616,7 @@ impl<'a> Builder<'a> {
                         }
                         started[p] = true;
                         running += 1;
-                        held_back[p] = shown < order.len();
-                        order.push(p);
+                        shown.started(p);
                         let snapshot = results.clone();
                         let mut f = self.fork(&stages[p], &recorders[p]);
                         let tx = tx.clone();
@@ -624,14 +641,7 @@ impl<'a> Builder<'a> {
                         });
                     }
                 }
-                show_next(
-                    &mut shown,
-                    &order,
-                    &finished,
-                    &mut held_back,
-                    &recorders,
-                    out,
-                );
+                shown.advance();
                 if running == 0 {
                     break;
                 }
@@ -643,7 +653,7 @@ impl<'a> Builder<'a> {
                 ended.extend(rx.try_iter());
                 for (p, f, r) in ended {
                     running -= 1;
-                    finished[p] = true;
+                    shown.ended(p);
                     self.merge(f);
                     match r {
                         Ok(r) => {

@@ -233,83 +233,85 @@ pub fn break_links(root: &Path, owners: bool) -> Result<LinkStats, RootError> {
             path: root.to_path_buf(),
             source,
         })?;
-    let mut stats = LinkStats::default();
-    let mut seen = Seen::new();
-    break_dir(&fd, &fd, owners, b"", 0, &mut seen, &mut stats)?;
-    Ok(stats)
+    let mut b = Breaker {
+        root: &fd,
+        owners,
+        seen: HashMap::new(),
+        stats: LinkStats::default(),
+    };
+    b.dir(&fd, b"", 0)?;
+    Ok(b.stats)
 }
 
-/// Inodes given a new one, by (device, inode): the new inode's path from the root (a path,
-/// not a descriptor: a wide tree would run out of descriptors).
-type Seen = HashMap<(u64, u64), Vec<u8>>;
-
-fn break_dir(
-    root: &OwnedFd,
-    d: &OwnedFd,
+/// The walk of [`break_links`].
+struct Breaker<'a> {
+    root: &'a OwnedFd,
     owners: bool,
-    rel: &[u8],
-    depth: usize,
-    seen: &mut Seen,
-    stats: &mut LinkStats,
-) -> Result<(), RootError> {
-    check_depth(depth, rel)?;
-    // New entries are created next to the old: a directory without u+w (a 0555 /usr/bin) gets
-    // it for the loop and its mode back after (root ignores the bit; a single-id build does
-    // not).
-    let dst = fstat(d).map_err(io("stat", rel))?;
-    let mode = Mode::from_bits_truncate(dst.st_mode & 0o7777);
-    let widen = !mode.contains(Mode::S_IWUSR | Mode::S_IXUSR);
-    if widen {
-        fchmod(d, mode | Mode::S_IRWXU).map_err(io("chmod", rel))?;
-    }
-    let r = break_entries(root, d, owners, rel, depth, seen, stats);
-    if widen {
-        fchmod(d, mode).map_err(io("chmod", rel))?;
-    }
-    r
+    /// Inodes given a new one, by (device, inode): the new inode's path from the root (a
+    /// path, not a descriptor: a wide tree would run out of descriptors).
+    seen: HashMap<(u64, u64), Vec<u8>>,
+    stats: LinkStats,
 }
 
-fn break_entries(
-    root: &OwnedFd,
-    d: &OwnedFd,
-    owners: bool,
-    rel: &[u8],
-    depth: usize,
-    seen: &mut Seen,
-    stats: &mut LinkStats,
-) -> Result<(), RootError> {
-    for name in names(d, rel)? {
-        let child = join(rel, &name);
-        let st = fstatat(d, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(io("lstat", &child))?;
-        let kind = kind_of(&st);
-        if kind == SFlag::S_IFDIR {
-            let cd =
-                openat(d, name.as_slice(), DIR_FLAGS, Mode::empty()).map_err(io("open", &child))?;
-            break_dir(root, &cd, owners, &child, depth + 1, seen, stats)?;
-            continue;
+impl Breaker<'_> {
+    fn dir(&mut self, d: &OwnedFd, rel: &[u8], depth: usize) -> Result<(), RootError> {
+        check_depth(depth, rel)?;
+        // New entries are created next to the old: a directory without u+w (a 0555 /usr/bin)
+        // gets it for the loop and its mode back after (root ignores the bit; a single-id
+        // build does not).
+        let dst = fstat(d).map_err(io("stat", rel))?;
+        let mode = Mode::from_bits_truncate(dst.st_mode & 0o7777);
+        let widen = !mode.contains(Mode::S_IWUSR | Mode::S_IXUSR);
+        if widen {
+            fchmod(d, mode | Mode::S_IRWXU).map_err(io("chmod", rel))?;
         }
-        let remake = matches!(kind, SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO);
-        if !remake || st.st_nlink < 2 {
-            continue;
+        let r = self.entries(d, rel, depth);
+        if widen {
+            fchmod(d, mode).map_err(io("chmod", rel))?;
         }
-        let id = (st.st_dev, st.st_ino);
-        if let Some(first) = seen.get(&id) {
-            // Another name of an inode already made again: link it to the new one (the path
-            // was walked as directories a moment ago and nothing runs meanwhile).
-            unlinkat(d, name.as_slice(), UnlinkatFlags::NoRemoveDir)
-                .map_err(io("unlink", &child))?;
-            linkat(root, first.as_slice(), d, name.as_slice(), AtFlags::empty())
+        r
+    }
+
+    fn entries(&mut self, d: &OwnedFd, rel: &[u8], depth: usize) -> Result<(), RootError> {
+        for name in names(d, rel)? {
+            let child = join(rel, &name);
+            let st = fstatat(d, name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(io("lstat", &child))?;
+            let kind = kind_of(&st);
+            if kind == SFlag::S_IFDIR {
+                let cd = openat(d, name.as_slice(), DIR_FLAGS, Mode::empty())
+                    .map_err(io("open", &child))?;
+                self.dir(&cd, &child, depth + 1)?;
+                continue;
+            }
+            let remake = matches!(kind, SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO);
+            if !remake || st.st_nlink < 2 {
+                continue;
+            }
+            let id = (st.st_dev, st.st_ino);
+            if let Some(first) = self.seen.get(&id) {
+                // Another name of an inode already made again: link it to the new one (the
+                // path was walked as directories a moment ago and nothing runs meanwhile).
+                unlinkat(d, name.as_slice(), UnlinkatFlags::NoRemoveDir)
+                    .map_err(io("unlink", &child))?;
+                linkat(
+                    self.root,
+                    first.as_slice(),
+                    d,
+                    name.as_slice(),
+                    AtFlags::empty(),
+                )
                 .map_err(io("link", &child))?;
-            stats.links += 1;
-            continue;
+                self.stats.links += 1;
+                continue;
+            }
+            let tmp = remake_entry(d, &name, &st, self.owners, &child)?;
+            renameat(d, tmp.as_slice(), d, name.as_slice()).map_err(io("rename", &child))?;
+            self.seen.insert(id, child);
+            self.stats.copied += 1;
         }
-        let tmp = remake_entry(d, &name, &st, owners, &child)?;
-        renameat(d, tmp.as_slice(), d, name.as_slice()).map_err(io("rename", &child))?;
-        seen.insert(id, child);
-        stats.copied += 1;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Makes a new inode like `name` (a regular file, symlink or FIFO described by `st`) under a
