@@ -117,3 +117,19 @@ fn a_stage_starts_as_soon_as_the_stages_it_reads_are_done() {
     let (ok, err) = kiln(&p.build_args("state", &[]));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn an_onbuild_trigger_naming_a_stage_runs_after_that_stage() {
+    // `x` is named only by the trigger `a` sets; it runs in the last stage, which must wait
+    // for `x` (and `x` must be built at all).
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS x\nRUN sleep 1 && echo from-x >/f\n\
+         FROM {0}/library/busybox AS a\nONBUILD COPY --from=x /f /f\n\
+         FROM a\nRUN grep from-x /f\n",
+        reg.addr()
+    ));
+    let (ok, err) = kiln(&p.build_args("state", &[]));
+    assert!(ok, "{err}");
+}

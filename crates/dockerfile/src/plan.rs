@@ -297,6 +297,29 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
                 None => Base::Image(image),
             }
         };
+        // ONBUILD triggers of a parent stage run first in this stage: the stages their
+        // `--from` names are this stage's dependencies (a `$VAR` is left to the engine).
+        if let Base::Stage(parent) = base {
+            for ins in &df.stages[parent].instructions {
+                let Instruction::Onbuild(t) = &ins.value else {
+                    continue;
+                };
+                let Ok(trigger) = crate::instructions::parse_trigger(t, escape, ins.start_line)
+                else {
+                    continue; // reported with its line when the trigger runs
+                };
+                let refs: Vec<String> = match &trigger.value {
+                    Instruction::Copy(c) => c.from.iter().cloned().collect(),
+                    Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.clone()).collect(),
+                    _ => Vec::new(),
+                };
+                for r in refs.iter().filter(|r| !r.contains('$')) {
+                    if let Ok(FromRef::Stage(j)) = resolve_ref(&names, i, r) {
+                        deps.push(j);
+                    }
+                }
+            }
+        }
         // Expand the stage's instructions to find `--from` references.
         let mut senv = StageEnv::from_parts(escape, globals.clone(), build_args.clone(), &[]);
         for ins in &st.instructions {

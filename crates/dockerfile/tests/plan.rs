@@ -202,3 +202,24 @@ fn arg_names_are_expanded() {
         .env()
         .contains(&("seen".to_string(), "given".to_string())));
 }
+
+#[test]
+fn onbuild_triggers_of_a_parent_stage_make_their_from_stages_dependencies() {
+    // `x` is named only by a trigger `a` sets, which runs in the last stage: it is planned,
+    // and the last stage depends on it.
+    let src = "FROM busybox AS x\nRUN echo x >/f\n\
+               FROM busybox AS a\nONBUILD COPY --from=x /f /f\n\
+               FROM a AS b\nRUN cat /f\n";
+    let df = parse_dockerfile(src.as_bytes()).expect("parse");
+    let p = plan(&df, &opts(None, &[])).expect("plan");
+    assert!(p.stage(0).is_some(), "x is planned");
+    let last = p.stage(p.target).expect("target");
+    assert!(last.deps.contains(&0), "{:?}", last.deps);
+    assert!(last.deps.contains(&1), "{:?}", last.deps);
+    // A grandchild does not run the trigger (docker clears it): no dependency there.
+    let src2 = format!("{src}FROM b AS d\nRUN true\n");
+    let df = parse_dockerfile(src2.as_bytes()).expect("parse");
+    let p = plan(&df, &opts(None, &[])).expect("plan");
+    let d = p.stage(p.target).expect("target");
+    assert_eq!(d.deps, vec![2], "{:?}", d.deps);
+}
