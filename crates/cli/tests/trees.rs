@@ -32,45 +32,32 @@ fn trees(state: &Path) -> Vec<PathBuf> {
 fn warm_rebuild_starts_from_stored_trees_and_never_changes_them() {
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
-    let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("a.txt"), "one\n").unwrap();
-    std::fs::write(ctx.join("lib"), "replaced by COPY\n").unwrap();
     // RUN 2 changes files of the stored tree through the overlay (append, chmod, delete) and
     // the COPY after it replaces one: none of that may reach the store.
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {}/library/busybox\n\
+    let p = Project::new(&format!(
+        "FROM {}/library/busybox\n\
              RUN mkdir /deps && echo original >/deps/lib && echo other >/deps/other && echo gone >/deps/gone && chmod 644 /deps/other\n\
              COPY a.txt /app/a.txt\n\
              RUN cat /app/a.txt >>/deps/lib && chmod 600 /deps/other && rm /deps/gone && cat /deps/lib >/app/seen\n\
              COPY lib /deps/lib\n",
-            reg.addr()
-        ),
-    )
-    .unwrap();
-    let state = tmp.path().join("state");
-    let build = |n: usize, state: &Path, extra: &[&str]| -> (String, Vec<String>) {
-        let layout = tmp.path().join(format!("oci{n}"));
-        let mut args: Vec<String> = vec![
-            "build".into(),
-            "-c".into(),
-            ctx.display().to_string(),
-            "--no-push".into(),
-            "--reproducible".into(),
-            "--cache=true".into(),
-            "--cache-copy-layers=true".into(),
-            "--insecure-pull".into(),
-            "--log-format=text".into(),
-            "--oci-layout-path".into(),
-            layout.display().to_string(),
-            "--kiln-dir".into(),
-            state.display().to_string(),
+        reg.addr()
+    ));
+    std::fs::write(p.ctx.join("a.txt"), "one\n").unwrap();
+    std::fs::write(p.ctx.join("lib"), "replaced by COPY\n").unwrap();
+    let state = p.path("state");
+    // `state`: the --kiln-dir below the project's temporary directory.
+    let build = |n: usize, state: &str, extra: &[&str]| -> (String, Vec<String>) {
+        let layout = p.path(&format!("oci{n}"));
+        let out = layout.display().to_string();
+        let mut flags = vec![
+            "--reproducible",
+            "--cache=true",
+            "--cache-copy-layers=true",
+            "--oci-layout-path",
+            &out,
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let (ok, err) = kiln(&args);
+        flags.extend_from_slice(extra);
+        let (ok, err) = kiln(&p.build_args(state, &flags));
         assert!(ok, "build {n}: {err}");
         (err, kiln_testkit::layout::layer_digests(&layout))
     };
@@ -120,14 +107,14 @@ fn warm_rebuild_starts_from_stored_trees_and_never_changes_them() {
         );
     };
 
-    let (out1, l1) = build(1, &state, &[]);
+    let (out1, l1) = build(1, "state", &[]);
     assert!(!out1.contains("unpacked-tree store"), "{out1}");
     check_store("after the cold build", 3);
 
     // One context file changed: the first RUN is a cache hit, and the rootfs for the COPY
     // comes from the stored tree (no unpacking).
-    std::fs::write(ctx.join("a.txt"), "two\n").unwrap();
-    let (out2, l2) = build(2, &state, &[]);
+    std::fs::write(p.ctx.join("a.txt"), "two\n").unwrap();
+    let (out2, l2) = build(2, "state", &[]);
     assert_eq!(out2.matches("cache hit").count(), 1, "{out2}");
     assert!(
         out2.contains("2 of 2 layers from the unpacked-tree store"),
@@ -138,14 +125,10 @@ fn warm_rebuild_starts_from_stored_trees_and_never_changes_them() {
     check_store("after the warm rebuild", 4);
 
     // The same build without the store (a fresh state dir) gives the same image.
-    let (out3, l3) = build(
-        3,
-        &tmp.path().join("fresh"),
-        &["--cache-unpacked-trees=false"],
-    );
+    let (out3, l3) = build(3, "fresh", &["--cache-unpacked-trees=false"]);
     assert!(!out3.contains("unpacked-tree store"), "{out3}");
     assert!(
-        trees(&tmp.path().join("fresh")).is_empty(),
+        trees(&p.path("fresh")).is_empty(),
         "--cache-unpacked-trees=false stores nothing"
     );
     assert_eq!(
@@ -155,7 +138,7 @@ fn warm_rebuild_starts_from_stored_trees_and_never_changes_them() {
 
     // Nothing changed: every step is a hit and no step needs the rootfs, so nothing is
     // unpacked or linked at all.
-    let (out4, l4) = build(4, &state, &[]);
+    let (out4, l4) = build(4, "state", &[]);
     assert_eq!(out4.matches("cache hit").count(), 4, "{out4}");
     assert!(!out4.contains("unpacked-tree store"), "{out4}");
     assert_eq!(l4, l2);
