@@ -195,10 +195,34 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// A base image pull running in the background, and how long it took.
-type PrefetchedBase = std::thread::JoinHandle<(
+type PullThread = std::thread::JoinHandle<(
     Result<kiln_registry::PulledImage, kiln_registry::RegistryError>,
     Duration,
 )>;
+
+/// A base image pull started ahead of its stages and shared by every stage on that base, so
+/// two stages that run at the same time on one base pull it once.
+struct PrefetchedBase {
+    thread: std::sync::Mutex<Option<PullThread>>,
+    /// The pull's result once a stage has waited for it: `None` when it failed (each stage
+    /// then pulls again itself, so the error names that stage).
+    result: std::sync::OnceLock<Option<(kiln_registry::PulledImage, Duration)>>,
+}
+
+impl PrefetchedBase {
+    /// Waits for the pull (the first caller joins the thread; the others wait for that).
+    fn wait(&self) -> Option<(kiln_registry::PulledImage, Duration)> {
+        self.result
+            .get_or_init(|| {
+                let thread = self.thread.lock().ok()?.take()?;
+                match thread.join() {
+                    Ok((Ok(pulled), took)) => Some((pulled, took)),
+                    _ => None,
+                }
+            })
+            .clone()
+    }
+}
 
 /// Distinct base images pulled ahead of their stage.
 const PREFETCH_BASES: usize = 4;
@@ -216,7 +240,7 @@ struct Builder<'a> {
     client: Option<Arc<kiln_registry::Client>>,
     /// Base images of the stages, pulled in the background from the start of the build so a
     /// later stage's pull overlaps the earlier stages' steps (keyed by name and platform).
-    prefetched: HashMap<(String, String), PrefetchedBase>,
+    prefetched: HashMap<(String, String), Arc<PrefetchedBase>>,
     created: String,
     settings: LayerSettings,
     privileged: bool,
@@ -692,8 +716,8 @@ impl<'a> Builder<'a> {
                 .and_then(|p| p.parse::<Platform>().ok())
                 .unwrap_or_else(|| self.platform.clone());
             let key = (name.clone(), platform.to_string());
-            if let Some(h) = self.prefetched.remove(&key) {
-                prefetched.insert(key, h);
+            if let Some(h) = self.prefetched.get(&key) {
+                prefetched.insert(key, Arc::clone(h));
             }
         }
         Builder {
@@ -781,7 +805,13 @@ impl<'a> Builder<'a> {
                 let pulled = client.pull_image(&reference, &platform, &store);
                 (pulled, t0.elapsed())
             });
-            self.prefetched.insert(key, handle);
+            self.prefetched.insert(
+                key,
+                Arc::new(PrefetchedBase {
+                    thread: std::sync::Mutex::new(Some(handle)),
+                    result: std::sync::OnceLock::new(),
+                }),
+            );
         }
     }
 
@@ -1075,11 +1105,12 @@ impl<'a> Builder<'a> {
                 let what = format!("pulling {reference}");
                 let prefetch = self
                     .prefetched
-                    .remove(&(name.clone(), platform.to_string()));
+                    .get(&(name.clone(), platform.to_string()))
+                    .cloned();
                 let prefetched =
-                    prefetch.and_then(|h| self.with_progress(&client, &what, || h.join().ok()));
+                    prefetch.and_then(|h| self.with_progress(&client, &what, || h.wait()));
                 let (pulled, took) = match prefetched {
-                    Some((Ok(pulled), took)) => (pulled, took),
+                    Some((pulled, took)) => (pulled, took),
                     // Not prefetched, or the prefetch failed: pull here, where an error
                     // names the stage.
                     _ => {

@@ -133,3 +133,27 @@ fn an_onbuild_trigger_naming_a_stage_runs_after_that_stage() {
     let (ok, err) = kiln(&p.build_args("state", &[]));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn stages_on_one_base_pull_it_once() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    // Two stages on the same base that run at the same time, and a third one on it too.
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS a\nRUN echo a >/a\n\
+         FROM {0}/library/busybox AS b\nRUN echo b >/b\n\
+         FROM {0}/library/busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+        reg.addr()
+    ));
+    let (ok, err) = kiln(&p.build_args("state", &[]));
+    assert!(ok, "{err}");
+    let log = reg.log();
+    let manifest_gets = log
+        .lines()
+        .filter(|l| l.contains("/v2/library/busybox/manifests/") && l.contains("GET"))
+        .count();
+    assert_eq!(
+        manifest_gets, 1,
+        "the base's manifest was fetched {manifest_gets} times:\n{log}"
+    );
+}
