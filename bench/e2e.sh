@@ -276,6 +276,9 @@ reset_builders() { # fresh state for every builder: cold builds
         $DOCKER system prune -af >/dev/null 2>&1 || true
         $DOCKER builder prune -af >/dev/null 2>&1 || true
     fi
+    # Flush, untimed, what the previous builder wrote and what the removals above freed (this
+    # disk is mounted with `discard`): otherwise the next builder's measurement pays for it.
+    sync
 }
 
 image_size() { # REF -> bytes of config + layers, or 0
