@@ -488,9 +488,18 @@ impl<'r, 'o> Shown<'r, 'o> {
         }
     }
 
-    /// Stage `p` started: held back when an earlier stage is still shown.
+    /// Stage `p` started: held back when an earlier stage is still shown, which a line says
+    /// now (its output comes when its turn does).
     fn started(&mut self, p: usize) {
         self.held_back[p] = self.next < self.order.len();
+        if self.held_back[p] {
+            let total = self.recorders.len();
+            self.out.event(Event::Info(&format!(
+                "[stage {}/{total}] started alongside stage {}/{total}; its output follows when that one ends",
+                p + 1,
+                self.order[self.next] + 1
+            )));
+        }
         self.order.push(p);
     }
 

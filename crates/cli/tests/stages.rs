@@ -31,6 +31,11 @@ fn independent_stages_overlap_in_time() {
         err.contains("[stage 2/3] ran alongside other stages"),
         "{err}"
     );
+    // Its start was said when it happened, while stage 1 was shown.
+    let started = err
+        .find("[stage 2/3] started alongside stage 1/3; its output follows when that one ends")
+        .expect("the held-back stage's start is told");
+    assert!(started < err.find("[stage 2/3] ran alongside").unwrap(), "{err}");
     // Both stages' steps are reported, the second's after the first's.
     let a = err
         .find("[stage 1/3 step 1/1] RUN")
