@@ -12,10 +12,12 @@
 # $CARGO_TARGET_DIR or target/), KILN_ARGS (extra kiln build flags), KEEP=1 (keep the work dir),
 # WORKLOADS (space-separated subset of: small-app 60k-files 1gb-file apt-hello multi-stage
 # rebuild rebuild-multi; --only wins), BUILDERS (subset of: kiln buildah buildkit lower-bound),
-# KILN_REBUILD_STATE=keep (kiln rebuilds reuse the cold build's --kiln-dir: its local cache).
+# KILN_REBUILD_STATE=fresh (kiln rebuilds in a fresh --kiln-dir: the registry cache only).
 # The rebuild workloads measure a cold build (row "<name>-cold") and then, after one context
-# file changed, the rebuild; kiln rebuilds in a fresh --kiln-dir with only the registry cache
-# (an ephemeral CI pod), buildah with its --layers storage, BuildKit with dockerd's cache.
+# file changed, the rebuild: kiln with the cold build's --kiln-dir (its local cache and
+# unpacked trees) and the registry cache, buildah with its --layers storage, BuildKit with
+# dockerd's cache: each keeps its state, like for like. KILN_REBUILD_STATE=fresh measures
+# the ephemeral CI pod instead (no peer has a counterpart: theirs would be a cold build).
 #
 # It installs what is missing with apt-get (docker-registry buildah docker.io debootstrap skopeo
 # time busybox-static python3), starts its own registry on 127.0.0.1:<free port> and its own
@@ -399,14 +401,15 @@ run_lower_bound() {
 # The one-file rebuilds (rebuild: the small app; rebuild-multi: the multi-stage app): a cold
 # build with each builder's cache on (measured, row "<workload>-cold"), one context file
 # changed to content never built before, `sync`, then the measured rebuild pushed to the same
-# repository. kiln rebuilds in a fresh --kiln-dir: the registry cache is all it has, as in an
-# ephemeral CI pod; buildah keeps its --layers storage and BuildKit dockerd's cache.
+# repository. Every builder keeps its state (kiln its --kiln-dir, buildah its --layers storage,
+# BuildKit dockerd's cache); with KILN_REBUILD_STATE=fresh kiln rebuilds in a fresh --kiln-dir
+# with only the registry cache, as in an ephemeral CI pod.
 KILN_REBUILD_FLAGS=""
 if [ "$KILN_CACHE" = 1 ]; then
-    if [ "${KILN_REBUILD_STATE:-fresh}" = fresh ]; then
+    if [ "${KILN_REBUILD_STATE:-keep}" = fresh ]; then
         note "kiln rebuilds use --cache=true --cache-repo=$REG/bench/cache-<workload>-rep<N> and a fresh --kiln-dir (registry cache only)"
     else
-        note "kiln rebuilds use --cache=true --cache-repo=$REG/bench/cache-<workload>-rep<N> and the cold build's --kiln-dir (KILN_REBUILD_STATE=keep: local cache first)"
+        note "kiln rebuilds use --cache=true --cache-repo=$REG/bench/cache-<workload>-rep<N> and the cold build's --kiln-dir (local cache and trees first)"
     fi
 else
     note "kiln build --help has no --cache-repo: the kiln rebuilds run without a layer cache (same --kiln-dir as the cold build)"
@@ -430,7 +433,7 @@ run_rebuild() { # BUILDER REP WORKLOAD
     # the rebuild of whichever builder writes files pays for them (untimed).
     sync
     case "$b" in
-        kiln) [ "$KILN_CACHE" = 1 ] && [ "${KILN_REBUILD_STATE:-fresh}" = fresh ] && rm -rf "$WORK/kiln"
+        kiln) [ "$KILN_CACHE" = 1 ] && [ "${KILN_REBUILD_STATE:-keep}" = fresh ] && rm -rf "$WORK/kiln"
               run_kiln "$w" "$rep" "$WORK/ctx/$w" "$flags" ;;
         buildah) run_buildah "$w" "$rep" "$WORK/ctx/$w" ;;
         buildkit) run_buildkit "$w" "$rep" "$WORK/ctx/$w" ;;
