@@ -261,85 +261,23 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
         },
     };
     // Walk from the target over dependencies (explicit stack: no recursion on input).
+    let mut walk = Walk {
+        df,
+        lex: &lex,
+        globals: &globals,
+        build_args: &build_args,
+        names: &names,
+        analysed: vec![None; df.stages.len()],
+        declared: &mut declared,
+    };
     let mut planned: Vec<Option<PlannedStage>> = vec![None; df.stages.len()];
     let mut stack = vec![target];
     while let Some(i) = stack.pop() {
         if planned[i].is_some() {
             continue;
         }
+        let (base, platform, deps) = walk.analyse(i)?;
         let st = &df.stages[i];
-        let loc = |e: Error| e.at(st.from.span.start_line, 1);
-        let image = lex.process_word(&st.from.image, &*globals).map_err(loc)?;
-        if image.is_empty() {
-            return Err(loc(Error::new(ErrorKind::EmptyBaseName {
-                image: st.from.image.clone(),
-            })));
-        }
-        let platform = match &st.from.platform {
-            Some(p) => Some(lex.process_word(p, &*globals).map_err(loc)?),
-            None => None,
-        };
-        let mut deps = Vec::new();
-        let base = if image.eq_ignore_ascii_case("scratch") {
-            Base::Scratch
-        } else {
-            match names.get(&image.to_lowercase()) {
-                Some(&j) if j < i => {
-                    deps.push(j);
-                    Base::Stage(j)
-                }
-                Some(_) => {
-                    return Err(loc(Error::new(ErrorKind::BadStageRef {
-                        reference: image,
-                        reason: "FROM can only use a stage defined earlier".into(),
-                    })))
-                }
-                None => Base::Image(image),
-            }
-        };
-        // ONBUILD triggers of a parent stage run first in this stage: the stages their
-        // `--from` names are this stage's dependencies (a `$VAR` is left to the engine).
-        if let Base::Stage(parent) = base {
-            for ins in &df.stages[parent].instructions {
-                let Instruction::Onbuild(t) = &ins.value else {
-                    continue;
-                };
-                let Ok(trigger) = crate::instructions::parse_trigger(t, escape, ins.start_line)
-                else {
-                    continue; // reported with its line when the trigger runs
-                };
-                let refs: Vec<String> = match &trigger.value {
-                    Instruction::Copy(c) => c.from.iter().cloned().collect(),
-                    Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.clone()).collect(),
-                    _ => Vec::new(),
-                };
-                for r in refs.iter().filter(|r| !r.contains('$')) {
-                    if let Ok(FromRef::Stage(j)) = resolve_ref(&names, i, r) {
-                        deps.push(j);
-                    }
-                }
-            }
-        }
-        // Expand the stage's instructions to find `--from` references.
-        let mut senv = StageEnv::from_parts(escape, globals.clone(), build_args.clone(), &[]);
-        for ins in &st.instructions {
-            let at = |e: Error| locate(e, ins);
-            let x = senv.dispatch(&ins.value).map_err(at)?;
-            let mut refs = Vec::new();
-            match &x {
-                Instruction::Copy(c) => refs.extend(c.from.clone()),
-                Instruction::Run(r) => refs.extend(r.mounts.iter().filter_map(|m| m.from.clone())),
-                Instruction::Arg(a) => declared.extend(a.iter().map(|d| d.name.clone())),
-                _ => {}
-            }
-            for r in refs {
-                if let FromRef::Stage(j) = resolve_ref(&names, i, &r).map_err(at)? {
-                    deps.push(j);
-                }
-            }
-        }
-        deps.sort_unstable();
-        deps.dedup();
         stack.extend(deps.iter().copied());
         planned[i] = Some(PlannedStage {
             index: i,
@@ -368,6 +306,310 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
         globals,
         names: Arc::new(names),
     })
+}
+
+/// What planning learned about one stage: its base, the stages it reads and, for the stages
+/// built FROM it, its ARG/ENV state at its end.
+#[derive(Debug, Clone)]
+struct Analysis {
+    base: Base,
+    platform: Option<String>,
+    deps: Vec<usize>,
+    env: StageEnv,
+    /// Whether the stage's variables may include some the Dockerfile does not show: its chain
+    /// of in-file parent stages starts at an image, whose config `Env` (and ONBUILD triggers,
+    /// which may set more) are known only once it is pulled. A stage chain that starts at
+    /// `scratch` is closed: every variable it can see is written in the file.
+    open: bool,
+}
+
+/// The planning walk's inputs and the stages analysed so far (by original index).
+struct Walk<'a> {
+    df: &'a Dockerfile,
+    lex: &'a ShellLex,
+    globals: &'a Arc<ArgScope>,
+    build_args: &'a Arc<Vec<(String, String)>>,
+    names: &'a HashMap<String, usize>,
+    analysed: Vec<Option<Analysis>>,
+    declared: &'a mut HashSet<String>,
+}
+
+/// Stands in for a variable whose value only a base image can tell (see [`expand_from`]).
+/// NUL cannot be written in a Dockerfile word that reaches the lexer unnoticed: a `--from`
+/// holding one is treated as naming any earlier stage.
+const UNKNOWN: char = '\0';
+
+/// What an expanded `--from` may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Named {
+    /// Exactly this reference.
+    Exact(String),
+    /// Whatever matches this pattern, [`UNKNOWN`] standing for any text.
+    Pattern(String),
+    /// Anything: every earlier stage.
+    Any,
+}
+
+impl Walk<'_> {
+    /// Stage `i`'s base and `--platform`, expanded with the global args.
+    fn base(&self, i: usize) -> Result<(Base, Option<String>), Error> {
+        let st = &self.df.stages[i];
+        let loc = |e: Error| e.at(st.from.span.start_line, 1);
+        let image = self
+            .lex
+            .process_word(&st.from.image, &**self.globals)
+            .map_err(loc)?;
+        if image.is_empty() {
+            return Err(loc(Error::new(ErrorKind::EmptyBaseName {
+                image: st.from.image.clone(),
+            })));
+        }
+        let platform = match &st.from.platform {
+            Some(p) => Some(self.lex.process_word(p, &**self.globals).map_err(loc)?),
+            None => None,
+        };
+        let base = if image.eq_ignore_ascii_case("scratch") {
+            Base::Scratch
+        } else {
+            match self.names.get(&image.to_lowercase()) {
+                Some(&j) if j < i => Base::Stage(j),
+                Some(_) => {
+                    return Err(loc(Error::new(ErrorKind::BadStageRef {
+                        reference: image,
+                        reason: "FROM can only use a stage defined earlier".into(),
+                    })))
+                }
+                None => Base::Image(image),
+            }
+        };
+        Ok((base, platform))
+    }
+
+    /// Analyses stage `i` (and, first, the in-file parent stages it is built FROM, whose end
+    /// state it starts with); returns its base, platform and dependencies.
+    fn analyse(&mut self, i: usize) -> Result<(Base, Option<String>, Vec<usize>), Error> {
+        let mut chain = Vec::new();
+        let mut k = i;
+        while self.analysed[k].is_none() {
+            let (base, platform) = self.base(k)?;
+            let parent = match base {
+                Base::Stage(p) => Some(p),
+                _ => None,
+            };
+            chain.push((k, base, platform));
+            match parent {
+                Some(p) => k = p,
+                None => break,
+            }
+        }
+        while let Some((k, base, platform)) = chain.pop() {
+            let a = self.analyse_one(k, base, platform)?;
+            self.analysed[k] = Some(a);
+        }
+        match &self.analysed[i] {
+            Some(a) => Ok((a.base.clone(), a.platform.clone(), a.deps.clone())),
+            None => Ok((Base::Scratch, None, Vec::new())), // unreachable: filled above
+        }
+    }
+
+    /// Dispatches stage `i` as the engine will (a parent stage's end state, its ONBUILD
+    /// triggers, then the stage's instructions) and collects what its `--from`s may name.
+    fn analyse_one(
+        &mut self,
+        i: usize,
+        base: Base,
+        platform: Option<String>,
+    ) -> Result<Analysis, Error> {
+        let st = &self.df.stages[i];
+        let escape = self.df.directives.escape;
+        let fresh =
+            || StageEnv::from_parts(escape, self.globals.clone(), self.build_args.clone(), &[]);
+        let mut deps = Vec::new();
+        let mut triggers = Vec::new();
+        // The engine starts a stage built FROM an earlier one with that stage's config Env and
+        // its ARG/LLB state (`StageEnv::inherit`): the parent's end state here.
+        let (mut env, open) = match &base {
+            Base::Stage(p) => {
+                deps.push(*p);
+                // ONBUILD triggers of a parent stage run first in this stage.
+                for ins in &self.df.stages[*p].instructions {
+                    if let Instruction::Onbuild(t) = &ins.value {
+                        // A trigger that does not parse is reported when it runs.
+                        if let Ok(trigger) =
+                            crate::instructions::parse_trigger(t, escape, ins.start_line)
+                        {
+                            triggers.push(trigger);
+                        }
+                    }
+                }
+                match &self.analysed[*p] {
+                    Some(a) => (a.env.clone(), a.open),
+                    None => (fresh(), true), // unreachable: parents are analysed first
+                }
+            }
+            Base::Image(_) => (fresh(), true),
+            Base::Scratch => (fresh(), false),
+        };
+        // Once a trigger fails to expand here, the state after it is a guess: every `$` in a
+        // later `--from` of this stage then names any earlier stage. (The engine reports the
+        // trigger's error when it runs it, with the base image's Env it has by then.)
+        let mut lost = false;
+        for t in &triggers {
+            if env.dispatch(&t.value).is_err() {
+                lost = true;
+            }
+            for word in from_words(&t.value) {
+                let named = if lost && word.contains('$') {
+                    Named::Any
+                } else {
+                    expand_from(&env, open, word).unwrap_or(Named::Any)
+                };
+                self.add_named(i, named, &mut deps, false)?;
+            }
+        }
+        for ins in &st.instructions {
+            let at = |e: Error| locate(e, ins);
+            // COPY and RUN leave the ARG/ENV state as it was: expanding their `--from` after
+            // the dispatch sees the state at the instruction, and dispatch errors come first.
+            let x = env.dispatch(&ins.value).map_err(at)?;
+            if let Instruction::Arg(a) = &x {
+                self.declared.extend(a.iter().map(|d| d.name.clone()));
+            }
+            for word in from_words(&ins.value) {
+                let named = if lost && word.contains('$') {
+                    Named::Any
+                } else {
+                    expand_from(&env, open, word).map_err(at)?
+                };
+                self.add_named(i, named, &mut deps, true).map_err(at)?;
+            }
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        Ok(Analysis {
+            base,
+            platform,
+            deps,
+            env,
+            open,
+        })
+    }
+
+    /// Adds the earlier stages `named` (in stage `i`) may be to `deps`. A bad exact reference
+    /// is an error when `strict` (the stage's own instructions), ignored otherwise (triggers:
+    /// the engine reports it when it runs them).
+    fn add_named(
+        &self,
+        i: usize,
+        named: Named,
+        deps: &mut Vec<usize>,
+        strict: bool,
+    ) -> Result<(), Error> {
+        match named {
+            Named::Exact(r) => match resolve_ref(self.names, i, &r) {
+                Ok(FromRef::Stage(j)) => deps.push(j),
+                Ok(FromRef::Image(_)) => {}
+                Err(e) if strict => return Err(e),
+                Err(_) => {}
+            },
+            Named::Pattern(p) => {
+                let p = p.to_lowercase();
+                deps.extend(
+                    self.names
+                        .iter()
+                        .filter(|(n, &j)| j < i && glob_match(&p, n))
+                        .map(|(_, &j)| j),
+                );
+                deps.extend((0..i).filter(|j| glob_match(&p, &j.to_string())));
+            }
+            Named::Any => deps.extend(0..i),
+        }
+        Ok(())
+    }
+}
+
+/// The unexpanded `--from` words of an instruction: `COPY`/`ADD --from=`, `RUN --mount=from=`.
+fn from_words(ins: &Instruction) -> Vec<&str> {
+    match ins {
+        Instruction::Copy(c) | Instruction::Add(c) => c.from.iter().map(String::as_str).collect(),
+        Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_deref()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Expands a `--from` word as the engine will, as far as the Dockerfile tells.
+///
+/// Which variables a `--from` sees: BuildKit expands none. `COPY --from=$X` fails there with
+/// "variable expansion is not supported for --from, define a new stage with FROM using ARG
+/// from global scope as a workaround" (moby/buildkit `frontend/dockerfile/dockerfile2llb/
+/// convert.go`, `toCommand`), `RUN --mount=from=$X` with "'from' doesn't support variable
+/// expansion, define alias stage instead" (`frontend/dockerfile/instructions/
+/// commands_runmount.go`, `parseMount`); its maintainers keep it so because stage-scoped
+/// variables would make the stage graph depend on evaluation (moby/buildkit#2374, #1677).
+/// Docker's classic builder and Kaniko use the word as written. kiln expands `--from` like
+/// every other word of the instruction: with the stage's state at that instruction, which is
+/// BuildKit's `getEnv(d.state)` for the words it does expand (base image `Env`, the ENV and ARG
+/// of the stage and of its in-file parents in order, the later one winning; ARG values from
+/// `--build-arg` or defaults; proxy build args). So the plan has to predict that value, or the
+/// stage it names is pruned and the build fails with "stage N was not built".
+///
+/// In an `open` stage (see [`Analysis::open`]) a variable the file leaves unset may come from
+/// the base image: it stands for any text, and the result is a pattern. When such a variable
+/// was used but the result does not show it (`${X:+name}`, `${X#?}`), anything may be named.
+fn expand_from(env: &StageEnv, open: bool, word: &str) -> Result<Named, Error> {
+    if !open {
+        return env.expand(word).map(Named::Exact);
+    }
+    if word.contains(UNKNOWN) {
+        return Ok(Named::Any);
+    }
+    let lookup = OpenLookup {
+        known: Lookup(env),
+        used_unknown: std::cell::Cell::new(false),
+    };
+    let v = env.lexer().process_word(word, &lookup)?;
+    Ok(if !lookup.used_unknown.get() {
+        Named::Exact(v)
+    } else if v.contains(UNKNOWN) {
+        Named::Pattern(v)
+    } else {
+        Named::Any
+    })
+}
+
+/// [`Lookup`] where a variable the stage does not set reads as [`UNKNOWN`] (and is noted).
+struct OpenLookup<'a> {
+    known: Lookup<'a>,
+    used_unknown: std::cell::Cell<bool>,
+}
+
+impl Env for OpenLookup<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.known.get(name).or_else(|| {
+            self.used_unknown.set(true);
+            Some(UNKNOWN.to_string())
+        })
+    }
+}
+
+/// Whether `s` matches `pattern`, where [`UNKNOWN`] stands for any text (possibly empty).
+fn glob_match(pattern: &str, s: &str) -> bool {
+    let mut parts = pattern.split(UNKNOWN);
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = s.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty(); // no UNKNOWN: the whole text
+    };
+    for mid in parts {
+        match rest.find(mid) {
+            Some(p) => rest = &rest[p + mid.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
 }
 
 fn build_arg(args: &[(String, String)], name: &str) -> Option<String> {
@@ -824,4 +1066,124 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
         out.push_str(&format!("warning: line {l}: {w}\n"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[(&str, &str)]) -> PlanOptions {
+        PlanOptions {
+            target: None,
+            build_args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            target_platform: "linux/amd64".into(),
+            build_platform: "linux/amd64".into(),
+        }
+    }
+
+    fn planned(src: &str, args: &[(&str, &str)]) -> Plan {
+        let df = parse_dockerfile(src.as_bytes()).expect("parse");
+        plan(&df, &opts(args)).expect("plan")
+    }
+
+    /// (planned stage indices, deps of the target)
+    fn shape(src: &str, args: &[(&str, &str)]) -> (Vec<usize>, Vec<usize>) {
+        let p = planned(src, args);
+        let idx = p.stages.iter().map(|s| s.index).collect();
+        let deps = p.stage(p.target).expect("target planned").deps.clone();
+        (idx, deps)
+    }
+
+    /// The regression: the stage named only through an ENV of the parent stage was pruned
+    /// ("stage 0 was not built").
+    #[test]
+    fn from_var_set_by_an_inherited_env_keeps_the_stage_it_names() {
+        let src = "FROM scratch AS builder\nCOPY f /f\n\
+                   FROM scratch AS unused\nCOPY g /g\n\
+                   FROM scratch AS base\nENV SRC=builder\n\
+                   FROM base\nCOPY --from=$SRC /f /f\n";
+        // A scratch chain is closed: SRC can only be "builder", so `unused` stays out.
+        assert_eq!(shape(src, &[]), (vec![0, 2, 3], vec![0, 2]));
+    }
+
+    #[test]
+    fn from_var_through_two_parents_and_a_run_mount() {
+        let src = "FROM scratch AS a\nFROM scratch AS b\n\
+                   FROM scratch AS p1\nENV M=a\n\
+                   FROM p1 AS p2\nARG N=b\n\
+                   FROM p2\nRUN --mount=from=${M},target=/m --mount=from=$N,target=/n x\n";
+        assert_eq!(shape(src, &[]), (vec![0, 1, 2, 3, 4], vec![0, 1, 3]));
+    }
+
+    #[test]
+    fn from_var_follows_env_order_and_build_args() {
+        let src = "FROM scratch AS a\nFROM scratch AS b\nFROM scratch AS c\n\
+                   FROM scratch\nARG S=a\nCOPY --from=$S /f /f\nENV S=b\nCOPY --from=$S /f /g\n";
+        assert_eq!(shape(src, &[]).1, vec![0, 1]);
+        assert_eq!(shape(src, &[("S", "c")]).1, vec![1, 2]);
+    }
+
+    #[test]
+    fn onbuild_triggers_expand_with_the_parent_state() {
+        let src = "FROM scratch AS a\nFROM scratch AS b\nFROM scratch AS c\n\
+                   FROM scratch AS p\nENV T=a\nONBUILD COPY --from=$T /f /f\nONBUILD ENV U=b\n\
+                   FROM p\nCOPY --from=$U /f /g\n";
+        assert_eq!(shape(src, &[]), (vec![0, 1, 3, 4], vec![0, 1, 3]));
+    }
+
+    /// The base image's Env is unknown at plan time: a variable the file does not set may
+    /// name any earlier stage its pattern allows.
+    #[test]
+    fn from_var_a_base_image_may_set_keeps_every_stage_it_could_name() {
+        let pre = "FROM scratch AS build-x\nFROM scratch AS build-y\nFROM scratch AS other\n\
+                   FROM busybox AS base\n";
+        let (idx, deps) = shape(&format!("{pre}FROM base\nCOPY --from=$SRC /f /f\n"), &[]);
+        assert_eq!((idx, deps), (vec![0, 1, 2, 3, 4], vec![0, 1, 2, 3]));
+        let (idx, deps) = shape(
+            &format!("{pre}FROM base\nCOPY --from=BUILD-${{FLAVOR}} /f /f\n"),
+            &[],
+        );
+        assert_eq!((idx, deps), (vec![0, 1, 3, 4], vec![0, 1, 3]));
+        // A stage index is a name too.
+        let (_, deps) = shape(&format!("{pre}FROM base\nCOPY --from=${{N}}2 /f /f\n"), &[]);
+        assert_eq!(deps, vec![2, 3]);
+        // `${X:+b}` hides the unknown value: anything may be named.
+        let (_, deps) = shape(
+            &format!("{pre}FROM base\nCOPY --from=${{X:+b}} /f /f\n"),
+            &[],
+        );
+        assert_eq!(deps, vec![0, 1, 2, 3]);
+        // Set in the file, the image cannot change it.
+        let (idx, deps) = shape(
+            &format!("{pre}ENV SRC=build-y\nFROM base\nCOPY --from=$SRC /f /f\n"),
+            &[],
+        );
+        assert_eq!((idx, deps), (vec![1, 3, 4], vec![1, 3]));
+    }
+
+    #[test]
+    fn from_var_naming_the_current_stage_is_still_an_error() {
+        let df = parse_dockerfile(b"FROM scratch AS me\nENV S=me\nCOPY --from=$S /f /f\n")
+            .expect("parse");
+        let e = plan(&df, &opts(&[])).expect_err("current stage");
+        assert!(
+            matches!(e.kind(), ErrorKind::BadStageRef { reference, .. } if reference == "me"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn glob_matches_unknown_as_any_text() {
+        let u = UNKNOWN;
+        assert!(glob_match(&format!("build-{u}"), "build-x"));
+        assert!(glob_match(&format!("build-{u}"), "build-"));
+        assert!(!glob_match(&format!("build-{u}"), "other"));
+        assert!(glob_match(&format!("{u}-{u}-z"), "a-b-z"));
+        assert!(!glob_match(&format!("a{u}a"), "a"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
 }
