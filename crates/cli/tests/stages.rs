@@ -35,7 +35,10 @@ fn independent_stages_overlap_in_time() {
     let started = err
         .find("[stage 2/3] started alongside stage 1/3; its output follows when that one ends")
         .expect("the held-back stage's start is told");
-    assert!(started < err.find("[stage 2/3] ran alongside").unwrap(), "{err}");
+    assert!(
+        started < err.find("[stage 2/3] ran alongside").unwrap(),
+        "{err}"
+    );
     // Both stages' steps are reported, the second's after the first's.
     let a = err
         .find("[stage 1/3 step 1/1] RUN")
@@ -53,9 +56,10 @@ fn independent_stages_overlap_in_time() {
 
 #[test]
 fn a_from_known_only_when_the_step_runs_waits_for_every_earlier_stage() {
-    // `--from=$SRC` is read from an ENV the stage inherits: the plan cannot see that `c`
-    // reads `x` (the last stage names `x` too, so it is built), so `c` waits for every stage
-    // before it instead of running alongside `x`, which becomes ready at the same time.
+    // `--from=$SRC` is read from an ENV the stage inherits: the engine learns its value only
+    // when the step runs, so `c` waits for every stage before it instead of running alongside
+    // `x`, which becomes ready at the same time. (The plan keeps `x` for `c` itself since the
+    // planner expands `--from` with inherited ENVs; the last stage names `x` too.)
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
     let p = Project::new(&format!(
@@ -161,4 +165,26 @@ fn stages_on_one_base_pull_it_once() {
         manifest_gets, 1,
         "the base's manifest was fetched {manifest_gets} times:\n{log}"
     );
+}
+
+#[test]
+fn a_stage_named_only_by_a_from_variable_of_an_inherited_env_is_built() {
+    // `builder` is named only through `ENV SRC=builder` of the parent stage: the plan must
+    // keep it (it was pruned: "stage 0 was not built"). `unused` would fail if it were built
+    // (its source does not exist): in a chain that starts at scratch, SRC can name nothing else.
+    let p = Project::new(
+        "FROM scratch AS builder\nCOPY payload /payload\n\
+         FROM scratch AS unused\nCOPY no-such-file /x\n\
+         FROM scratch AS base\nENV SRC=builder\n\
+         FROM base\nCOPY --from=$SRC /payload /copied\n",
+    );
+    std::fs::write(p.ctx.join("payload"), b"from the builder stage\n").expect("write payload");
+    let layout = p.path("layout");
+    let layout_arg = layout.display().to_string();
+    let (ok, err) = kiln(&p.build_args("state", &["--oci-layout-path", &layout_arg]));
+    assert!(ok, "{err}");
+    let files = kiln_testkit::layout::flatten(&layout);
+    let copied = files.get("copied").expect("/copied in the image");
+    assert_eq!(copied.content, b"from the builder stage\n");
+    assert!(!files.contains_key("payload"), "{:?}", files.keys());
 }
