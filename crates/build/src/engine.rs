@@ -2275,6 +2275,14 @@ impl<'a> Builder<'a> {
                 .event(Event::Info(&format!("  fetching git {}", src.display())));
             let opts = crate::git::FetchOptions {
                 keep_git_dir: args.keep_git_dir,
+                // An ssh remote is fetched through the `--ssh default` agent only (BuildKit's
+                // git source mounts the `default` ssh id); without it git.rs refuses it.
+                ssh_agent: self
+                    .opts
+                    .ssh
+                    .iter()
+                    .find(|s| s.id == "default")
+                    .map(|s| s.socket.clone()),
                 ..Default::default()
             };
             let checkout = crate::git::fetch(&src, &dir.join("tree"), &opts)

@@ -18,7 +18,11 @@
 //!   travel as an `Authorization` header in the child's environment (`GIT_CONFIG_COUNT`),
 //!   scoped to the remote's scheme, host and port; they are never put in argv, in the URL git
 //!   stores, in a message or a cache key, and git's own messages are redacted before kiln shows
-//!   them.
+//!   them;
+//! - an ssh remote in a Dockerfile's ADD is fetched only through the build's `--ssh default`
+//!   agent ([`FetchOptions::ssh_agent`]), with an ssh command line that reads nothing of this
+//!   machine's ssh setup ([`AGENT_SSH_COMMAND`]); the socket's path is in git's environment
+//!   only and is redacted from its messages.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -51,6 +55,14 @@ pub enum GitError {
         subdir: String,
         reason: &'static str,
     },
+    /// An ssh remote in a Dockerfile's ADD without the build's ssh agent (BuildKit's rule: an
+    /// ssh git source uses the `default` ssh id).
+    #[error(
+        "{url}: an ssh git remote is fetched with the build's ssh agent: pass --ssh default \
+         (the agent in $SSH_AUTH_SOCK, --ssh default=SOCKET, or key files: \
+         --ssh default=KEYFILE), or use an https:// URL"
+    )]
+    SshNeedsAgent { url: String },
     /// The remote has no such ref (or commit).
     #[error("git ref {reference:?} not found in {url}: {stderr}")]
     RefNotFound {
@@ -228,8 +240,15 @@ pub struct FetchOptions {
     /// Allow ssh remotes (`ssh://`, `git@host:path`), with this machine's ssh keys, agent and
     /// `GIT_SSH_COMMAND`. Only for a URL the caller gave (`--context`); never for a
     /// Dockerfile's ADD, which could otherwise copy any repository those keys can read into
-    /// the image (BuildKit needs an explicit `--ssh` for that).
+    /// the image (BuildKit needs an explicit `--ssh` for that: see `ssh_agent`).
     pub allow_ssh: bool,
+    /// The socket of the build's `--ssh default` agent: ssh remotes are fetched through this
+    /// agent and nothing else of this machine's ssh setup (no `~/.ssh/config`, key files,
+    /// known hosts or `GIT_SSH_COMMAND`; see [`AGENT_SSH_COMMAND`]). This is how a
+    /// Dockerfile's ADD reaches an ssh remote (BuildKit mounts the `default` ssh id for git
+    /// sources). Takes precedence over `allow_ssh`. The path goes to git's environment only
+    /// and is redacted from git's messages.
+    pub ssh_agent: Option<PathBuf>,
     /// The `git` program (default `git` from PATH).
     pub program: Option<PathBuf>,
 }
@@ -510,13 +529,8 @@ pub fn fetch(src: &GitSource, into: &Path, opts: &FetchOptions) -> Result<Checko
     // The fields are public: check the remote again, whoever built the value.
     split_user_info(&src.remote)?;
     let ssh = src.remote.starts_with("ssh://") || !src.remote.contains("://");
-    if ssh && !opts.allow_ssh {
-        return Err(GitError::BadUrl {
-            url: src.display(),
-            reason: "ssh remotes are not supported in ADD (they would use this machine's ssh \
-                     keys and agent; BuildKit needs --ssh, which kiln does not have yet): use an \
-                     https:// URL",
-        });
+    if ssh && !opts.allow_ssh && opts.ssh_agent.is_none() {
+        return Err(GitError::SshNeedsAgent { url: src.display() });
     }
     if src.remote.starts_with("file://") && !opts.allow_file {
         return Err(GitError::BadUrl {
@@ -675,10 +689,48 @@ fn normalize_modes(root: &Path) -> Result<(), GitError> {
     Ok(())
 }
 
+/// The ssh command git runs for a remote fetched through the build's agent
+/// ([`FetchOptions::ssh_agent`]), so that the agent is the only thing of this machine ssh
+/// uses (ssh(1), ssh_config(5)):
+/// - `-F /dev/null`: neither `~/.ssh/config` nor `/etc/ssh/ssh_config` (a given `-F` replaces
+///   both), so no `Host` block adds a `ProxyCommand`, `IdentityFile`, `CertificateFile`,
+///   `ControlPath` or `LocalCommand` of the host's;
+/// - `IdentityFile=none`: not even ssh's default `~/.ssh/id_*` (resolved from the passwd entry,
+///   not `$HOME`) are offered; only the agent's keys are (`IdentitiesOnly=yes` would also drop
+///   the agent's keys, which match no identity file);
+/// - `BatchMode=yes`, no password or keyboard-interactive authentication: never a prompt that
+///   would hang a CI job;
+/// - host keys as BuildKit treats them for a Dockerfile's git source (its `llb.Git` scans the
+///   host's key when the build starts and trusts what it gets, else `StrictHostKeyChecking=no`):
+///   accepted, and this machine's known_hosts files are neither read nor written. Pin the
+///   content with `ADD --checksum=<commit>` or a `#<commit>` ref when the network is not
+///   trusted;
+/// - `LogLevel=ERROR`: no "Permanently added ... to the list of known hosts" in the build log.
+///
+/// git runs `GIT_SSH_COMMAND` through the shell and adds the port, user and host after it
+/// (git(1), "GIT_SSH_COMMAND"); the first word `ssh` makes git pass OpenSSH's options
+/// (`-p`, `-o SendEnv=GIT_PROTOCOL`).
+pub const AGENT_SSH_COMMAND: &str = "ssh -F /dev/null -o IdentityFile=none \
+     -o BatchMode=yes -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
+     -o PreferredAuthentications=publickey -o StrictHostKeyChecking=no \
+     -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no \
+     -o ForwardAgent=no -o ControlPath=none -o LogLevel=ERROR";
+
+/// Which ssh setup git's ssh remotes get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SshMode {
+    /// None: ssh remotes are refused, the caller's ssh variables removed.
+    Off,
+    /// The caller's own (`FetchOptions::allow_ssh`, a caller-given `--context`).
+    Caller,
+    /// The build's agent only ([`AGENT_SSH_COMMAND`]).
+    Agent,
+}
+
 /// One hardened git invocation context.
 struct Git<'a> {
-    /// `FetchOptions::allow_ssh`: the caller's ssh settings reach git only then.
-    allow_ssh: bool,
+    /// Whose ssh settings reach git.
+    ssh: SshMode,
     program: OsString,
     dir: &'a Path,
     home: PathBuf,
@@ -702,8 +754,15 @@ impl<'a> Git<'a> {
             path: home.clone(),
             source,
         })?;
+        let ssh = if opts.ssh_agent.is_some() {
+            SshMode::Agent
+        } else if opts.allow_ssh {
+            SshMode::Caller
+        } else {
+            SshMode::Off
+        };
         let mut protocols = "https:http:git".to_string();
-        if opts.allow_ssh {
+        if ssh != SshMode::Off {
             protocols.push_str(":ssh");
         }
         if opts.allow_file {
@@ -719,14 +778,26 @@ impl<'a> Git<'a> {
             // English messages: kiln recognises "couldn't find remote ref".
             ("LC_ALL".into(), "C".into()),
         ];
-        if opts.allow_ssh
-            && std::env::var_os("GIT_SSH_COMMAND").is_none()
-            && std::env::var_os("GIT_SSH").is_none()
-        {
-            // Never a prompt (an unknown host key, a passphrase) that hangs a CI job.
-            env.push(("GIT_SSH_COMMAND".into(), "ssh -o BatchMode=yes".into()));
-        }
         let mut secrets = Vec::new();
+        match (&opts.ssh_agent, ssh) {
+            (Some(sock), SshMode::Agent) => {
+                env.push(("GIT_SSH_COMMAND".into(), AGENT_SSH_COMMAND.into()));
+                env.push(("SSH_AUTH_SOCK".into(), sock.display().to_string()));
+                // ssh(1) "SSH_ASKPASS_REQUIRE": never run an askpass program.
+                env.push(("SSH_ASKPASS_REQUIRE".into(), "never".into()));
+                // Whoever reaches the socket signs with the caller's keys: its path is shown
+                // nowhere, not even in a failing fetch's message.
+                secrets.push(sock.display().to_string());
+            }
+            _ if ssh == SshMode::Caller
+                && std::env::var_os("GIT_SSH_COMMAND").is_none()
+                && std::env::var_os("GIT_SSH").is_none() =>
+            {
+                // Never a prompt (an unknown host key, a passphrase) that hangs a CI job.
+                env.push(("GIT_SSH_COMMAND".into(), "ssh -o BatchMode=yes".into()));
+            }
+            _ => {}
+        }
         let creds = src.credentials.as_ref().or(opts.credentials.as_ref());
         if let (Some(c), Some(scope)) = (creds, http_scope(&src.remote)) {
             // In the environment, not argv: /proc/<pid>/environ is readable by the owner only,
@@ -740,7 +811,7 @@ impl<'a> Git<'a> {
                 "GIT_CONFIG_VALUE_0".into(),
                 format!("Authorization: {}", c.header_value()),
             ));
-            secrets = c.secrets();
+            secrets.extend(c.secrets());
         }
         let mut config = vec![
             "core.hooksPath=/dev/null".to_string(),
@@ -761,7 +832,7 @@ impl<'a> Git<'a> {
             config.push("http.sslVerify=false".into());
         }
         Ok(Git {
-            allow_ssh: opts.allow_ssh,
+            ssh,
             program: opts
                 .program
                 .clone()
@@ -781,10 +852,13 @@ impl<'a> Git<'a> {
         // GIT_TRACE* (which can print headers), GIT_ASKPASS, and Kaniko's credential variables.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
+            // The caller's ssh settings reach git only for a caller-given remote; with the
+            // build's agent, kiln sets the ones git gets (and DISPLAY could start an askpass).
             let ssh_setting = k == "GIT_SSH_COMMAND" || k == "GIT_SSH" || k == "SSH_AUTH_SOCK";
             if (k.starts_with("GIT_") && !ssh_setting)
                 || k == "SSH_ASKPASS"
-                || (ssh_setting && !self.allow_ssh)
+                || (ssh_setting && self.ssh != SshMode::Caller)
+                || (k == "DISPLAY" && self.ssh == SshMode::Agent)
             {
                 cmd.env_remove(k.as_ref());
             }
@@ -1130,12 +1204,22 @@ mod tests {
         ] {
             let src = GitSource::parse_url(url).unwrap();
             match fetch(&src, &tmp.path().join("t"), &opts) {
-                Err(GitError::BadUrl { reason, .. }) => {
-                    assert!(reason.contains("ssh remotes are not supported"), "{reason}")
+                Err(e @ GitError::SshNeedsAgent { .. }) => {
+                    assert!(e.to_string().contains("pass --ssh default"), "{e}")
                 }
                 other => panic!("{url}: {other:?}"),
             }
         }
+        // With the build's agent it gets as far as running git too.
+        let with_agent = FetchOptions {
+            ssh_agent: Some(tmp.path().join("agent.sock")),
+            ..opts.clone()
+        };
+        let src = GitSource::parse_url("ssh://git@host/org/private.git#v1").unwrap();
+        assert!(matches!(
+            fetch(&src, &tmp.path().join("v"), &with_agent),
+            Err(GitError::NoGit { .. })
+        ));
         // Allowed for a caller-given URL: it gets as far as running git.
         let allowed = FetchOptions {
             allow_ssh: true,
@@ -1151,6 +1235,69 @@ mod tests {
             GitSource::parse_url("ssh://user:hunter2@host/r.git"),
             Err(GitError::BadUrl { .. })
         ));
+    }
+
+    #[test]
+    fn the_build_agent_is_the_only_ssh_setup_git_gets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("secret-agent-dir/agent.sock");
+        let src = GitSource::parse_url("ssh://git@127.0.0.1:2222/r.git#main").unwrap();
+        let into = tmp.path().join("co");
+        let opts = FetchOptions {
+            ssh_agent: Some(sock.clone()),
+            // The agent wins over the caller's own settings.
+            allow_ssh: true,
+            ..FetchOptions::default()
+        };
+        let git = Git::new(&src, &into, &opts).unwrap();
+        let cmd = git.command(&["fetch"]);
+        let envs: std::collections::BTreeMap<String, Option<String>> = cmd
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        let get = |k: &str| envs.get(k).cloned().flatten();
+        assert_eq!(get("SSH_AUTH_SOCK"), Some(sock.display().to_string()));
+        assert_eq!(get("GIT_SSH_COMMAND").as_deref(), Some(AGENT_SSH_COMMAND));
+        assert_eq!(get("SSH_ASKPASS_REQUIRE").as_deref(), Some("never"));
+        assert!(get("GIT_ALLOW_PROTOCOL")
+            .unwrap()
+            .split(':')
+            .any(|p| p == "ssh"));
+        // The socket's path is not on git's command line, and git's messages lose it.
+        let argv: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !argv.iter().any(|a| a.contains("secret-agent-dir")),
+            "{argv:?}"
+        );
+        let msg = git.redact(format!("error connecting to {}: refused", sock.display()).as_bytes());
+        assert!(!msg.contains("secret-agent-dir"), "{msg}");
+        // The command line reads nothing of this machine's ssh setup and never prompts.
+        let words: Vec<&str> = AGENT_SSH_COMMAND.split_whitespace().collect();
+        assert_eq!(&words[..3], ["ssh", "-F", "/dev/null"]);
+        for o in [
+            "IdentityFile=none",
+            "BatchMode=yes",
+            "PasswordAuthentication=no",
+            "UserKnownHostsFile=/dev/null",
+            "GlobalKnownHostsFile=/dev/null",
+        ] {
+            assert!(words.contains(&o), "{o} missing: {AGENT_SSH_COMMAND}");
+        }
+        // Without an agent, the caller's ssh variables never reach git.
+        let plain = Git::new(&src, &into, &FetchOptions::default()).unwrap();
+        let cmd = plain.command(&["fetch"]);
+        assert!(!cmd
+            .get_envs()
+            .any(|(k, v)| k == "SSH_AUTH_SOCK" && v.is_some()));
+        assert!(!plain.env.iter().any(|(k, _)| k == "GIT_SSH_COMMAND"));
     }
 
     #[test]

@@ -154,53 +154,320 @@ fn parse_secret(spec: &str) -> Result<SecretSource> {
 }
 
 /// `--ssh` values as `docker buildx build --ssh` takes them: `ID` (the agent in
-/// `auth_sock`, i.e. $SSH_AUTH_SOCK) or `ID=PATH`. A path must be an agent's socket: BuildKit
-/// also takes private key files (and several paths for one id), loading them into an agent
-/// of its own; kiln does not yet. Errors name the id and never the path (logs may be public;
-/// whoever reaches the socket signs with the caller's keys).
-fn parse_ssh(specs: &[String], auth_sock: Option<std::ffi::OsString>) -> Result<Vec<SshSource>> {
+/// `auth_sock`, i.e. $SSH_AUTH_SOCK), `ID=SOCKET`, or `ID=KEYFILE[,KEYFILE...]`: private key
+/// files, loaded into an ssh-agent kiln starts for this build ([`KeyAgent`]; BuildKit's
+/// client serves such keys from an agent of its own). One path that is a socket is an agent;
+/// anything else must be key files. Errors name the id and never a socket's path (logs may be
+/// public; whoever reaches the socket signs with the caller's keys); a key file the caller
+/// named is named when it cannot be used.
+fn parse_ssh(
+    specs: &[String],
+    auth_sock: Option<std::ffi::OsString>,
+    state: &Path,
+    tools: &SshTools,
+) -> Result<SshSetup> {
     use std::os::unix::fs::FileTypeExt;
-    let mut out: Vec<SshSource> = Vec::new();
+    let mut out = SshSetup::default();
     for spec in specs {
         let (id, paths) = match spec.split_once('=') {
             Some((id, paths)) => (id, Some(paths)),
             None => (spec.as_str(), None),
         };
         if id.is_empty() || id.contains(',') {
-            bail!("invalid --ssh value: expected default, ID or ID=SOCKET");
+            bail!(
+                "invalid --ssh value: expected default, ID, ID=SOCKET or ID=KEYFILE[,KEYFILE...]"
+            );
         }
-        if out.iter().any(|s| s.id == id) {
+        if out.sources.iter().any(|s| s.id == id) {
             bail!("invalid --ssh {id}: the id is given twice");
         }
-        let socket = match paths.filter(|p| !p.is_empty()) {
-            Some(p) if p.contains(',') => bail!(
-                "not supported yet: ssh key files (--ssh {id}=PATH,PATH... to keys); pass an agent socket"
-            ),
-            Some(p) => PathBuf::from(p),
+        let paths: Vec<PathBuf> = match paths.filter(|p| !p.is_empty()) {
+            Some(p) => p
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect(),
             None => match auth_sock.as_ref().filter(|s| !s.is_empty()) {
-                Some(s) => PathBuf::from(s),
+                Some(s) => vec![PathBuf::from(s)],
                 None => bail!(
-                    "invalid --ssh {id}: SSH_AUTH_SOCK is not set (start ssh-agent, or give --ssh {id}=SOCKET)"
+                    "invalid --ssh {id}: SSH_AUTH_SOCK is not set (start ssh-agent, or give --ssh {id}=SOCKET or --ssh {id}=KEYFILE)"
                 ),
             },
         };
-        let meta = std::fs::metadata(&socket).map_err(|e| {
-            anyhow::anyhow!("invalid --ssh {id}: the agent socket cannot be read: {e}")
-        })?;
-        if meta.is_file() {
-            bail!(
-                "not supported yet: ssh key files (--ssh {id}=PATH to a key); pass an agent socket"
-            );
+        if let [one] = paths.as_slice() {
+            let meta = std::fs::metadata(one).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid --ssh {id}: the agent socket or key file cannot be read: {e}"
+                )
+            })?;
+            if meta.file_type().is_socket() {
+                out.sources.push(SshSource {
+                    id: id.to_string(),
+                    socket: one.clone(),
+                });
+                continue;
+            }
+            if !meta.is_file() {
+                bail!("invalid --ssh {id}: the path is neither an ssh-agent socket nor a key file");
+            }
         }
-        if !meta.file_type().is_socket() {
-            bail!("invalid --ssh {id}: the path is not an ssh-agent socket");
-        }
-        out.push(SshSource {
+        let agent = KeyAgent::start(id, &paths, state, tools)?;
+        out.sources.push(SshSource {
             id: id.to_string(),
-            socket,
+            socket: agent.socket.clone(),
         });
+        out.agents.push(agent);
     }
     Ok(out)
+}
+
+/// What `--ssh` gives the build: the sources by id, and the agents kiln started for key
+/// files (stopped when this is dropped, at the end of the build).
+#[derive(Debug, Default)]
+struct SshSetup {
+    sources: Vec<SshSource>,
+    agents: Vec<KeyAgent>,
+}
+
+/// The programs behind `--ssh ID=KEYFILE` (a test names missing ones).
+struct SshTools {
+    agent: PathBuf,
+    add: PathBuf,
+}
+
+impl Default for SshTools {
+    fn default() -> SshTools {
+        SshTools {
+            agent: "ssh-agent".into(),
+            add: "ssh-add".into(),
+        }
+    }
+}
+
+/// An ssh-agent kiln started for `--ssh ID=KEYFILE[,KEYFILE...]`, its socket in the build's
+/// own directory under the state dir (`<state>/tmp/ssh-<pid>-<n>/agent`, removed with the
+/// build's other files, also by the signal handler).
+///
+/// It never outlives kiln: it is started as `ssh-agent -a SOCKET sh -c '...; exec cat'`.
+/// Given a command, ssh-agent(1) forks the agent and runs the command in the original
+/// process, and the agent exits (removing its socket) once that process is gone: OpenSSH's
+/// ssh-agent checks its parent every 10 seconds. That process is kiln's child `cat`, reading
+/// a pipe only kiln holds: when kiln ends in any way (return, error, signal, even SIGKILL) the
+/// pipe closes, `cat` exits, and the agent follows. On drop (the normal end) the agent is
+/// also sent SIGTERM by the pid ssh-agent told the command (`$SSH_AGENT_PID`), so it goes at
+/// once.
+struct KeyAgent {
+    socket: PathBuf,
+    watch: std::process::Child,
+    agent_pid: i32,
+    _dir: TempDir,
+}
+
+impl std::fmt::Debug for KeyAgent {
+    // Not the socket's path (see `SshSource`'s Debug).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyAgent(pid {})", self.agent_pid)
+    }
+}
+
+impl Drop for KeyAgent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.agent_pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        drop(self.watch.stdin.take());
+        let _ = self.watch.kill();
+        let _ = self.watch.wait();
+    }
+}
+
+/// `sun_path` holds 108 bytes with the terminating NUL (unix(7)).
+const MAX_SOCKET_PATH: usize = 107;
+
+impl KeyAgent {
+    /// Starts the agent and loads `keys` into it, with no prompt: a key protected by a
+    /// passphrase is an error naming the file (kiln never asks for a passphrase: a build has
+    /// no one to answer).
+    fn start(id: &str, keys: &[PathBuf], state: &Path, tools: &SshTools) -> Result<KeyAgent> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let missing = || {
+            anyhow::anyhow!(
+                "--ssh {id}=KEYFILE needs ssh-agent and ssh-add (openssh-client) on PATH; pass an agent socket instead"
+            )
+        };
+        for key in keys {
+            let meta = std::fs::metadata(key).with_context(|| {
+                format!(
+                    "invalid --ssh {id}: key file {}: cannot be read",
+                    key.display()
+                )
+            })?;
+            if !meta.is_file() {
+                bail!("invalid --ssh {id}: {} is not a key file", key.display());
+            }
+            // A private key is a few KiB; a bigger file is not one (and is not read whole).
+            let mut head = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(
+                    std::fs::File::open(key).with_context(|| {
+                        format!(
+                            "invalid --ssh {id}: key file {}: cannot be read",
+                            key.display()
+                        )
+                    })?,
+                    1 << 20,
+                ),
+                &mut head,
+            )
+            .with_context(|| format!("invalid --ssh {id}: reading key file {}", key.display()))?;
+            if key_is_encrypted(&head) {
+                bail!(
+                    "invalid --ssh {id}: the key file {} is protected by a passphrase, which kiln cannot ask for: load it into an ssh-agent (ssh-add) and pass --ssh {id} or --ssh {id}=SOCKET",
+                    key.display()
+                );
+            }
+        }
+        let dir = temp_dir(state, "ssh")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("creating {}", dir.0.display()))?;
+        }
+        let socket = dir.0.join("agent");
+        let len = socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            bail!(
+                "--ssh {id}=KEYFILE: the state directory's path is too long for an ssh-agent socket ({len} bytes, at most {MAX_SOCKET_PATH}): use a shorter --kiln-dir"
+            );
+        }
+        let shown = socket.to_string_lossy().into_owned();
+        let hide = |text: &[u8]| {
+            String::from_utf8_lossy(text)
+                .trim()
+                .replace(&shown, "<agent socket>")
+        };
+        let mut watch = std::process::Command::new(&tools.agent)
+            .arg("-a")
+            .arg(&socket)
+            // Printed by the command ssh-agent runs after forking the agent; then `cat` waits
+            // for the end of a pipe only kiln writes to.
+            .args(["sh", "-c", "echo \"$SSH_AGENT_PID\"; exec cat"])
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSH_AGENT_PID")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing(),
+                _ => anyhow::anyhow!("--ssh {id}: starting ssh-agent: {e}"),
+            })?;
+        let mut line = String::new();
+        if let Some(out) = watch.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let Some(agent_pid) = line.trim().parse::<i32>().ok().filter(|p| *p > 1) else {
+            drop(watch.stdin.take());
+            let _ = watch.kill();
+            let out = watch.wait_with_output();
+            let stderr = out.map(|o| hide(&o.stderr)).unwrap_or_default();
+            bail!("--ssh {id}: ssh-agent did not start: {stderr}");
+        };
+        let agent = KeyAgent {
+            socket,
+            watch,
+            agent_pid,
+            _dir: dir,
+        };
+        let out = std::process::Command::new(&tools.add)
+            .arg("-q")
+            .arg("--")
+            .args(keys)
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            // No prompt of any kind: no askpass program (ssh-add(1), SSH_ASKPASS_REQUIRE),
+            // no terminal input.
+            .env("SSH_ASKPASS_REQUIRE", "never")
+            .env_remove("SSH_ASKPASS")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing(),
+                _ => anyhow::anyhow!("--ssh {id}: running ssh-add: {e}"),
+            })?;
+        if !out.status.success() {
+            let stderr = hide(&out.stderr);
+            let names = keys
+                .iter()
+                .map(|k| k.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if stderr.contains("passphrase") {
+                bail!(
+                    "invalid --ssh {id}: a key file ({names}) is protected by a passphrase, which kiln cannot ask for: load it into an ssh-agent (ssh-add) and pass --ssh {id} or --ssh {id}=SOCKET"
+                );
+            }
+            bail!("invalid --ssh {id}: ssh-add could not load {names}: {stderr}");
+        }
+        Ok(agent)
+    }
+}
+
+/// Whether a private key file is encrypted, judged without a passphrase: OpenSSH's format
+/// names its cipher (PROTOCOL.key: `"openssh-key-v1\0"`, then the cipher name, `none` when
+/// the key is not encrypted), PKCS#8 says `ENCRYPTED PRIVATE KEY` (RFC 5958), and PEM's
+/// traditional format has a `Proc-Type: 4,ENCRYPTED` header (RFC 1421). ssh-add would
+/// otherwise ask for the passphrase.
+fn key_is_encrypted(text: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(text);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+    {
+        return true;
+    }
+    const BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    let Some(body) = text.split(BEGIN).nth(1) else {
+        return false;
+    };
+    let body = body.split("-----END").next().unwrap_or_default();
+    let bytes = base64_decode(body);
+    let Some(rest) = bytes.strip_prefix(b"openssh-key-v1\0") else {
+        return false;
+    };
+    let Some(len) = rest
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    else {
+        return false;
+    };
+    rest.get(4..4 + len).is_some_and(|cipher| cipher != b"none")
+}
+
+/// Standard base64 (RFC 4648), skipping whitespace; decoding stops at padding or a byte that
+/// is not base64.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => break,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
 }
 
 fn opt_path(s: &str) -> Option<PathBuf> {
@@ -524,6 +791,13 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
     if flags.ignore_var_run == Some(true) {
         ignore_paths.push("/var/run".into());
     }
+    // Started before the build and kept until it ends: the agents kiln runs for key files.
+    let mut ssh = parse_ssh(
+        &flags.ssh,
+        std::env::var_os("SSH_AUTH_SOCK"),
+        &state,
+        &SshTools::default(),
+    )?;
     let opts = BuildOptions {
         context,
         dockerfile,
@@ -561,7 +835,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
             .iter()
             .map(|s| parse_secret(s))
             .collect::<Result<_>>()?,
-        ssh: parse_ssh(&flags.ssh, std::env::var_os("SSH_AUTH_SOCK"))?,
+        ssh: std::mem::take(&mut ssh.sources),
         compression,
         registry: registry_options(&flags.registry)?,
         credentials: credentials(),
@@ -582,6 +856,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         },
     };
     let outcome = kiln_build::build(&opts, &renderer)?;
+    drop(ssh);
     if let Some(dir) = outcome.leftover {
         remove_in_background(&dir);
     }
@@ -885,11 +1160,19 @@ fn remove_own_dirs(state: &Path) {
 
 #[cfg(test)]
 mod ssh_flag_tests {
-    use super::parse_ssh;
+    use super::{key_is_encrypted, parse_ssh, SshTools};
+    use std::path::Path;
+
+    fn which(p: &str) -> Option<std::path::PathBuf> {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(p))
+            .find(|p| p.is_file())
+    }
 
     #[test]
     fn ssh_values_as_buildx_takes_them() {
         let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
         let sock = tmp.path().join("agent.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let env = Some(sock.clone().into_os_string());
@@ -898,30 +1181,134 @@ mod ssh_flag_tests {
         let got = parse_ssh(
             &specs(&["default", "b", &format!("c={}", sock.display())]),
             env.clone(),
+            &state,
+            &SshTools::default(),
         )
         .unwrap();
-        let ids: Vec<&str> = got.iter().map(|s| s.id.as_str()).collect();
+        let ids: Vec<&str> = got.sources.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["default", "b", "c"]);
-        assert!(got.iter().all(|s| s.socket == sock));
+        assert!(got.sources.iter().all(|s| s.socket == sock));
+        assert!(got.agents.is_empty());
         let err = |v: &[&str], env: Option<std::ffi::OsString>| {
-            format!("{:#}", parse_ssh(&specs(v), env).unwrap_err())
+            format!(
+                "{:#}",
+                parse_ssh(&specs(v), env, &state, &SshTools::default()).unwrap_err()
+            )
         };
         assert!(err(&["default"], None).contains("SSH_AUTH_SOCK is not set"));
         assert!(err(&["a", "a"], env.clone()).contains("--ssh a: the id is given twice"));
         assert!(err(&["=x"], env.clone()).starts_with("invalid --ssh value"));
-        let key = tmp.path().join("id_ed25519");
-        std::fs::write(&key, "key").unwrap();
-        let e = err(&[&format!("default={}", key.display())], None);
-        assert!(e.starts_with("not supported yet: ssh key files"), "{e}");
-        assert!(!e.contains("id_ed25519"), "the path is in the message: {e}");
-        let two = format!("default={},{}", key.display(), key.display());
-        assert!(err(&[&two], None).starts_with("not supported yet: ssh key files"));
         let e = err(&["default=/nonexistent/agent"], None);
         assert!(
-            e.contains("invalid --ssh default: the agent socket cannot be read"),
+            e.contains("invalid --ssh default: the agent socket or key file cannot be read"),
             "{e}"
         );
+        assert!(!e.contains("/nonexistent/agent"), "{e}");
         assert!(err(&[&format!("d={}", tmp.path().display())], None)
-            .contains("is not an ssh-agent socket"));
+            .contains("neither an ssh-agent socket nor a key file"));
+    }
+
+    #[test]
+    fn key_files_need_openssh_and_no_passphrase() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let key = tmp.path().join("id_test");
+        std::fs::write(&key, "not really a key\n").unwrap();
+        let spec = vec![format!("default={}", key.display())];
+        // Without the tools: the message says what is needed and what to do instead.
+        let none = SshTools {
+            agent: tmp.path().join("no-ssh-agent"),
+            add: tmp.path().join("no-ssh-add"),
+        };
+        let e = format!("{:#}", parse_ssh(&spec, None, &state, &none).unwrap_err());
+        assert_eq!(
+            e,
+            "--ssh default=KEYFILE needs ssh-agent and ssh-add (openssh-client) on PATH; pass an agent socket instead"
+        );
+        let Some(keygen) = which("ssh-keygen").filter(|_| which("ssh-agent").is_some()) else {
+            println!("skipped: openssh-client not installed (./scripts/test.sh installs it)");
+            return;
+        };
+        let gen = |name: &str, pass: &str| {
+            let k = tmp.path().join(name);
+            let out = std::process::Command::new(&keygen)
+                .args(["-q", "-t", "ed25519", "-C", "kiln-test", "-N", pass, "-f"])
+                .arg(&k)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            k
+        };
+        let plain = gen("plain", "");
+        let locked = gen("locked", "a passphrase");
+        assert!(!key_is_encrypted(&std::fs::read(&plain).unwrap()));
+        assert!(key_is_encrypted(&std::fs::read(&locked).unwrap()));
+        assert!(key_is_encrypted(
+            b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
+        ));
+        assert!(key_is_encrypted(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+        // A passphrase-protected key: a clear error naming the file, and no agent left.
+        let spec = vec![format!("default={},{}", plain.display(), locked.display())];
+        let e = format!(
+            "{:#}",
+            parse_ssh(&spec, None, &state, &SshTools::default()).unwrap_err()
+        );
+        assert!(
+            e.contains("is protected by a passphrase") && e.contains(&*locked.to_string_lossy()),
+            "{e}"
+        );
+        // Not a key: ssh-add's own complaint, with the file's name.
+        let e = format!(
+            "{:#}",
+            parse_ssh(
+                &[format!("k={}", key.display())],
+                None,
+                &state,
+                &SshTools::default()
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("ssh-add could not load") && e.contains("id_test"),
+            "{e}"
+        );
+        // Two key files: one agent holding both, its socket in the state dir; gone on drop.
+        let spec = vec![
+            format!(
+                "default={},{}",
+                plain.display(),
+                gen("second", "").display()
+            ),
+            format!("other={}", plain.display()),
+        ];
+        let setup = parse_ssh(&spec, None, &state, &SshTools::default()).unwrap();
+        assert_eq!(setup.agents.len(), 2);
+        let sock = setup.sources[0].socket.clone();
+        assert!(sock.starts_with(state.join("tmp")), "{}", sock.display());
+        let list = std::process::Command::new(which("ssh-add").unwrap())
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &sock)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout).lines().count(),
+            2,
+            "{list:?}"
+        );
+        let pid = setup.agents[0].agent_pid;
+        drop(setup);
+        assert!(!sock.exists(), "the agent's socket outlived the build");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}/status")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent outlived the build"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
