@@ -15,10 +15,16 @@
 //! run on an overlay, and gives a rootfs its own inodes (kiln_rootfs::break_links) before a
 //! RUN would run directly in it.
 //!
+//! Size: each tree records what it holds ([`TreeSize`], `<entry>/size.json`), written into
+//! the temporary directory before the rename, so a tree has its record as soon as it has its
+//! name. Trees stored before records existed are measured when the clean-up first meets them.
+//!
 //! Concurrency: a build holds a shared flock(2) on a tree's directory while linking from
-//! it; the clean-up (least recently used first, beyond [`KEEP`] trees) takes the exclusive
-//! lock without waiting and skips a tree in use, and renames a tree away before deleting it.
+//! it; the clean-up (least recently used first, beyond [`KEEP`] trees or the store's byte
+//! budget) takes the exclusive lock without waiting and skips a tree in use, and renames a
+//! tree away before deleting it.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -31,6 +37,102 @@ use kiln_rootfs::{LinkStats, RootError};
 /// Trees kept per state directory (least recently used removed first). A tree costs the disk
 /// space of the files no build rootfs or other tree shares.
 pub const KEEP: usize = 12;
+
+/// The default byte budget of a store: the recorded sizes ([`TreeSize::total`]) of the kept
+/// trees add up to at most this. A fixed figure rather than a share of the free space: a
+/// cache whose size follows whatever else fills the disk evicts for reasons nobody can see
+/// and, on a large disk, grows without bound. 4 GiB holds [`KEEP`] trees of a 300 MB
+/// Debian-based image even though trees sharing a base each count the base (see
+/// [`TreeSize`]); a tree larger than the budget is not kept at all.
+pub const DEFAULT_BUDGET: u64 = 4 << 30;
+
+/// The size record of a tree, next to its `rootfs`.
+const SIZE_FILE: &str = "size.json";
+
+/// What one tree holds on disk, measured when it is stored (`<entry>/size.json`).
+///
+/// The tree shares its files' inodes with the rootfs it was captured from and with other
+/// trees of the same base, so the space a file takes is counted once per inode within a
+/// tree (`st_blocks` × 512, stat(2): what is allocated, not the apparent length), but once
+/// per tree across trees: the sum over the store is an upper bound of its disk use, and the
+/// budget errs on the side of evicting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TreeSize {
+    /// Bytes allocated to the tree's regular files, each inode once.
+    pub bytes: u64,
+    /// Regular files (inodes; a file with several names counts once).
+    pub files: u64,
+    /// Bytes allocated to its directories (link_tree makes them anew: never shared).
+    pub dir_bytes: u64,
+}
+
+impl TreeSize {
+    /// What the budget counts: file and directory bytes.
+    pub fn total(&self) -> u64 {
+        self.bytes.saturating_add(self.dir_bytes)
+    }
+}
+
+/// Measures the tree at `root` without following symlinks (one lstat per entry, through
+/// the directory's descriptor).
+pub fn measure(root: &Path) -> Result<TreeSize, TreeError> {
+    let mut size = TreeSize::default();
+    // Inodes with more than one name, seen already: hard links inside the tree count once.
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let e = e.map_err(io_err(&dir))?;
+            let md = e.metadata().map_err(io_err(&e.path()))?;
+            let ft = md.file_type();
+            if ft.is_dir() {
+                size.dir_bytes = size.dir_bytes.saturating_add(md.blocks() * 512);
+                dirs.push(e.path());
+            } else if ft.is_file() && (md.nlink() < 2 || seen.insert((md.dev(), md.ino()))) {
+                size.bytes = size.bytes.saturating_add(md.blocks() * 512);
+                size.files += 1;
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// Writes `size` as the record of the tree directory `entry`: to a temporary name, renamed.
+fn write_size(entry: &Path, size: &TreeSize) -> Result<(), TreeError> {
+    let path = entry.join(SIZE_FILE);
+    let tmp = entry.join(format!(
+        ".{SIZE_FILE}.{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let bytes = serde_json::to_vec(size).map_err(|e| TreeError::Io {
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(&path)(e)
+    })
+}
+
+/// The record of the tree directory `entry`, if it has a readable one.
+fn read_size(entry: &Path) -> Option<TreeSize> {
+    serde_json::from_slice(&fs::read(entry.join(SIZE_FILE)).ok()?).ok()
+}
+
+/// What a clean-up ([`TreeStore::clean`], [`prune`]) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    /// Trees removed.
+    pub removed: usize,
+    /// Their recorded sizes ([`TreeSize::total`]), added up.
+    pub removed_bytes: u64,
+    /// Trees left (kept, or in use).
+    pub kept: usize,
+    /// Their recorded sizes, added up.
+    pub kept_bytes: u64,
+}
 
 /// The OCI ChainIDs of every prefix of `diff_ids`: element `i` names layers `0..=i`.
 pub fn chain_ids<'a>(diff_ids: impl IntoIterator<Item = &'a Digest>) -> Vec<Digest> {
@@ -85,6 +187,8 @@ pub struct TreeStore {
     dir: PathBuf,
     flavour: String,
     owners: bool,
+    /// The byte budget [`TreeStore::capture`] cleans to ([`DEFAULT_BUDGET`]).
+    budget: u64,
 }
 
 /// Names of tree directories start with one of these (then the id maps' hash and the chain).
@@ -134,7 +238,19 @@ impl TreeStore {
             dir,
             flavour: format!("{kind}{}", &maps.hex()[..12]),
             owners,
+            budget: DEFAULT_BUDGET,
         })
+    }
+
+    /// The same store with another byte budget for the clean-up after each capture.
+    pub fn with_budget(mut self, bytes: u64) -> TreeStore {
+        self.budget = bytes;
+        self
+    }
+
+    /// The byte budget the clean-up after each capture keeps the store within.
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     /// Whether overlayfs was found unusable with this state directory (on this kernel).
@@ -225,20 +341,60 @@ impl TreeStore {
                 return Err(e);
             }
         };
+        // The record goes in before the rename: a named tree always has one. It costs a
+        // second walk (link_tree's own does not report sizes), of entries whose inodes the
+        // linking just brought into the cache: measured here, 0.5-1.2 s next to 3-7.7 s of
+        // linking for 48,000-119,000 files (/usr/share, /usr; debug build, ext4), ~15%.
+        match measure(&tree) {
+            Ok(size) => {
+                if let Err(e) = write_size(&tmp, &size) {
+                    tracing::debug!(error = %e, "tree store: no size record; measured later");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "tree store: not measured; measured later"),
+        }
         if fs::rename(&tmp, &entry).is_err() {
             // Another build stored the same chain first: keep theirs.
             let _ = crate::engine::remove_tree(&tmp);
             return Ok(None);
         }
-        self.clean(KEEP);
+        self.clean(KEEP, self.budget);
         Ok(Some(stats))
     }
 
-    /// Removes the least recently used trees beyond `keep` (any flavour), and temporary
-    /// directories of builds that died (older than an hour). Trees in use are skipped.
-    pub fn clean(&self, keep: usize) -> usize {
+    /// The recorded size of the tree directory `entry`. A tree stored before records existed
+    /// is measured now, under a shared lock (a concurrent clean-up may be removing it), and
+    /// given its record, keeping its last-use time. `None`: it is being removed, or cannot
+    /// be read.
+    fn size_of(&self, entry: &Path) -> Option<TreeSize> {
+        if let Some(s) = read_size(entry) {
+            return Some(s);
+        }
+        let lock = fs::File::open(entry).ok()?;
+        lock.try_lock_shared().ok()?;
+        let held = lock.metadata().ok()?;
+        let named = fs::metadata(entry).ok()?;
+        if (held.dev(), held.ino()) != (named.dev(), named.ino()) {
+            return None;
+        }
+        let size = measure(&entry.join("rootfs")).ok()?;
+        // Writing the record changes the directory's mtime, which is its last use.
+        let used = held.modified().ok();
+        if write_size(entry, &size).is_ok() {
+            if let Some(t) = used {
+                let _ = lock.set_modified(t);
+            }
+        }
+        Some(size)
+    }
+
+    /// Removes the least recently used trees (any flavour) until at most `keep` are left
+    /// whose recorded sizes add up to at most `budget` bytes, and temporary directories of
+    /// builds that died (older than an hour). Trees in use are skipped and count as kept.
+    pub fn clean(&self, keep: usize, budget: u64) -> CleanReport {
+        let mut report = CleanReport::default();
         let Ok(rd) = fs::read_dir(&self.dir) else {
-            return 0;
+            return report;
         };
         let mut trees: Vec<(SystemTime, PathBuf)> = Vec::new();
         for e in rd.flatten() {
@@ -260,33 +416,51 @@ impl TreeStore {
             }
             trees.push((mtime, e.path()));
         }
-        if trees.len() <= keep {
-            return 0;
-        }
+        // Oldest first (mtime is the last use: `get` sets it).
         trees.sort();
-        let excess = trees.len() - keep;
-        let mut removed = 0;
-        for (_, path) in trees.into_iter().take(excess) {
-            let Ok(lock) = fs::File::open(&path) else {
-                continue;
-            };
-            if lock.try_lock().is_err() {
-                continue; // in use
+        let trees: Vec<(PathBuf, u64)> = trees
+            .into_iter()
+            .filter_map(|(_, p)| self.size_of(&p).map(|s| (p, s.total())))
+            .collect();
+        report.kept = trees.len();
+        report.kept_bytes = trees.iter().map(|(_, b)| *b).fold(0, u64::saturating_add);
+        for (path, bytes) in trees {
+            if report.kept <= keep && report.kept_bytes <= budget {
+                break;
             }
-            let gone = path.with_file_name(format!(
-                "gone-{}",
-                path.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            ));
-            if fs::rename(&path, &gone).is_ok() {
-                drop(lock);
-                let _ = crate::engine::remove_tree(&gone);
-                removed += 1;
+            if remove_unused(&path) {
+                report.removed += 1;
+                report.removed_bytes = report.removed_bytes.saturating_add(bytes);
+                report.kept -= 1;
+                report.kept_bytes = report.kept_bytes.saturating_sub(bytes);
             }
         }
-        removed
+        report
     }
+}
+
+/// Removes the tree directory `path` unless a build holds it: takes the exclusive lock
+/// without waiting, renames the tree away (a `get` that opened the old name sees that its
+/// lock is not on the named directory) and deletes it. Whether it was removed.
+fn remove_unused(path: &Path) -> bool {
+    let Ok(lock) = fs::File::open(path) else {
+        return false;
+    };
+    if lock.try_lock().is_err() {
+        return false; // in use
+    }
+    let gone = path.with_file_name(format!(
+        "gone-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    if fs::rename(path, &gone).is_err() {
+        return false;
+    }
+    drop(lock);
+    let _ = crate::engine::remove_tree(&gone);
+    true
 }
 
 /// A renamed-away tree nobody holds.
@@ -294,15 +468,16 @@ fn removable(path: &Path) -> bool {
     fs::File::open(path).is_ok_and(|f| f.try_lock().is_ok())
 }
 
-/// Removes every tree of the store under `state_dir` that no build is using (`kiln cache
-/// prune`). Returns how many were removed.
-pub fn prune(state_dir: &Path) -> usize {
+/// Removes the least recently used trees of the store under `state_dir` (any flavour) that
+/// no build is using until the recorded sizes of the rest add up to at most `max_bytes`
+/// (`kiln cache prune --max-size`; 0 removes every tree not in use).
+pub fn prune(state_dir: &Path, max_bytes: u64) -> CleanReport {
     if !state_dir.join("trees").is_dir() {
-        return 0;
+        return CleanReport::default();
     }
     match TreeStore::open(state_dir, true) {
-        Ok(s) => s.clean(0),
-        Err(_) => 0,
+        Ok(s) => s.clean(KEEP, max_bytes),
+        Err(_) => CleanReport::default(),
     }
 }
 
@@ -346,14 +521,15 @@ mod tests {
             fs::read(fresh.path().join("etc/os-release")).unwrap(),
             b"ID=test\n"
         );
-        // In use: not removed by a clean-up, even past the limit.
-        assert_eq!(store.clean(0), 0);
+        // In use: not removed by a clean-up, even past the limits.
+        let r = store.clean(0, 0);
+        assert_eq!((r.removed, r.kept), (0, 1), "{r:?}");
         assert!(store.contains(&chain));
         drop(tree);
         // Not in use: removed, and a single-id store does not see an exact one's trees.
         let exact = TreeStore::open(state.path(), true).expect("open");
         assert!(!exact.contains(&chain));
-        assert_eq!(prune(state.path()), 1);
+        assert_eq!(prune(state.path(), 0).removed, 1);
         assert!(!store.contains(&chain));
         assert!(store.get(&chain).is_none());
     }
@@ -374,8 +550,130 @@ mod tests {
                 .set_modified(t)
                 .unwrap();
         }
-        assert_eq!(store.clean(2), 1);
+        assert_eq!(store.clean(2, u64::MAX).removed, 1);
         assert!(!store.contains(&ids[2]), "least recently used removed");
         assert!(store.contains(&ids[0]) && store.contains(&ids[1]));
+    }
+
+    /// A root holding one file of `len` bytes (non-zero, so none of it is a hole).
+    fn root_with(len: usize) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        fs::write(root.path().join("f"), vec![7u8; len]).unwrap();
+        root
+    }
+
+    fn allocated(p: &Path) -> u64 {
+        fs::symlink_metadata(p).unwrap().blocks() * 512
+    }
+
+    fn set_used(store: &TreeStore, c: &Digest, secs: u64) {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        fs::File::open(store.entry(c))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_size_record_counts_a_hard_linked_file_once() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let store = TreeStore::open(state.path(), false).expect("open");
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        fs::create_dir(r.join("d")).unwrap();
+        fs::write(r.join("d/big"), vec![1u8; 40_000]).unwrap();
+        fs::hard_link(r.join("d/big"), r.join("d/big2")).unwrap();
+        fs::write(r.join("small"), vec![2u8; 5_000]).unwrap();
+        std::os::unix::fs::symlink("d/big", r.join("link")).unwrap();
+        let chain = d("sized");
+        store.capture(r, &chain).expect("capture");
+        let entry = store.entry(&chain);
+        let size = read_size(&entry).expect("a size record next to rootfs");
+        let tree = entry.join("rootfs");
+        let expected = TreeSize {
+            bytes: allocated(&tree.join("d/big")) + allocated(&tree.join("small")),
+            files: 2,
+            dir_bytes: allocated(&tree.join("d")),
+        };
+        assert_eq!(size, expected);
+        assert!(size.bytes >= 45_000, "allocated, not less: {size:?}");
+        let by_name = expected.bytes + allocated(&tree.join("d/big2"));
+        assert!(size.bytes < by_name, "d/big2 is d/big: {size:?}");
+        assert_eq!(measure(&tree).expect("measure"), size);
+    }
+
+    #[test]
+    fn a_tree_without_a_record_is_measured_and_keeps_its_last_use() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let store = TreeStore::open(state.path(), false).expect("open");
+        let root = root_with(30_000);
+        let chain = d("old");
+        store.capture(root.path(), &chain).expect("capture");
+        let entry = store.entry(&chain);
+        let recorded = read_size(&entry).expect("record");
+        // As a state dir from before size records.
+        fs::remove_file(entry.join(SIZE_FILE)).unwrap();
+        set_used(&store, &chain, 1_000);
+        let r = store.clean(KEEP, u64::MAX);
+        assert_eq!((r.removed, r.kept), (0, 1), "{r:?}");
+        assert_eq!(r.kept_bytes, recorded.total(), "{r:?}");
+        assert_eq!(
+            read_size(&entry),
+            Some(recorded),
+            "the record is written back"
+        );
+        let used = fs::metadata(&entry).unwrap().modified().unwrap();
+        assert_eq!(
+            used,
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000),
+            "measuring is not a use"
+        );
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_least_recently_used_and_keeps_a_tree_in_use() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let store = TreeStore::open(state.path(), false)
+            .expect("open")
+            .with_budget(u64::MAX);
+        // c1 is no larger than c0: had the clean-up removed c0 (in use), c1 would stay.
+        let ids: Vec<Digest> = (0..4).map(|i| d(&format!("b{i}"))).collect();
+        let lens = [200_000, 100_000, 50_000, 60_000];
+        let mut sizes = Vec::new();
+        for (c, len) in ids.iter().zip(lens).take(3) {
+            store.capture(root_with(len).path(), c).expect("capture");
+            sizes.push(read_size(&store.entry(c)).expect("record").total());
+        }
+        assert!(sizes[1] <= sizes[0] && sizes[2] > 0, "{sizes:?}");
+        let in_use = store.get(&ids[0]).expect("stored");
+        for (c, t) in ids.iter().zip([1, 2, 3]) {
+            set_used(&store, c, t);
+        }
+        let budget = sizes[0] + sizes[2];
+        let r = store.clean(KEEP, budget);
+        assert_eq!(r.removed, 1, "{r:?}");
+        assert_eq!(r.removed_bytes, sizes[1], "{r:?}");
+        assert_eq!((r.kept, r.kept_bytes), (2, budget), "{r:?}");
+        assert!(store.contains(&ids[0]), "in use: kept although the oldest");
+        assert!(
+            !store.contains(&ids[1]),
+            "the least recently used tree not in use"
+        );
+        assert!(store.contains(&ids[2]));
+        drop(in_use);
+
+        // The clean-up after a capture keeps the store's own budget: c0, no longer in use,
+        // goes first.
+        let root = root_with(lens[3]);
+        let small = store.clone().with_budget(sizes[2] + sizes[0] / 2);
+        small.capture(root.path(), &ids[3]).expect("capture");
+        assert!(!small.contains(&ids[0]), "least recently used");
+        assert!(small.contains(&ids[2]) && small.contains(&ids[3]));
+
+        // A tree larger than the whole budget is not kept.
+        let tiny = store.with_budget(1);
+        let big = root_with(10_000);
+        tiny.capture(big.path(), &d("too big")).expect("capture");
+        assert!(!tiny.contains(&d("too big")));
     }
 }

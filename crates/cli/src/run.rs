@@ -1105,12 +1105,29 @@ fn parse_size(s: &str) -> Result<u64> {
 
 fn cache_prune(kiln_dir: Option<PathBuf>, max_size: &str) -> Result<ExitCode> {
     let state = default_state_dir(kiln_dir.as_ref());
+    let max = parse_size(max_size)?;
     let cache = kiln_build::cache::LocalCache::open(&state, kiln_build::cache::DEFAULT_TTL)?;
-    let report = cache.prune(parse_size(max_size)?)?;
-    println!("{report:?}");
-    // Unpacked trees are a cache of unpacking, rebuilt on demand: all of them go.
-    let trees = kiln_build::trees::prune(&state);
-    println!("removed {trees} unpacked trees");
+    // One budget for both. Unpacked trees are a cache of unpacking (rebuilt from the layers on
+    // demand), so they go first, least recently used first, until the layers and the trees
+    // left fit; the layer cache then gets what the trees kept (in use, or fitting) leave.
+    let layers = cache.total_bytes()?;
+    let trees = kiln_build::trees::prune(&state, max.saturating_sub(layers));
+    let report = cache.prune(max.saturating_sub(trees.kept_bytes))?;
+    let human = crate::render::human;
+    println!(
+        "unpacked trees: removed {} ({}), kept {} ({})",
+        trees.removed,
+        human(trees.removed_bytes),
+        trees.kept,
+        human(trees.kept_bytes)
+    );
+    println!(
+        "layer cache: removed {} entries and {} layers ({}), kept {}",
+        report.removed_entries,
+        report.removed_blobs,
+        human(report.freed_bytes),
+        human(report.kept_bytes)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

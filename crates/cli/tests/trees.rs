@@ -143,17 +143,134 @@ fn warm_rebuild_starts_from_stored_trees_and_never_changes_them() {
     assert!(!out4.contains("unpacked-tree store"), "{out4}");
     assert_eq!(l4, l2);
 
-    // `kiln cache prune` removes the trees.
-    let (ok, err) = kiln(&[
-        "cache".into(),
-        "prune".into(),
-        "--max-size".into(),
-        "1G".into(),
-        "--kiln-dir".into(),
-        state.display().to_string(),
-    ]);
-    assert!(ok, "{err}");
+    // `kiln cache prune --max-size 0` removes the trees.
+    let out = prune(&state, "0");
+    assert!(out.contains("unpacked trees: removed 4 "), "{out}");
     assert!(trees(&state).is_empty(), "{:?}", trees(&state));
+}
+
+/// `kiln cache prune --max-size <max> --kiln-dir <state>`: its standard output.
+fn prune(state: &Path, max: &str) -> String {
+    let out = kiln_testkit::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args([
+            "cache",
+            "prune",
+            "--max-size",
+            max,
+            "--kiln-dir",
+            &state.display().to_string(),
+        ]),
+    )
+    .expect("kiln cache prune");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The recorded size of a stored tree (`size.json` next to its `rootfs`): what the budget
+/// counts.
+fn recorded_size(rootfs: &Path) -> u64 {
+    let record = rootfs.parent().unwrap().join("size.json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).expect("size record")).expect("json");
+    let field = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    field("bytes") + field("dir_bytes")
+}
+
+/// The local layer cache: its entries (index files) and the layers they use (digest, size).
+fn cached_layers(state: &Path) -> (usize, Vec<(String, u64)>) {
+    let mut entries = 0;
+    let mut layers: Vec<(String, u64)> = Vec::new();
+    for e in std::fs::read_dir(state.join("cache/index"))
+        .unwrap()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        entries += 1;
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path()).unwrap()).expect("index entry");
+        if let (Some(d), Some(n)) = (v["digest"].as_str(), v["size"].as_u64()) {
+            layers.push((d.to_string(), n));
+        }
+    }
+    layers.sort();
+    layers.dedup();
+    (entries, layers)
+}
+
+fn blob(state: &Path, digest: &str) -> PathBuf {
+    state
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+#[test]
+fn cache_prune_counts_trees_and_layers_as_one_budget() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {}/library/busybox\nRUN echo one >/one\nCOPY a.txt /a.txt\n",
+        reg.addr()
+    ));
+    std::fs::write(p.ctx.join("a.txt"), "a\n").unwrap();
+    let tar = p.path("image.tar").display().to_string();
+    let (ok, err) = kiln(&p.build_args(
+        "state",
+        &[
+            "--cache=true",
+            "--cache-copy-layers=true",
+            "--tar-path",
+            &tar,
+        ],
+    ));
+    assert!(ok, "{err}");
+    let state = p.path("state");
+    let stored = trees(&state);
+    assert_eq!(
+        stored.len(),
+        2,
+        "the base's tree and the one before COPY: {stored:?}"
+    );
+    let (entries, layers) = cached_layers(&state);
+    assert_eq!((entries, layers.len()), (2, 2), "RUN and COPY: {layers:?}");
+    let layer_bytes: u64 = layers.iter().map(|(_, n)| n).sum();
+    // Least recently used first: the tree directory's mtime is its last use.
+    let used = |t: &PathBuf| {
+        std::fs::metadata(t.parent().unwrap())
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let newest = stored.iter().max_by_key(|t| used(t)).unwrap().clone();
+    let sizes: Vec<u64> = stored.iter().map(|t| recorded_size(t)).collect();
+    assert!(sizes.iter().all(|&n| n > 0), "{sizes:?}");
+
+    // One byte short of everything: the trees alone would fit, but not with the layers. The
+    // least recently used tree goes, and the layer cache keeps everything.
+    let budget = layer_bytes + sizes.iter().sum::<u64>() - 1;
+    let out = prune(&state, &budget.to_string());
+    assert_eq!(trees(&state), vec![newest.clone()], "{out}");
+    assert!(out.contains("unpacked trees: removed 1 "), "{out}");
+    assert!(out.contains("layer cache: removed 0 entries"), "{out}");
+    assert_eq!(cached_layers(&state), (entries, layers.clone()), "{out}");
+    for (d, _) in &layers {
+        assert!(blob(&state, d).is_file(), "{d} kept: {out}");
+    }
+
+    // A budget the layers alone exceed: every tree goes first, then the oldest entries.
+    let out = prune(&state, &(layer_bytes - 1).to_string());
+    assert!(trees(&state).is_empty(), "{out}");
+    assert!(out.contains("unpacked trees: removed 1 "), "{out}");
+    assert!(out.contains("layer cache: removed 1 entries"), "{out}");
+
+    // Nothing fits 0.
+    let out = prune(&state, "0");
+    assert!(out.contains("layer cache: removed 1 entries"), "{out}");
+    assert_eq!(cached_layers(&state), (0, vec![]), "{out}");
+    for (d, _) in &layers {
+        assert!(!blob(&state, d).exists(), "{d} removed: {out}");
+    }
 }
 
 #[test]

@@ -209,6 +209,20 @@ impl LocalCache {
         Ok(out)
     }
 
+    /// The bytes of the layers the entries use, a layer shared by several entries once:
+    /// what [`LocalCache::prune`] measures against its budget (`kiln cache prune` adds the
+    /// tree store to it).
+    pub fn total_bytes(&self) -> Result<u64, CacheError> {
+        let mut seen: HashSet<Digest> = HashSet::new();
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter_map(|e| e.layer)
+            .filter(|l| seen.insert(l.digest.clone()))
+            .map(|l| l.size)
+            .fold(0, u64::saturating_add))
+    }
+
     /// Size-based garbage collection: keeps the most recently used entries whose layers fit in
     /// `max_bytes` (a layer shared by several entries counts once), removes the other entries,
     /// and deletes the layer blobs no kept entry uses.
