@@ -62,7 +62,8 @@ pub struct TreeSize {
     pub bytes: u64,
     /// Regular files (inodes; a file with several names counts once).
     pub files: u64,
-    /// Bytes allocated to its directories (link_tree makes them anew: never shared).
+    /// Bytes allocated to its directories (link_tree makes them anew: never shared), as
+    /// measured on the rootfs it was captured from (within a few per cent).
     pub dir_bytes: u64,
 }
 
@@ -316,6 +317,28 @@ impl TreeStore {
         if entry.exists() {
             return Ok(None);
         }
+        // Measured on the rootfs before linking: a tree larger than the whole budget would
+        // only be linked to be removed again. The tree holds the same regular files (the
+        // same inodes: `bytes` and `files` are exact) and fresh directories, whose
+        // allocation differs from the rootfs's by a few per cent (ext4: 16.0 MB against
+        // 15.4 MB for /usr/share). It costs a walk of its own (link_tree's does not report
+        // sizes): 0.3-0.8 s next to 2.1-2.2 s of linking for 48,000-61,000 files
+        // (/usr/share, /usr/lib; debug build, ext4).
+        let size = match measure(root) {
+            Ok(s) if s.total() > self.budget => {
+                tracing::debug!(
+                    bytes = s.total(),
+                    budget = self.budget,
+                    "tree store: the rootfs is larger than the budget; not stored"
+                );
+                return Ok(None);
+            }
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "tree store: not measured; measured later");
+                None
+            }
+        };
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -341,17 +364,11 @@ impl TreeStore {
                 return Err(e);
             }
         };
-        // The record goes in before the rename: a named tree always has one. It costs a
-        // second walk (link_tree's own does not report sizes), of entries whose inodes the
-        // linking just brought into the cache: measured here, 0.5-1.2 s next to 3-7.7 s of
-        // linking for 48,000-119,000 files (/usr/share, /usr; debug build, ext4), ~15%.
-        match measure(&tree) {
-            Ok(size) => {
-                if let Err(e) = write_size(&tmp, &size) {
-                    tracing::debug!(error = %e, "tree store: no size record; measured later");
-                }
+        // The record goes in before the rename: a named tree always has one.
+        if let Some(size) = &size {
+            if let Err(e) = write_size(&tmp, size) {
+                tracing::debug!(error = %e, "tree store: no size record; measured later");
             }
-            Err(e) => tracing::debug!(error = %e, "tree store: not measured; measured later"),
         }
         if fs::rename(&tmp, &entry).is_err() {
             // Another build stored the same chain first: keep theirs.
@@ -364,11 +381,11 @@ impl TreeStore {
 
     /// The recorded size of the tree directory `entry`. A tree stored before records existed
     /// is measured now, under a shared lock (a concurrent clean-up may be removing it), and
-    /// given its record, keeping its last-use time. `None`: it is being removed, or cannot
-    /// be read.
-    fn size_of(&self, entry: &Path) -> Option<TreeSize> {
+    /// given its record, keeping its last-use time. `None`: it is being removed (skip it);
+    /// `Some(None)`: it cannot be measured.
+    fn size_of(entry: &Path) -> Option<Option<TreeSize>> {
         if let Some(s) = read_size(entry) {
-            return Some(s);
+            return Some(Some(s));
         }
         let lock = fs::File::open(entry).ok()?;
         lock.try_lock_shared().ok()?;
@@ -377,7 +394,9 @@ impl TreeStore {
         if (held.dev(), held.ino()) != (named.dev(), named.ino()) {
             return None;
         }
-        let size = measure(&entry.join("rootfs")).ok()?;
+        let Ok(size) = measure(&entry.join("rootfs")) else {
+            return Some(None);
+        };
         // Writing the record changes the directory's mtime, which is its last use.
         let used = held.modified().ok();
         if write_size(entry, &size).is_ok() {
@@ -385,7 +404,7 @@ impl TreeStore {
                 let _ = lock.set_modified(t);
             }
         }
-        Some(size)
+        Some(Some(size))
     }
 
     /// Removes the least recently used trees (any flavour) until at most `keep` are left
@@ -418,11 +437,19 @@ impl TreeStore {
         }
         // Oldest first (mtime is the last use: `get` sets it).
         trees.sort();
-        let trees: Vec<(PathBuf, u64)> = trees
-            .into_iter()
-            .filter_map(|(_, p)| self.size_of(&p).map(|s| (p, s.total())))
-            .collect();
-        report.kept = trees.len();
+        let mut sized: Vec<(PathBuf, u64)> = Vec::new();
+        for (_, path) in trees {
+            match TreeStore::size_of(&path) {
+                None => {}
+                Some(Some(size)) => sized.push((path, size.total())),
+                // Nothing says what it costs (a tree without its rootfs, an unreadable
+                // directory): not kept.
+                Some(None) if remove_unused(&path) => report.removed += 1,
+                Some(None) => report.kept += 1,
+            }
+        }
+        let trees = sized;
+        report.kept += trees.len();
         report.kept_bytes = trees.iter().map(|(_, b)| *b).fold(0, u64::saturating_add);
         for (path, bytes) in trees {
             if report.kept <= keep && report.kept_bytes <= budget {
@@ -593,17 +620,19 @@ mod tests {
         let expected = TreeSize {
             bytes: allocated(&tree.join("d/big")) + allocated(&tree.join("small")),
             files: 2,
-            dir_bytes: allocated(&tree.join("d")),
+            // Measured on the rootfs before linking (see `capture`).
+            dir_bytes: allocated(&r.join("d")),
         };
         assert_eq!(size, expected);
         assert!(size.bytes >= 45_000, "allocated, not less: {size:?}");
         let by_name = expected.bytes + allocated(&tree.join("d/big2"));
         assert!(size.bytes < by_name, "d/big2 is d/big: {size:?}");
-        assert_eq!(measure(&tree).expect("measure"), size);
+        let again = measure(&tree).expect("measure");
+        assert_eq!((again.bytes, again.files), (size.bytes, size.files));
     }
 
     #[test]
-    fn a_tree_without_a_record_is_measured_and_keeps_its_last_use() {
+    fn a_tree_without_a_record_is_measured_or_else_not_kept() {
         let state = tempfile::tempdir().expect("tempdir");
         let store = TreeStore::open(state.path(), false).expect("open");
         let root = root_with(30_000);
@@ -628,6 +657,13 @@ mod tests {
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000),
             "measuring is not a use"
         );
+
+        // A tree that cannot be measured is not kept, whatever the budget.
+        fs::remove_file(entry.join(SIZE_FILE)).unwrap();
+        fs::rename(entry.join("rootfs"), state.path().join("elsewhere")).unwrap();
+        let r = store.clean(KEEP, u64::MAX);
+        assert_eq!((r.removed, r.kept), (1, 0), "{r:?}");
+        assert!(!entry.exists());
     }
 
     #[test]
