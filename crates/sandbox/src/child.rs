@@ -9,7 +9,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
-use libc::{c_char, c_int, c_ulong};
+use libc::{c_char, c_int, c_uint, c_ulong};
 
 /// Exit status of a child that failed before exec (the parent reports the message instead).
 pub(crate) const EXIT_SETUP_FAILED: c_int = 125;
@@ -477,14 +477,85 @@ fn setup_fds(plan: &Plan, msg: c_int) -> c_int {
         if libc::dup3(m, 3, libc::O_CLOEXEC) < 0 {
             fail(m, Step::Fds, 2, errno());
         }
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
-            // Kernels before 5.9: close one by one up to a sane bound.
-            for fd in 4..65536 {
-                libc::close(fd);
-            }
+    }
+    close_fds_from(4);
+    3
+}
+
+/// Closes every descriptor except `keep` (any order; negative entries are ignored), without
+/// allocating. Called first thing after fork/clone: the child holds a copy of every
+/// descriptor the parent had open at that instant, close-on-exec or not (fork(2): the child
+/// inherits copies of the parent's set of open file descriptors), and keeps them until it
+/// execs. While stages run in parallel those are other stages' files and pipes: a write end
+/// kept here delays the EOF another stage's RUN output reader waits for, an executable another
+/// thread is writing makes that stage's exec fail with ETXTBSY, and the sync pipe's own write
+/// end would hide the parent giving up. The child's wait for its id maps (newuidmap can take
+/// milliseconds) made that window long.
+fn close_all_except(keep: &[c_int; 8]) {
+    let mut k = *keep;
+    // In place, no allocation (slice::sort_unstable).
+    k.sort_unstable();
+    let mut from: c_uint = 0;
+    for fd in k {
+        let Ok(fd) = c_uint::try_from(fd) else {
+            continue;
+        };
+        if fd < from {
+            continue; // a duplicate
+        }
+        if fd > from {
+            close_range(from, fd - 1);
+        }
+        from = fd + 1;
+    }
+    close_range(from, c_uint::MAX);
+}
+
+/// Closes every descriptor from `first` up.
+fn close_fds_from(first: c_uint) {
+    close_range(first, c_uint::MAX);
+}
+
+/// close_range(2) (Linux >= 5.9). Before that (ENOSYS) closes one by one below the
+/// RLIMIT_NOFILE hard limit (getrlimit(2): one greater than the highest descriptor number the
+/// process can open).
+fn close_range(first: c_uint, last: c_uint) {
+    // SAFETY: close_range/close on this process's own descriptor table.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first, last, 0 as c_uint) == 0
+            || errno() != libc::ENOSYS
+        {
+            return;
+        }
+        let end = last.min(nofile_limit().saturating_sub(1));
+        let mut fd = first;
+        while fd <= end {
+            libc::close(fd as c_int);
+            fd += 1;
         }
     }
-    3
+}
+
+/// The RLIMIT_NOFILE hard limit through the raw prlimit64 syscall, 2^20 (the kernel's default
+/// `fs.nr_open`, the ceiling of that limit) when unknown or unlimited.
+fn nofile_limit() -> c_uint {
+    const DEFAULT_NR_OPEN: c_uint = 1 << 20;
+    // SAFETY: a zeroed plain-data struct we own, filled by the kernel.
+    let mut r: libc::rlimit64 = unsafe { std::mem::zeroed() };
+    // SAFETY: prlimit64 on this process (pid 0) with no new limit and a valid out-pointer.
+    let ok = unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0 as libc::pid_t,
+            libc::RLIMIT_NOFILE as c_int,
+            std::ptr::null::<libc::rlimit64>(),
+            &mut r as *mut libc::rlimit64,
+        )
+    } == 0;
+    if !ok || r.rlim_max == libc::RLIM64_INFINITY {
+        return DEFAULT_NR_OPEN;
+    }
+    c_uint::try_from(r.rlim_max).unwrap_or(c_uint::MAX)
 }
 
 /// Docker's default capability set for containers and RUN steps (moby
@@ -566,6 +637,9 @@ fn reset_signals() {
 /// # Safety
 /// Must be called only in a freshly forked/cloned child process, with `plan` sealed.
 pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
+    // Before anything else, and before waiting for the id maps: only what this child uses.
+    // (setup_fds then leaves exactly 0-3; nothing later opens a descriptor it keeps.)
+    close_all_except(&[0, 1, 2, plan.stdin, plan.stdout, plan.stderr, sync_r, msg_w]);
     let mut setgroups_allowed = true;
     if sync_r >= 0 {
         let mut b = [0u8; 1];
@@ -796,6 +870,16 @@ fn run_ops(plan: &Plan, msg: c_int, all_optional: bool) {
 /// # Safety
 /// Must be called only in a freshly forked child process, with `plan` sealed.
 pub(crate) unsafe fn reaper_main(plan: &Plan, msg_w: c_int, status_w: c_int) -> ! {
+    close_all_except(&[
+        0,
+        1,
+        2,
+        plan.stdin,
+        plan.stdout,
+        plan.stderr,
+        msg_w,
+        status_w,
+    ]);
     // SAFETY: prctl/fork/close/waitpid/kill are plain syscalls.
     unsafe {
         if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
@@ -812,11 +896,7 @@ pub(crate) unsafe fn reaper_main(plan: &Plan, msg_w: c_int, status_w: c_int) -> 
         // pipes must depend on the step alone.
         let st = libc::fcntl(status_w, libc::F_DUPFD_CLOEXEC, 10);
         libc::dup2(st, 3);
-        if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) != 0 {
-            for fd in 4..65536 {
-                libc::close(fd);
-            }
-        }
+        close_fds_from(4);
         let mut main_status: c_int = 0;
         let mut main_done = false;
         loop {

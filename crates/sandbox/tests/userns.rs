@@ -464,6 +464,70 @@ fn failed_subuid_helper_falls_back_to_a_single_map_with_a_warning() {
     );
 }
 
+/// While a step's child waits for its id maps (newuidmap runs meanwhile) it must hold none of
+/// the caller's descriptors: with stages running in parallel those are other stages' files and
+/// pipes (a kept write end delays their reader's EOF, a kept executable fails their exec with
+/// ETXTBSY). The "newuidmap" here is a script that lists the waiting child's descriptors.
+#[test]
+fn the_child_waiting_for_its_id_maps_holds_no_caller_descriptor() {
+    const NAME: &str = "the_child_waiting_for_its_id_maps_holds_no_caller_descriptor";
+    need_busybox!();
+    if !common::is_unprivileged_copy() && nix::unistd::Uid::effective().is_root() {
+        // Root writes its maps directly, no helper runs: the unprivileged copy tests this.
+        println!("skipped: as root (maps written directly); run as uid 65534 below");
+        as_root_and_unprivileged(NAME, |_| {});
+        return;
+    }
+    let r = busybox_rootfs();
+    let dir = tempfile::tempdir().expect("dir");
+    let marker = dir.path().join("held-by-the-caller");
+    let held = std::fs::File::create(&marker).expect("create marker");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+    // SAFETY: clearing FD_CLOEXEC on a descriptor we own: the worst case, an fd another
+    // thread opened without O_CLOEXEC (or has not yet marked).
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let listing = dir.path().join("listing");
+    let helper = dir.path().join("newuidmap");
+    // $1 is the waiting child's pid. The child may not have run its first instructions yet
+    // when this starts: look again for up to two seconds, then fail (the step then runs with
+    // a single-id map and a warning).
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\ni=0\nwhile [ $i -lt 100 ]; do\n  ls -l /proc/$1/fd >{l} 2>&1\n  \
+             grep -q held-by-the-caller {l} || exit 1\n  sleep 0.02\n  i=$((i+1))\ndone\nexit 1\n",
+            l = listing.display()
+        ),
+    )
+    .expect("write helper");
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod helper");
+    let me = nix::unistd::Uid::effective().as_raw();
+    for f in ["subuid", "subgid"] {
+        std::fs::write(dir.path().join(f), format!("{me}:300000:65536\n")).expect("write");
+    }
+    let mut spec = sh(r.path(), "ls -l /proc/self/fd");
+    spec.host.subuid = dir.path().join("subuid");
+    spec.host.subgid = dir.path().join("subgid");
+    spec.host.newuidmap = helper.clone();
+    spec.host.newgidmap = helper;
+    let (res, out, err) = run_capture(&spec);
+    drop(held);
+    let o = res.unwrap_or_else(|e| panic!("{e} {err}"));
+    assert_eq!(o.status, ExitStatus::Code(0), "{err}");
+    let seen = std::fs::read_to_string(&listing).expect("the helper ran and listed the child");
+    // The listing is real (the child's message and sync pipes are there) and has no marker.
+    assert!(seen.contains("pipe:["), "{seen}");
+    assert!(
+        !seen.contains("held-by-the-caller"),
+        "waiting child holds it:\n{seen}"
+    );
+    assert!(
+        !out.contains("held-by-the-caller"),
+        "the step holds it:\n{out}"
+    );
+}
+
 #[test]
 fn signals_start_default_and_unblocked() {
     // Rust ignores SIGPIPE in the caller; a step must start like a fresh container process
