@@ -997,7 +997,7 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
         }
     }
     out.push('\n');
-    let mut finals: Vec<Option<Vec<(String, String)>>> = vec![None; df.stages.len()];
+    let mut finals: Vec<Option<StageEnv>> = vec![None; df.stages.len()];
     for st in &p.stages {
         let name = st
             .name
@@ -1021,11 +1021,17 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
             out.push_str(&format!(" deps=[{}]", d.join(",")));
         }
         out.push('\n');
-        let base_env = match &st.base {
-            Base::Stage(j) => finals.get(*j).cloned().flatten().unwrap_or_default(),
-            _ => Vec::new(),
+        // As the engine starts it: a stage built FROM an earlier one gets that stage's Env and
+        // its ARG/ENV state.
+        let parent = match &st.base {
+            Base::Stage(j) => finals.get(*j).and_then(Option::as_ref),
+            _ => None,
         };
+        let base_env = parent.map(StageEnv::env).unwrap_or_default();
         let mut senv = StageEnv::new(&p, st.index, &base_env);
+        if let Some(parent) = parent {
+            senv.inherit(parent);
+        }
         for ins in &st.instructions {
             let x = senv.dispatch(&ins.value).map_err(|e| locate(e, ins))?;
             out.push_str(&format!("  {:>4}: {x}\n", ins.start_line));
@@ -1053,7 +1059,7 @@ pub fn debug_plan(src: &[u8], opts: &PlanOptions) -> Result<String, Error> {
             let e: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             out.push_str(&format!("  env: {}\n", e.join(" ")));
         }
-        finals[st.index] = Some(env);
+        finals[st.index] = Some(senv);
     }
     out.push_str(&format!("target: stage {}\n", p.target));
     if !p.unused_build_args.is_empty() {
@@ -1173,6 +1179,19 @@ mod tests {
             matches!(e.kind(), ErrorKind::BadStageRef { reference, .. } if reference == "me"),
             "{e}"
         );
+    }
+
+    /// `kiln debug plan` starts a child stage as the engine does: with its parent's ARGs.
+    #[test]
+    fn debug_plan_child_stage_sees_the_parents_args() {
+        let out = debug_plan(
+            b"FROM scratch AS p\nARG A=1\nENV E=x\nFROM p\nRUN echo\n",
+            &opts(&[]),
+        )
+        .expect("debug plan");
+        let child = out.split("stage 1").nth(1).expect("stage 1 shown");
+        assert!(child.contains("args: |1 A=1"), "{out}");
+        assert!(child.contains("env: E=x"), "{out}");
     }
 
     #[test]
