@@ -14,6 +14,8 @@
 //! - `TARGETPLATFORM` ... `BUILDVARIANT` are global ARGs set from the platforms.
 //! - Stage names are case-insensitive; a FROM or `--from` naming an earlier stage uses it;
 //!   a number in `--from` is a stage index.
+//! - `--from` is expanded like the instruction's other words, which BuildKit refuses (see
+//!   [`expand_from`]); the plan predicts the value so the stage it names is built.
 
 use crate::error::{Error, ErrorKind};
 use crate::instructions::{
@@ -91,7 +93,10 @@ pub struct PlannedStage {
     pub from: FromInstr,
     /// Instructions, unexpanded (expand them one by one with [`StageEnv::dispatch`]).
     pub instructions: Vec<Spanned<Instruction>>,
-    /// Original indices of the stages this one reads (base, `--from`, `--mount=from=`).
+    /// Original indices of the stages this one reads (base, `--from`, `--mount=from=`, the
+    /// parent stage's ONBUILD triggers), ascending. A `--from` whose value depends on a
+    /// variable only a base image's Env could set counts every earlier stage it could name, so
+    /// this is a superset of what the build reads when that happens.
     pub deps: Vec<usize>,
 }
 
