@@ -317,23 +317,6 @@ impl TreeStore {
         if entry.exists() {
             return Ok(None);
         }
-        // Measured on the rootfs before linking: a tree larger than the whole budget would
-        // only be linked to be removed again. The tree holds the same regular files (the
-        // same inodes: `bytes` and `files` are exact) and fresh directories, whose
-        // allocation differs from the rootfs's by a few per cent (ext4: 16.0 MB against
-        // 15.4 MB for /usr/share). It costs a walk of its own (link_tree's does not report
-        // sizes): 0.3-0.8 s next to 2.1-2.2 s of linking for 48,000-61,000 files
-        // (/usr/share, /usr/lib; debug build, ext4).
-        // A rootfs that cannot be measured could not be linked either.
-        let size = measure(root)?;
-        if size.total() > self.budget {
-            tracing::debug!(
-                bytes = size.total(),
-                budget = self.budget,
-                "tree store: the rootfs is larger than the budget; not stored"
-            );
-            return Ok(None);
-        }
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -359,6 +342,23 @@ impl TreeStore {
                 return Err(e);
             }
         };
+        // Measured by the linking walk itself (the files are the rootfs's inodes: `bytes`
+        // and `files` are exact; the new directories take about what the rootfs's do). A
+        // tree larger than the whole budget would only be evicted again: removed now.
+        let size = TreeSize {
+            bytes: stats.file_bytes,
+            files: stats.files,
+            dir_bytes: stats.dir_bytes,
+        };
+        if size.total() > self.budget {
+            tracing::debug!(
+                bytes = size.total(),
+                budget = self.budget,
+                "tree store: the rootfs is larger than the budget; not stored"
+            );
+            let _ = crate::engine::remove_tree(&tmp);
+            return Ok(None);
+        }
         // The record goes in before the rename: a named tree always has one.
         if let Err(e) = write_size(&tmp, &size) {
             let _ = crate::engine::remove_tree(&tmp);
@@ -614,7 +614,7 @@ mod tests {
         let expected = TreeSize {
             bytes: allocated(&tree.join("d/big")) + allocated(&tree.join("small")),
             files: 2,
-            // Measured on the rootfs before linking (see `capture`).
+            // The rootfs's directories, as the linking walk measures them (see `capture`).
             dir_bytes: allocated(&r.join("d")),
         };
         assert_eq!(size, expected);

@@ -14,7 +14,7 @@
 //! Both walk with descriptors (`openat`/`fstatat` with `O_NOFOLLOW`), so a symlink in either
 //! tree is linked as a symlink and never followed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -46,6 +46,13 @@ pub struct LinkStats {
     pub links: u64,
     /// Files given their own inode (copied) by [`break_links`].
     pub copied: u64,
+    /// [`link_tree`]: regular files linked, each inode once (names of one inode count once).
+    pub files: u64,
+    /// [`link_tree`]: space those files take (`st_blocks` × 512, each inode once).
+    pub file_bytes: u64,
+    /// [`link_tree`]: space the source's directories take (`st_blocks` × 512); the new
+    /// directories take about as much (ext4: within a few per cent).
+    pub dir_bytes: u64,
 }
 
 fn io<'a>(op: &'static str, rel: &'a [u8]) -> impl Fn(Errno) -> RootError + 'a {
@@ -177,7 +184,8 @@ pub fn link_tree(src: &Path, dst: &Path, owners: bool) -> Result<LinkStats, Root
     let s = open(src)?;
     let d = open(dst)?;
     let mut stats = LinkStats::default();
-    link_dir(&s, &d, owners, b"", 0, &mut stats)?;
+    let mut seen = HashSet::new();
+    link_dir(&s, &d, owners, b"", 0, &mut stats, &mut seen)?;
     let st = fstat(&s).map_err(io("stat", b"."))?;
     copy_dir_meta(&s, &d, &st, owners, b".")?;
     Ok(stats)
@@ -190,6 +198,7 @@ fn link_dir(
     rel: &[u8],
     depth: usize,
     stats: &mut LinkStats,
+    seen: &mut HashSet<(u64, u64)>,
 ) -> Result<(), RootError> {
     check_depth(depth, rel)?;
     for name in names(s, rel)? {
@@ -203,9 +212,10 @@ fn link_dir(
                 openat(s, name.as_slice(), DIR_FLAGS, Mode::empty()).map_err(io("open", &child))?;
             let cd =
                 openat(d, name.as_slice(), DIR_FLAGS, Mode::empty()).map_err(io("open", &child))?;
-            link_dir(&cs, &cd, owners, &child, depth + 1, stats)?;
+            link_dir(&cs, &cd, owners, &child, depth + 1, stats, seen)?;
             copy_dir_meta(&cs, &cd, &st, owners, &child)?;
             stats.dirs += 1;
+            stats.dir_bytes = stats.dir_bytes.saturating_add(st.st_blocks as u64 * 512);
         } else if kind_of(&st) == SFlag::S_IFSOCK {
             // A socket a RUN left behind (gpg-agent's, say) is not in its layer (the layer
             // writer skips sockets), so it is not in the tree either: a tree holds what
@@ -215,6 +225,12 @@ fn link_dir(
             linkat(s, name.as_slice(), d, name.as_slice(), AtFlags::empty())
                 .map_err(io("link", &child))?;
             stats.links += 1;
+            if kind_of(&st) == SFlag::S_IFREG
+                && (st.st_nlink < 2 || seen.insert((st.st_dev, st.st_ino)))
+            {
+                stats.files += 1;
+                stats.file_bytes = stats.file_bytes.saturating_add(st.st_blocks as u64 * 512);
+            }
         }
     }
     Ok(())
