@@ -102,6 +102,27 @@ fn how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
         .resolve(resolve)
 }
 
+/// How often [`openat2_retrying`] tries again.
+const EAGAIN_RETRIES: usize = 128;
+
+/// `openat2`, tried again on `EAGAIN`: with RESOLVE_IN_ROOT or RESOLVE_BENEATH the kernel
+/// gives up when a rename or mount anywhere on the system races with the lookup of a `..`
+/// component, and openat2(2) says the caller may retry. Stages running in parallel rename
+/// and mount all the time, so a lookup here can lose that race without anything being wrong.
+fn openat2_retrying<P: ?Sized + nix::NixPath>(
+    dirfd: std::os::fd::BorrowedFd<'_>,
+    path: &P,
+    how: OpenHow,
+) -> nix::Result<OwnedFd> {
+    let mut tries = 0;
+    loop {
+        match openat2(dirfd, path, how) {
+            Err(Errno::EAGAIN) if tries < EAGAIN_RETRIES => tries += 1,
+            r => return r,
+        }
+    }
+}
+
 fn mtime(st: &nix::sys::stat::FileStat) -> TimeSpec {
     TimeSpec::new(st.st_mtime, st.st_mtime_nsec)
 }
@@ -179,7 +200,7 @@ impl Root {
         for i in 0..comps.len() {
             let prefix = comps[..=i].join("/");
             let last = i + 1 == comps.len();
-            let fd = match openat2(
+            let fd = match openat2_retrying(
                 self.fd.as_fd(),
                 prefix.as_str(),
                 how(OFlag::O_PATH, resolve),
@@ -298,7 +319,7 @@ impl Root {
         } else {
             &stub.parent_rel
         };
-        let parent = openat2(
+        let parent = openat2_retrying(
             self.fd.as_fd(),
             parent_path,
             how(
@@ -327,5 +348,52 @@ impl Root {
             let _ = futimens(&parent, &omit, &stub.parent_mtime_before);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod eagain_tests {
+    use super::*;
+
+    /// A lookup through `..` under RESOLVE_IN_ROOT while another thread renames: raw openat2
+    /// fails with EAGAIN now and then; the retrying one never does.
+    #[test]
+    fn lookups_racing_with_renames_are_retried() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        std::fs::create_dir_all(r.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(r.join("x")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let stop = stop.clone();
+            let (p, q) = (r.join("x"), r.join("y"));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::rename(&p, &q);
+                    let _ = std::fs::rename(&q, &p);
+                }
+            })
+        };
+        let dir = nix::fcntl::open(
+            r,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .expect("open root");
+        let flags = how(OFlag::O_PATH, ResolveFlag::RESOLVE_IN_ROOT);
+        let (mut raw_eagain, mut retried_err) = (0, 0);
+        for _ in 0..20_000 {
+            if let Err(Errno::EAGAIN) = openat2(dir.as_fd(), "a/b/c/../../../a/b/../b/c/..", flags)
+            {
+                raw_eagain += 1;
+            }
+            if openat2_retrying(dir.as_fd(), "a/b/c/../../../a/b/../b/c/..", flags).is_err() {
+                retried_err += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        renamer.join().unwrap();
+        eprintln!("raw openat2: {raw_eagain} EAGAIN of 20000");
+        assert_eq!(retried_err, 0);
     }
 }
