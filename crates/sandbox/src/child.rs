@@ -74,6 +74,33 @@ impl Step {
     pub(crate) fn from_u32(v: u32) -> Option<Step> {
         Step::ALL.get(v.checked_sub(1)? as usize).copied()
     }
+
+    /// What the step does, for messages.
+    pub(crate) fn what(self) -> &'static str {
+        match self {
+            Step::Sync => "waiting for the user namespace's id maps",
+            Step::Fds => "setting up the step's standard descriptors",
+            Step::Hostname => "setting the hostname",
+            Step::LoopbackUp => "bringing up the loopback interface",
+            Step::MakePrivate => "making the mount namespace private",
+            Step::BindRoot => "bind-mounting the root file system",
+            Step::Op => "a mount",
+            Step::PivotRoot => "pivot_root into the root file system",
+            Step::UmountOldRoot => "unmounting the old root",
+            Step::Chroot => "chroot into the root file system",
+            Step::ChdirRoot => "changing to the new root",
+            Step::MkdirCwd => "creating the working directory",
+            Step::ChownCwd => "giving the working directory its owner",
+            Step::ChdirCwd => "changing to the working directory",
+            Step::Setgroups => "setting supplementary groups",
+            Step::Setgid => "setting the group id",
+            Step::Setuid => "setting the user id",
+            Step::Exec => "executing the command",
+            Step::UnshareMountNs => "unsharing a mount namespace",
+            Step::Reaper => "starting the reaper process",
+            Step::Overlay => "mounting the overlay",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -678,7 +705,11 @@ pub(crate) unsafe fn child_main(plan: &Plan, sync_r: c_int, msg_w: c_int) -> ! {
             if let Some(h) = &plan.hostname {
                 // SAFETY: valid buffer and length.
                 if unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) } != 0 {
-                    fail(msg, Step::Hostname, 0, errno());
+                    // The UTS namespace is ours, but a seccomp profile may still deny the
+                    // call (podman's and CRI-O's default profiles do): the step then runs
+                    // with the hostname it inherited, as a warning says. Not worth a failed
+                    // build: docker's RUN hostname is a random id nobody relies on.
+                    send(msg, MSG_WARN, Step::Hostname, 0, errno());
                 }
             }
             if plan.lo_up {

@@ -231,12 +231,21 @@ impl Root {
                         if want_dir {
                             mkdirat(&current, name, Mode::from_bits_truncate(0o755))
                         } else if let (true, Kind::Node(mode, rdev)) = (last, kind) {
+                            let perm = Mode::from_bits_truncate(mode & 0o7777);
                             nix::sys::stat::mknodat(
                                 &current,
                                 name,
                                 SFlag::from_bits_truncate(mode & libc::S_IFMT),
-                                Mode::from_bits_truncate(mode & 0o7777),
+                                perm,
                                 rdev,
+                            )?;
+                            // mknod(2) applies the umask (0666 became 0644: a non-root step
+                            // could not write /dev/null); the node is ours, just made.
+                            nix::sys::stat::fchmodat(
+                                &current,
+                                name,
+                                perm,
+                                nix::sys::stat::FchmodatFlags::FollowSymlink,
                             )
                         } else {
                             openat(
@@ -348,6 +357,119 @@ impl Root {
             let _ = futimens(&parent, &omit, &stub.parent_mtime_before);
         }
         Ok(())
+    }
+}
+
+/// A directory docker mounts over during a RUN (`/dev`: a tmpfs) that chroot isolation without
+/// CAP_SYS_ADMIN leaves as the rootfs's own: what was in it before the step, so that what the
+/// step leaves there is removed after it. Without a device node, `cmd > /dev/null` writes a
+/// regular file there, which would land in the layer (and so would whatever was sent to it).
+pub(crate) struct Volatile {
+    rel: PathBuf,
+    dev: u64,
+    ino: u64,
+    before: std::collections::HashSet<(OsString, u64)>,
+    mtime: TimeSpec,
+}
+
+/// Bound on the depth of what [`Root::clear_volatile`] removes.
+const MAX_REMOVE_DEPTH: usize = 128;
+
+fn open_dir_beneath(root: &OwnedFd, rel: &Path) -> nix::Result<OwnedFd> {
+    openat2_retrying(
+        root.as_fd(),
+        rel,
+        how(
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH,
+        ),
+    )
+}
+
+fn entries(dir: &OwnedFd) -> nix::Result<Vec<(OsString, u64)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut d = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push((std::ffi::OsStr::from_bytes(n).to_os_string(), e.ino()));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `name` in `dir` and, for a directory, everything below it, without following a
+/// symlink anywhere (every step is relative to an already-opened directory).
+fn remove_all_at(dir: &OwnedFd, name: &std::ffi::OsStr, depth: usize) -> nix::Result<()> {
+    let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFDIR.bits() {
+        return unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
+    }
+    if depth > MAX_REMOVE_DEPTH {
+        return Err(Errno::ELOOP);
+    }
+    let sub = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    for (n, _) in entries(&sub)? {
+        remove_all_at(&sub, &n, depth + 1)?;
+    }
+    unlinkat(dir, name, UnlinkatFlags::RemoveDir)
+}
+
+impl Root {
+    /// Records what the directory `in_root` (a path without symlinks) holds now; `None` when
+    /// it is not there.
+    pub(crate) fn volatile(&self, in_root: &str) -> Option<Volatile> {
+        let rel = PathBuf::from(in_root.trim_start_matches('/'));
+        let dir = open_dir_beneath(&self.fd, &rel).ok()?;
+        let st = fstat(&dir).ok()?;
+        Some(Volatile {
+            before: entries(&dir).ok()?.into_iter().collect(),
+            rel,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mtime: mtime(&st),
+        })
+    }
+
+    /// Removes what the step added to `v`'s directory (names it did not hold before, or holds
+    /// as another file now) and gives the directory back its mtime. A directory the step
+    /// replaced (with a symlink, say) is left alone: an error says so.
+    pub(crate) fn clear_volatile(&self, v: &Volatile) -> Result<usize, String> {
+        let dir = open_dir_beneath(&self.fd, &v.rel).map_err(|e| {
+            format!(
+                "/{} no longer resolves without symlinks: {e}",
+                v.rel.display()
+            )
+        })?;
+        let st = fstat(&dir).map_err(|e| e.to_string())?;
+        if (st.st_dev, st.st_ino) != (v.dev, v.ino) {
+            return Err(format!("/{} was replaced by the step", v.rel.display()));
+        }
+        let mut removed = 0;
+        for e in entries(&dir).map_err(|e| e.to_string())? {
+            if v.before.contains(&e) {
+                continue;
+            }
+            remove_all_at(&dir, &e.0, 0)
+                .map_err(|err| format!("/{}/{}: {err}", v.rel.display(), e.0.to_string_lossy()))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            let _ = futimens(&dir, &TimeSpec::UTIME_OMIT, &v.mtime);
+        }
+        Ok(removed)
     }
 }
 

@@ -13,7 +13,7 @@ use nix::unistd::pipe2;
 use crate::child::{self, ChildMode, Msg, Op, OpEntry, Plan, Step, MSG_FATAL, MSG_WARN};
 use crate::error::SandboxError;
 use crate::idmap::{MapPlan, MapSources};
-use crate::resolve::{Kind, Root, Stub};
+use crate::resolve::{Kind, Root, Stub, Volatile};
 use crate::{ExitStatus, Isolation, Mount, Network, Output, RunOutcome, RunSpec, DEFAULT_PATH};
 
 /// Device nodes bound from the host into the step's `/dev` (and whether they are required).
@@ -48,16 +48,27 @@ pub fn run(
     })?;
     let mut warnings = Vec::new();
     let mut stubs: Vec<Stub> = Vec::new();
+    let mut volatile: Vec<Volatile> = Vec::new();
     let mut scratch: Option<Scratch> = None;
     let result = run_in(
         spec,
         &root,
         &mut stubs,
+        &mut volatile,
         &mut scratch,
         &mut warnings,
         stdout,
         stderr,
     );
+    // Before the stubs: the step's leftovers come out of the directories first, then the
+    // stubs (device nodes, /dev itself) can go.
+    for v in &volatile {
+        if let Err(e) = root.clear_volatile(v) {
+            warnings.push(format!(
+                "what the step left in a volatile directory stays: {e}"
+            ));
+        }
+    }
     warnings.extend(root.remove_stubs(&mut stubs));
     drop(scratch);
     for w in &warnings {
@@ -592,10 +603,12 @@ impl Drop for ChildGuard {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_in(
     spec: &RunSpec,
     root: &Root,
     stubs: &mut Vec<Stub>,
+    volatile: &mut Vec<Volatile>,
     scratch_slot: &mut Option<Scratch>,
     warnings: &mut Vec<String>,
     mut stdout: Output<'_>,
@@ -635,6 +648,9 @@ fn run_in(
                 )?
             } else {
                 plan_static(spec, root, scratch, caps, stubs, &mut excluded, warnings)?;
+                // docker mounts a tmpfs on /dev: nothing a step writes there stays. Here /dev
+                // is the rootfs's own directory, so what the step leaves in it is removed.
+                volatile.extend(root.volatile("/dev"));
                 Ops {
                     entries: Vec::new(),
                     descs: Vec::new(),
@@ -1001,7 +1017,12 @@ fn describe_warning(m: &Msg, descs: &[String], gids: &[u32]) -> String {
         Some(Step::UnshareMountNs) => format!(
             "no private mount namespace ({e}): /proc, /dev and the /etc files are not mounted"
         ),
-        other => format!("sandbox set-up {other:?}: {e}"),
+        Some(Step::Hostname) => format!(
+            "the step's hostname was not set ({e}; a seccomp profile may deny sethostname): it \
+             runs with the hostname it inherited"
+        ),
+        Some(other) => format!("sandbox set-up, {}: {e}", other.what()),
+        None => format!("sandbox set-up, step {}: {e}", m.step),
     }
 }
 
@@ -1055,15 +1076,15 @@ fn describe_fatal(
         Some(Step::Chroot) | Some(Step::BindRoot) | Some(Step::ChdirRoot) => {
             SandboxError::ChildSetup {
                 step: format!(
-                    "{:?} into {}",
-                    step.unwrap_or(Step::Chroot),
+                    "{} ({})",
+                    step.unwrap_or(Step::Chroot).what(),
                     spec.rootfs.display()
                 ),
                 source: e,
             }
         }
         other => SandboxError::ChildSetup {
-            step: format!("{other:?}"),
+            step: other.map_or_else(|| format!("step {}", m.step), |s| s.what().to_string()),
             source: e,
         },
     }

@@ -160,3 +160,97 @@ fn chroot_mode_without_cap_sys_admin_creates_and_removes_static_files() {
     assert!(e.to_string().contains("CAP_SYS_ADMIN"), "{e}");
     assert!(!r.path().join("dev").exists());
 }
+
+/// A fake /proc whose status has `caps` as CapEff (what chroot mode reads to pick its plan).
+fn fake_proc(caps: u64) -> tempfile::TempDir {
+    let fake = tempfile::tempdir().expect("fake proc");
+    std::fs::create_dir(fake.path().join("self")).expect("mkdir");
+    std::fs::write(
+        fake.path().join("self/status"),
+        format!("CapEff:\t{caps:016x}\n"),
+    )
+    .expect("status");
+    std::os::unix::fs::symlink("/proc/thread-self", fake.path().join("thread-self"))
+        .expect("symlink");
+    fake
+}
+
+#[test]
+fn chroot_mode_without_cap_sys_admin_device_nodes_are_writable_by_any_user() {
+    // mknod(2) applies the umask: the nodes were 0644, so a non-root step could not write
+    // /dev/null (apt-get's helpers run as _apt and failed).
+    if !busybox_available() {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: chroot isolation needs root");
+        return;
+    }
+    let fake = fake_proc(0x1ff_ffff_ffff & !(1 << 21));
+    let r = busybox_rootfs();
+    let mut spec = sh(
+        r.path(),
+        "stat -c %a /dev/null /dev/zero && echo x > /dev/null && id -u",
+    );
+    spec.isolation = Isolation::Chroot;
+    spec.host.proc = fake.path().into();
+    spec.user.uid = 65534;
+    spec.user.gid = 65534;
+    let (res, out, err) = run_capture(&spec);
+    let o = res.unwrap_or_else(|e| panic!("{e} {err}"));
+    assert_eq!(o.status, ExitStatus::Code(0), "{err}");
+    assert_eq!(out, "666\n666\n65534\n", "{err}");
+}
+
+#[test]
+fn chroot_mode_without_cap_mknod_keeps_nothing_a_step_writes_to_dev() {
+    // No CAP_SYS_ADMIN (no tmpfs on /dev) and no CAP_MKNOD (no device nodes): `> /dev/null`
+    // writes a regular file, which must not stay in the rootfs (the layer would publish
+    // what was sent to it); what the base had in /dev stays, with its mtime.
+    if !busybox_available() {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: chroot isolation needs root");
+        return;
+    }
+    let fake = fake_proc(0x1ff_ffff_ffff & !(1 << 21) & !(1 << 27));
+    let r = busybox_rootfs();
+    let dev = r.path().join("dev");
+    std::fs::create_dir(&dev).unwrap();
+    std::fs::write(dev.join("keep"), b"from the base").unwrap();
+    let mtime = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let before = mtime(&dev);
+    let mut spec = sh(
+        r.path(),
+        "echo secret-token > /dev/null; mkdir -p /dev/sub/deeper && echo y > /dev/sub/deeper/f \
+         && chmod 0 /dev/sub && ln -s / /dev/link && cat /dev/null",
+    );
+    spec.isolation = Isolation::Chroot;
+    spec.host.proc = fake.path().into();
+    let (res, out, err) = run_capture(&spec);
+    let o = res.unwrap_or_else(|e| panic!("{e} {err}"));
+    assert_eq!(o.status, ExitStatus::Code(0), "{err}");
+    assert_eq!(
+        out, "secret-token\n",
+        "the step itself sees what it wrote: {err}"
+    );
+    assert!(
+        o.warnings.iter().any(|w| w.contains("no device nodes")),
+        "{:?}",
+        o.warnings
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&dev)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["keep"], "{:?}", o.warnings);
+    assert_eq!(std::fs::read(dev.join("keep")).unwrap(), b"from the base");
+    assert_eq!(mtime(&dev), before, "/dev's mtime is given back");
+    assert!(
+        r.path().join("bin/busybox").exists(),
+        "the symlink to / was not followed"
+    );
+}

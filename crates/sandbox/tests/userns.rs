@@ -575,3 +575,79 @@ fn output_to_caller_fd_and_null() {
         );
     });
 }
+
+/// Installs, on the calling thread only (children inherit it), a seccomp filter that makes
+/// sethostname(2) fail with EPERM, as podman's and CRI-O's default profiles do.
+fn deny_sethostname_on_this_thread() {
+    // BPF: load the arch, allow anything not x86_64; load the syscall number; EPERM for
+    // sethostname, allow the rest (seccomp(2), "Example").
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = [
+        f(ld, 0, 0, 4),
+        f(jeq, 1, 0, AUDIT_ARCH_X86_64),
+        f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+        f(ld, 0, 0, 0),
+        f(jeq, 0, 1, libc::SYS_sethostname as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: prctl with a valid filter program that outlives the call; no_new_privs first,
+    // as seccomp(2) requires without CAP_SYS_ADMIN.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog
+            ),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn a_seccomp_profile_denying_sethostname_does_not_fail_the_step() {
+    // podman's and CRI-O's default seccomp profiles allow user namespaces but not
+    // sethostname: every RUN failed there with "sandbox set-up: Hostname: EPERM".
+    need_busybox!();
+    if !cfg!(target_arch = "x86_64") {
+        println!("skipped: the test's seccomp filter is written for x86_64");
+        return;
+    }
+    let r = busybox_rootfs();
+    let host = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (res, out, err) = std::thread::scope(|s| {
+        s.spawn(|| {
+            deny_sethostname_on_this_thread();
+            let mut spec = sh(r.path(), "hostname");
+            spec.hostname = "kiln-step".into();
+            run_capture(&spec)
+        })
+        .join()
+        .unwrap()
+    });
+    let o = res.unwrap_or_else(|e| panic!("run failed: {e}\nstderr: {err}"));
+    assert_eq!(o.status, ExitStatus::Code(0), "{err}");
+    assert_eq!(out.trim(), host, "the inherited hostname: {err}");
+    assert!(
+        o.warnings
+            .iter()
+            .any(|w| w.contains("hostname was not set")),
+        "{:?}",
+        o.warnings
+    );
+}
