@@ -190,3 +190,133 @@ fn kiln_image_runs_under_podman() {
         "65534\n65534\n/srv/app\nhello from ENV\nmsg.txt 0:0 644\nrun.txt 65534:65534 644\n"
     );
 }
+
+/// A directory holding `binary` at `/kaniko/executor` and the shared libraries `ldd` says it
+/// loads, at their paths: enough for `podman run --rootfs` (no image, no shell).
+fn executor_rootfs(dir: &Path, binary: &Path) {
+    let exe = dir.join("kaniko/executor");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(binary, &exe).unwrap();
+    let ldd = Command::new("ldd").arg(binary).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(Path::new);
+        if let Some(p) = path {
+            let to = dir.join(p.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(p, &to).unwrap_or_else(|e| panic!("copying {}: {e}", p.display()));
+        }
+    }
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+}
+
+/// Layer paths (all layers of the first manifest of an OCI layout) with their sizes.
+fn layer_files(layout: &Path) -> Vec<(String, u64)> {
+    let blob = |d: &serde_json::Value| {
+        layout
+            .join("blobs/sha256")
+            .join(d.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let index = read(layout.join("index.json"));
+    let manifest = read(blob(&index["manifests"][0]["digest"]));
+    let mut out = Vec::new();
+    for l in manifest["layers"].as_array().unwrap() {
+        let f = std::fs::File::open(blob(&l["digest"])).unwrap();
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            out.push((
+                e.path().unwrap().to_string_lossy().into_owned(),
+                e.header().size().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn kiln_builds_inside_podman_containers_as_pods_run_it() {
+    // Root in an unprivileged container with the engine's default seccomp profile and
+    // capabilities (podman's, like CRI-O's: sethostname denied, no CAP_MKNOD, no
+    // CAP_SYS_ADMIN), kiln being /kaniko/executor. Found by an acceptance run: every RUN
+    // failed there on sethostname; in chroot mode a non-root step could not write
+    // /dev/null (nodes made 0644), and without CAP_MKNOD `> /dev/null` wrote a file that
+    // landed in the layer.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    if !is_root() {
+        kiln_testkit::report_skip(
+            "podman test runs as root only (rootless podman needs subuid ranges)",
+        );
+        return;
+    }
+    for tool in ["podman", "runc", "ldd"] {
+        if kiln_testkit::which(tool).is_none() && !Path::new("/usr/sbin").join(tool).is_file() {
+            kiln_testkit::report_skip(&format!(
+                "{tool} not installed (./scripts/test.sh installs it)"
+            ));
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    executor_rootfs(&rootfs, Path::new(env!("CARGO_BIN_EXE_kiln")));
+    let ctx = tmp.path().join("ctx");
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!(
+            "FROM {}/library/busybox\n\
+             RUN echo secret-token > /dev/null; echo x > /x\n\
+             USER 65534\n\
+             RUN echo y > /dev/null && echo ok > /tmp/ok\n",
+            reg.addr()
+        ),
+    );
+    let podman = Podman::new();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let vol = |host: &Path, inner: &str| format!("{}:{inner}", host.display());
+    let (ctx_vol, out_vol) = (vol(&ctx, "/workspace:ro"), vol(&out_dir, "/out"));
+    for (name, extra_opts, kiln_args) in [
+        ("default isolation", vec![], vec![]),
+        ("chroot, no CAP_MKNOD", vec![], vec!["--isolation=chroot"]),
+        (
+            "chroot with CAP_MKNOD",
+            vec!["--cap-add", "MKNOD"],
+            vec!["--isolation=chroot"],
+        ),
+    ] {
+        let layout = format!("/out/{}", name.replace([' ', ','], "-"));
+        let mut opts = vec!["-v", &ctx_vol, "-v", &out_vol];
+        opts.extend(extra_opts);
+        opts.push("--rootfs");
+        let mut cmd = vec![
+            "/kaniko/executor",
+            "--context",
+            "dir:///workspace",
+            "--no-push",
+            "--insecure-pull",
+            "--kiln-dir",
+            "/tmp/state",
+            "--oci-layout-path",
+            &layout,
+        ];
+        cmd.extend(kiln_args);
+        podman.run_image(&opts, rootfs.to_str().unwrap(), &cmd);
+        let files = layer_files(&out_dir.join(layout.trim_start_matches("/out/")));
+        let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(names.contains(&"x"), "{name}: {names:?}");
+        assert!(names.contains(&"tmp/ok"), "{name}: {names:?}");
+        assert!(
+            !names.iter().any(|p| p.starts_with("dev/") && *p != "dev/"),
+            "{name}: nothing written to /dev reaches a layer: {names:?}"
+        );
+    }
+}

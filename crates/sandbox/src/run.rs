@@ -484,7 +484,27 @@ fn plan_static(
             }
         }
     } else {
-        warnings.push("chroot isolation without CAP_MKNOD: no device nodes in /dev".into());
+        // No device node can be made: /dev/null becomes an empty regular file any user may
+        // write (and redirections to it work, for root and others), removed after the step
+        // with whatever was written to it; the other nodes are missing.
+        warnings.push(
+            "chroot isolation without CAP_MKNOD: no device nodes in /dev (/dev/null is a \
+             regular file for the step)"
+                .into(),
+        );
+        if std::fs::symlink_metadata(dev.host_path.join("null")).is_err() {
+            let before = stubs.len();
+            let r = root.ensure("/dev/null", Kind::File, stubs)?;
+            if stubs.len() > before {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&r.host_path, std::fs::Permissions::from_mode(0o666))
+                    .map_err(|source| SandboxError::Scratch {
+                        path: r.host_path.clone(),
+                        source,
+                    })?;
+            }
+            excluded.push(r.in_root);
+        }
     }
     for name in ["hosts", "resolv.conf", "hostname"] {
         let target = format!("/etc/{name}");

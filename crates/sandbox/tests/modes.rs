@@ -253,4 +253,13 @@ fn chroot_mode_without_cap_mknod_keeps_nothing_a_step_writes_to_dev() {
         r.path().join("bin/busybox").exists(),
         "the symlink to / was not followed"
     );
+    // /dev/null is a regular file any user may write for the step, gone after it.
+    spec.user.uid = 65534;
+    spec.user.gid = 65534;
+    spec.argv[2] = "echo z > /dev/null && stat -c %a /dev/null".into();
+    let (res, out, err) = run_capture(&spec);
+    let o = res.unwrap_or_else(|e| panic!("{e} {err}"));
+    assert_eq!(o.status, ExitStatus::Code(0), "{err}");
+    assert_eq!(out, "666\n", "{err}");
+    assert!(!dev.join("null").exists());
 }
