@@ -99,6 +99,20 @@ done
 say "git for git contexts: $(find "$gitfs" -type f | wc -l) files, $(size "$gitfs") ($("$git_bin" --version))"
 (cd "$gitfs" && { find . -type f -printf '%10s %p\n'; find . -type l -printf '%10s %p -> %l\n'; } | sort -k2)
 
+# The debug image's shell (`--target debug`, as Kaniko's :debug): a static busybox and a
+# symlink per applet, at /busybox.
+bb=$(command -v busybox || echo /bin/busybox)
+case "$(ldd "$bb" 2>&1 || true)" in
+  *"not a dynamic executable"* | *"statically linked"*) ;;
+  *) die "$bb is not static (apt-get install busybox-static)" ;;
+esac
+mkdir -p "$ctx/busybox"
+cp "$bb" "$ctx/busybox/busybox"
+for applet in $("$bb" --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$ctx/busybox/$applet"
+done
+say "busybox for the debug image: $(size "$ctx/busybox/busybox"), $(ls "$ctx/busybox" | wc -l) names"
+
 # --- 3. loopback registry ------------------------------------------------------------------
 pids=()
 cleanup() {
@@ -155,6 +169,23 @@ cmp "$rootfs/etc/ssl/certs/ca-certificates.crt" "$ca" || die "CA bundle differs"
 done
 [ "$(readlink "$rootfs/usr/lib/git-core/git-remote-https")" = git-remote-http ] ||
   die "/usr/lib/git-core/git-remote-https is not the symlink to git-remote-http"
+cmp "$rootfs/kaniko/ssl/certs/ca-certificates.crt" "$ca" || die "/kaniko/ssl/certs bundle differs"
+[ ! -e "$rootfs/busybox" ] || die "the default image has /busybox (only the debug image should)"
+
+# The debug image: the same plus /busybox (a shell for CI job scripts).
+debug_image=$registry/tools/kiln:debug
+say "kiln build -f Dockerfile.executor --target debug -d $debug_image"
+"$bin" build -c "$ctx" -f "$ctx/Dockerfile" --target debug -d "$debug_image" --insecure \
+  --log-format=text --kiln-dir "$work/state"
+rm -rf "$work/pulled-debug" "$work/bundle-debug"
+skopeo copy --quiet --src-tls-verify=false "docker://$debug_image" "oci:$work/pulled-debug:t"
+umoci unpack --image "$work/pulled-debug:t" "$work/bundle-debug" >/dev/null
+debug_rootfs=$work/bundle-debug/rootfs
+cmp "$debug_rootfs/busybox/busybox" "$bb" || die "debug image: /busybox/busybox differs"
+[ "$(readlink "$debug_rootfs/busybox/sh")" = busybox ] || die "debug image: no /busybox/sh"
+cmp "$debug_rootfs/kaniko/executor" "$bin" || die "debug image: /kaniko/executor differs"
+skopeo inspect --config "docker://$debug_image" --tls-verify=false | grep -q 'PATH=[^"]*:/busybox"' ||
+  die "debug image: /busybox is not on PATH"
 
 # --- 5. the unpacked executor works ----------------------------------------------------------
 exe=$rootfs/kaniko/executor
@@ -214,7 +245,7 @@ in_image() {
   shift
   mkdir -p "$root/proc" "$root/dev"
   env -i PATH=/kiln/bin:/kaniko:/usr/local/bin:/usr/bin:/bin HOME=/root USER=root \
-    SSL_CERT_DIR=/etc/ssl/certs DOCKER_CONFIG=/kaniko/.docker/ KILN_DIR=/kiln "${vars[@]}" \
+    SSL_CERT_DIR=/kaniko/ssl/certs DOCKER_CONFIG=/kaniko/.docker/ KILN_DIR=/kiln "${vars[@]}" \
     IN_IMAGE_ROOT="$root" IN_IMAGE_CA="$ca_over" IN_IMAGE_CHROOT="$(command -v chroot)" \
     "$(command -v unshare)" --mount --propagation private -- /bin/sh -ec '
       r=$IN_IMAGE_ROOT ca=$IN_IMAGE_CA c=$IN_IMAGE_CHROOT
@@ -234,6 +265,15 @@ if [ "$(id -u)" != 0 ]; then
   say "OK: kiln built its own CI image; the image's executor builds images (work dir: $work)"
   exit 0
 fi
+# A CI job script (GitLab's Kaniko recipe) through the debug image's shell: write the registry
+# config, add a CA as a file, run the executor.
+say "in the debug image: /busybox/sh -c 'mkdir -p /kaniko/.docker && … && /kaniko/executor version'"
+in_image "$debug_rootfs" -- /busybox/sh -c 'mkdir -p /kaniko/.docker &&
+  echo "{\"auths\":{}}" > /kaniko/.docker/config.json &&
+  cat /etc/ssl/certs/ca-certificates.crt >> /kaniko/ssl/certs/extra-ca.crt &&
+  /kaniko/executor version' | tee "$work/debug-shell.txt"
+grep -q . "$work/debug-shell.txt" || die "the debug image's shell did not run the executor"
+
 say "in the image: git --version"
 in_image "$rootfs" -- git --version | tee "$work/git-version.txt"
 grep -q '^git version ' "$work/git-version.txt" || die "git --version failed in the image"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real components the integration tests start or call (../shared/TESTING.md).
-packages=(docker-registry skopeo umoci busybox-static apache2-utils uidmap openssl podman runc debootstrap git openssh-client openssh-server bzip2 xz-utils)
+packages=(docker-registry skopeo umoci busybox-static apache2-utils uidmap openssl podman runc debootstrap git openssh-client openssh-server bzip2 xz-utils python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
