@@ -299,7 +299,20 @@ pub fn build(opts: &BuildOptions, out: &dyn Output) -> Result<BuildOutcome, Buil
                 flag: "--custom-platform",
                 message: e.to_string(),
             })?;
-    let plan = plan(&df, &plan_opts).map_err(render)?;
+    let plan = if opts.skip_unused_stages {
+        plan(&df, &plan_opts)
+    } else {
+        kiln_dockerfile::plan_through_target(&df, &plan_opts)
+    }
+    .map_err(render)?;
+    for (i, name) in plan.stage_names.iter().enumerate().take(plan.target) {
+        if plan.stage(i).is_none() {
+            let name = name.as_deref().map_or(String::new(), |n| format!(" ({n})"));
+            out.event(Event::Info(&format!(
+                "skipping stage {i}{name}: the target does not use it (--skip-unused-stages=false builds it)"
+            )));
+        }
+    }
     for a in &plan.unused_build_args {
         out.event(Event::Warning(&format!(
             "build argument {a} was given but no ARG in the stages built declares it"

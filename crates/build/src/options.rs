@@ -103,6 +103,10 @@ pub struct BuildOptions {
     pub single_snapshot: bool,
     /// `--ignore-path` plus `/var/run` when `--ignore-var-run`.
     pub ignore_paths: Vec<String>,
+    /// `--skip-unused-stages` (kiln's default: on, as BuildKit): build only the stages the
+    /// target reads. Off (Kaniko's default), every stage up to the target is built and a
+    /// failing one fails the build.
+    pub skip_unused_stages: bool,
     /// `--isolation` (None: detect).
     pub isolation: Option<String>,
     /// `--secret`.

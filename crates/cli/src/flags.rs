@@ -214,9 +214,11 @@ pub struct BuildFlags {
     /// Kaniko's experimental RUN snapshotter (kiln's differ already works this way).
     #[arg(long = "use-new-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub use_new_run: bool,
-    /// Build only the stages the target needs (always on in kiln).
-    #[arg(long = "skip-unused-stages", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
-    pub skip_unused_stages: bool,
+    /// Build only the stages the target needs (kiln's default, as BuildKit). Kaniko's default
+    /// is false: `--skip-unused-stages=false` builds every stage up to the target, and a
+    /// failing one (a test stage used as a gate) fails the build.
+    #[arg(long = "skip-unused-stages", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
+    pub skip_unused_stages: Option<bool>,
     /// Zero timestamps in layers, config and history.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub reproducible: bool,

@@ -699,10 +699,6 @@ fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
         "--use-new-run has no effect: kiln's snapshotter always compares metadata first",
     );
     say(
-        flags.skip_unused_stages,
-        "--skip-unused-stages has no effect: kiln always builds only the stages the target needs",
-    );
-    say(
         flags.force_build_metadata,
         "--force-build-metadata has no effect: metadata-only instructions never make layers",
     );
@@ -829,6 +825,9 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
             .and_then(|v| crate::flags::parse_go_bool(&v).ok())
             .unwrap_or(false),
         ignore_paths,
+        // kiln's default is BuildKit's (and the maintained Kaniko fork's): unused stages are
+        // skipped unless the caller says false, as a Kaniko pipeline relying on its default may.
+        skip_unused_stages: flags.skip_unused_stages.unwrap_or(true),
         isolation: (!flags.isolation.is_empty()).then(|| flags.isolation.clone()),
         secrets: flags
             .secrets

@@ -67,7 +67,7 @@ pub use instructions::{
 };
 pub use parser::{parse, Ast, Directives, Heredoc, Node};
 pub use plan::{
-    debug_plan, is_proxy_arg, plan, validate_port, validate_signal, Base, FromRef, Plan,
-    PlanOptions, PlannedStage, StageEnv, PROXY_ARGS,
+    debug_plan, is_proxy_arg, plan, plan_through_target, validate_port, validate_signal, Base,
+    FromRef, Plan, PlanOptions, PlannedStage, StageEnv, PROXY_ARGS,
 };
 pub use shell::{EmptyEnv, Env, Expansion, ShellLex};

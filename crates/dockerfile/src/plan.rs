@@ -103,7 +103,8 @@ pub struct PlannedStage {
 /// The resolved build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Needed stages in dependency order (ascending original index; deps come first).
+    /// Stages to build in dependency order (ascending original index; deps come first): the
+    /// ones the target needs, or every one up to the target ([`plan_through_target`]).
     pub stages: Vec<PlannedStage>,
     /// Original index of the target stage (the last element of `stages`).
     pub target: usize,
@@ -208,8 +209,22 @@ impl Env for ArgScope {
     }
 }
 
-/// Resolves stages, target and args.
+/// Resolves stages, target and args, keeping only the stages the target reads (directly or
+/// through other stages): BuildKit's behaviour and kiln's default.
 pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
+    plan_stages(df, opts, false)
+}
+
+/// Like [`plan`], but keeps every stage from the first up to the target, whether the target
+/// reads it or not: Kaniko's `--skip-unused-stages=false` (its default), whose help says it
+/// "builds by default all stages, even the unnecessaries ones until it reaches the target
+/// stage". Stages after the target are not built (Kaniko stops at the target too). A stage
+/// used as a gate (`FROM build AS test` + `RUN make test`) then fails the build.
+pub fn plan_through_target(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
+    plan_stages(df, opts, true)
+}
+
+fn plan_stages(df: &Dockerfile, opts: &PlanOptions, all_to_target: bool) -> Result<Plan, Error> {
     let escape = df.directives.escape;
     let lex = ShellLex::new(escape);
     let mut globals = ArgScope::default();
@@ -276,7 +291,11 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, Error> {
         declared: &mut declared,
     };
     let mut planned: Vec<Option<PlannedStage>> = vec![None; df.stages.len()];
-    let mut stack = vec![target];
+    let mut stack: Vec<usize> = if all_to_target {
+        (0..=target).rev().collect()
+    } else {
+        vec![target]
+    };
     while let Some(i) = stack.pop() {
         if planned[i].is_some() {
             continue;
@@ -1106,6 +1125,30 @@ mod tests {
         let idx = p.stages.iter().map(|s| s.index).collect();
         let deps = p.stage(p.target).expect("target planned").deps.clone();
         (idx, deps)
+    }
+
+    /// Kaniko's `--skip-unused-stages=false`: every stage up to the target, none after it;
+    /// [`plan`] keeps only what the target reads.
+    #[test]
+    fn through_target_keeps_unused_stages_before_the_target_only() {
+        let src = "FROM scratch AS build\nCOPY f /f\n\
+                   FROM build AS test\nCOPY t /t\n\
+                   FROM scratch AS final\nCOPY --from=build /f /f\n\
+                   FROM scratch AS later\nCOPY l /l\n";
+        let df = parse_dockerfile(src.as_bytes()).expect("parse");
+        let mut o = opts(&[]);
+        o.target = Some("final".into());
+        let idx = |p: Plan| p.stages.iter().map(|s| s.index).collect::<Vec<_>>();
+        assert_eq!(idx(plan(&df, &o).expect("plan")), vec![0, 2]);
+        let all = plan_through_target(&df, &o).expect("plan");
+        assert_eq!(all.target, 2);
+        assert_eq!(all.stage(1).expect("test planned").deps, vec![0]);
+        assert_eq!(idx(all), vec![0, 1, 2]);
+        o.target = None;
+        assert_eq!(
+            idx(plan_through_target(&df, &o).expect("plan")),
+            vec![0, 1, 2, 3]
+        );
     }
 
     /// The regression: the stage named only through an ENV of the parent stage was pruned

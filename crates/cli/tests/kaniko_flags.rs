@@ -1,0 +1,77 @@
+//! Kaniko executor flags whose meaning a pipeline relies on, each found by an acceptance run of
+//! kiln as a Kaniko drop-in (the test names say what was wrong).
+
+use kiln_testkit::Project;
+
+fn kiln(args: &[String]) -> (bool, String) {
+    kiln_testkit::status_and_stderr(env!("CARGO_BIN_EXE_kiln"), args)
+}
+
+/// A gate stage the target does not read: `test` fails (its COPY source does not exist).
+/// `later` comes after the target and fails too, so building it would show.
+fn gated_project() -> Project {
+    let p = Project::new(
+        "FROM scratch AS build\nCOPY payload /payload\n\
+         FROM build AS test\nCOPY no-such-test-input /t\n\
+         FROM scratch AS final\nCOPY --from=build /payload /p\n\
+         FROM scratch AS later\nCOPY no-such-later-input /l\n",
+    );
+    std::fs::write(p.ctx.join("payload"), b"built\n").expect("write payload");
+    p
+}
+
+#[test]
+fn skip_unused_stages_false_builds_every_stage_up_to_the_target() {
+    let p = gated_project();
+    let build = |extra: &[&str]| {
+        let mut a = vec!["--target", "final"];
+        a.extend_from_slice(extra);
+        kiln(&p.build_args("state", &a))
+    };
+    // kiln's default (BuildKit's): the gate is skipped, and the log says so.
+    let (ok, err) = build(&[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("skipping stage 1 (test): the target does not use it"),
+        "{err}"
+    );
+    let (ok, err) = build(&["--skip-unused-stages=true"]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("has no effect"), "{err}");
+    // Kaniko's default, said explicitly: the gate runs and fails the build; the stage after
+    // the target does not run.
+    let (ok, err) = build(&["--skip-unused-stages=false"]);
+    assert!(!ok, "the failing gate stage was not built: {err}");
+    assert!(err.contains("no-such-test-input"), "{err}");
+    assert!(!err.contains("no-such-later-input"), "{err}");
+    assert!(!err.contains("skipping stage"), "{err}");
+    // As `executor` (Kaniko's spelling, bare flag = true) the default is kept too.
+    let (ok, err) = build(&["--skip-unused-stages"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn skip_unused_stages_false_with_a_passing_gate_builds_the_target() {
+    let p = Project::new(
+        "FROM scratch AS build\nCOPY payload /payload\n\
+         FROM build AS test\nCOPY payload /checked\n\
+         FROM scratch\nCOPY --from=build /payload /p\n",
+    );
+    std::fs::write(p.ctx.join("payload"), b"built\n").expect("write payload");
+    let layout = p.path("layout");
+    let layout_arg = layout.display().to_string();
+    let (ok, err) = kiln(&p.build_args(
+        "state",
+        &[
+            "--skip-unused-stages=false",
+            "--oci-layout-path",
+            &layout_arg,
+        ],
+    ));
+    assert!(ok, "{err}");
+    // All three stages ran; the image is the last one's.
+    assert!(err.contains("[stage 3/3"), "{err}");
+    let files = kiln_testkit::layout::flatten(&layout);
+    assert!(files.contains_key("p"), "{:?}", files.keys());
+    assert!(!files.contains_key("checked"), "{:?}", files.keys());
+}
