@@ -234,11 +234,14 @@ pub struct BuildFlags {
     /// (as docker build does) unless this is given explicitly.
     #[arg(long = "ignore-var-run", alias = "whitelist-var-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub ignore_var_run: Option<bool>,
-    /// Kaniko's work directory (kiln's state lives in --kiln-dir).
-    #[arg(long = "kaniko-dir", env = "KANIKO_DIR", default_value = "/kaniko")]
-    pub kaniko_dir: String,
-    /// kiln's state directory (rootfs, blobs, cache). Default: $XDG_CACHE_HOME/kiln, or /kiln in the executor image.
-    #[arg(long = "kiln-dir", env = "KILN_DIR")]
+    /// Kaniko's work directory [env: KANIKO_DIR]: kiln keeps its state there when neither
+    /// --kiln-dir nor KILN_DIR says otherwise (order: --kiln-dir, --kaniko-dir, KILN_DIR,
+    /// KANIKO_DIR).
+    #[arg(long = "kaniko-dir")]
+    pub kaniko_dir: Option<PathBuf>,
+    /// kiln's state directory (rootfs, blobs, cache) [env: KILN_DIR]. Default:
+    /// $XDG_CACHE_HOME/kiln, or /kiln in the executor image.
+    #[arg(long = "kiln-dir")]
     pub kiln_dir: Option<PathBuf>,
     /// Allow building on the live root file system outside a detected container.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]

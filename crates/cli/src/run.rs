@@ -474,17 +474,37 @@ fn opt_path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
-/// The state directory: `--kiln-dir`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`,
-/// else `/kiln` (the executor image, where HOME may be unset).
-/// The state directory a build with these flags uses.
+/// The state directory a build with these flags uses ([`build_state_dir`] with the
+/// process's environment).
 pub fn state_dir_of(flags: &BuildFlags) -> PathBuf {
     state_dir(flags)
 }
 
 fn state_dir(flags: &BuildFlags) -> PathBuf {
-    default_state_dir(flags.kiln_dir.as_ref())
+    build_state_dir(flags, &|k| std::env::var_os(k))
 }
 
+/// A build's state directory: `--kiln-dir`, `--kaniko-dir`, `$KILN_DIR`, `$KANIKO_DIR`, in that
+/// order (a flag on the command line is the job's own choice and beats an image's
+/// environment; at each level kiln's name beats Kaniko's), else [`default_state_dir`]. Kaniko
+/// keeps all its work files under `--kaniko-dir`/`KANIKO_DIR`: a job pointing it at a
+/// scratch volume gets kiln's state there too, not in `$HOME`.
+fn build_state_dir(
+    flags: &BuildFlags,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> PathBuf {
+    let from_env = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let given = flags
+        .kiln_dir
+        .clone()
+        .or_else(|| flags.kaniko_dir.clone())
+        .or_else(|| from_env("KILN_DIR"))
+        .or_else(|| from_env("KANIKO_DIR"));
+    default_state_dir(given.as_ref())
+}
+
+/// The state directory: the given one, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`,
+/// else `/kiln` (the executor image, where HOME may be unset).
 fn default_state_dir(given: Option<&PathBuf>) -> PathBuf {
     if let Some(d) = given {
         return d.clone();
@@ -702,10 +722,16 @@ fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
         flags.force_build_metadata,
         "--force-build-metadata has no effect: metadata-only instructions never make layers",
     );
-    say(
-        flags.kaniko_dir != "/kaniko",
-        "--kaniko-dir has no effect: kiln keeps its state in --kiln-dir",
-    );
+    if let (Some(kiln), Some(kaniko)) = (&flags.kiln_dir, &flags.kaniko_dir) {
+        say(
+            kiln != kaniko,
+            &format!(
+                "--kaniko-dir {} is not used: --kiln-dir {} is given",
+                kaniko.display(),
+                kiln.display()
+            ),
+        );
+    }
     say(
         flags.registry.image_fs_extract_retry > 0,
         "--image-fs-extract-retry has no effect: extraction reads verified local blobs",
@@ -1171,6 +1197,50 @@ fn remove_own_dirs(state: &Path) {
                 let _ = kiln_build::remove_tree(&e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod state_dir_tests {
+    use super::build_state_dir;
+    use crate::flags::{BuildFlags, Cli, Command};
+    use clap::Parser;
+    use std::path::PathBuf;
+
+    fn flags(args: &[&str]) -> BuildFlags {
+        let mut argv = vec!["kiln", "build"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Build(b) => *b,
+            other => panic!("not build: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kaniko_dir_is_the_state_dir_unless_kilns_own_is_given() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let dir = |args: &[&str], vars: &'static [(&'static str, &'static str)]| {
+            build_state_dir(&flags(args), &env(vars))
+        };
+        let both: &[(&str, &str)] = &[("KILN_DIR", "/e/kiln"), ("KANIKO_DIR", "/e/kaniko")];
+        let kaniko_env: &[(&str, &str)] = &[("KANIKO_DIR", "/e/kaniko")];
+        let empty_kiln: &[(&str, &str)] = &[("KILN_DIR", ""), ("KANIKO_DIR", "/e/kaniko")];
+        let p = PathBuf::from;
+        assert_eq!(
+            dir(&["--kiln-dir", "/f/kiln", "--kaniko-dir", "/f/k"], both),
+            p("/f/kiln")
+        );
+        assert_eq!(dir(&["--kaniko-dir", "/f/k"], both), p("/f/k"));
+        assert_eq!(dir(&[], both), p("/e/kiln"));
+        assert_eq!(dir(&[], kaniko_env), p("/e/kaniko"));
+        assert_eq!(dir(&[], empty_kiln), p("/e/kaniko"));
+        assert_eq!(dir(&["--kiln-dir=/f/kiln"], kaniko_env), p("/f/kiln"));
     }
 }
 

@@ -75,3 +75,70 @@ fn skip_unused_stages_false_with_a_passing_gate_builds_the_target() {
     assert!(files.contains_key("p"), "{:?}", files.keys());
     assert!(!files.contains_key("checked"), "{:?}", files.keys());
 }
+
+/// Runs the binary with `args` and `env` set (and kiln's own state variables cleared), HOME a
+/// fresh directory so the default state dir is known.
+fn kiln_env(args: &[String], env: &[(&str, &std::path::Path)]) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args)
+        .env_remove("KILN_DIR")
+        .env_remove("KANIKO_DIR")
+        .env_remove("XDG_CACHE_HOME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running kiln");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kaniko_dir_holds_the_state_when_kilns_own_is_not_given() {
+    let p = Project::new("FROM scratch\nCOPY payload /payload\n");
+    std::fs::write(p.ctx.join("payload"), b"x\n").expect("write payload");
+    let home = p.path("home");
+    std::fs::create_dir_all(&home).expect("mkdir home");
+    // Project::build_args without its --kiln-dir.
+    let mut args = p.build_args("unused", &[]);
+    let at = args
+        .iter()
+        .position(|a| a == "--kiln-dir")
+        .expect("--kiln-dir");
+    args.drain(at..at + 2);
+    let used = |dir: &std::path::Path| dir.join("blobs").is_dir();
+
+    // KANIKO_DIR alone: kiln's state goes there, not to $HOME/.cache/kiln.
+    let kd = p.path("kaniko-env");
+    let (ok, err) = kiln_env(&args, &[("HOME", &home), ("KANIKO_DIR", &kd)]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("has no effect"), "{err}");
+    assert!(used(&kd), "KANIKO_DIR was not used: {err}");
+    assert!(!home.join(".cache/kiln").exists(), "state went to $HOME");
+
+    // --kaniko-dir (a flag) beats KILN_DIR (an image's environment).
+    let flag = p.path("kaniko-flag");
+    let kiln_env_dir = p.path("kiln-env");
+    let mut with_flag = args.clone();
+    with_flag.extend(["--kaniko-dir".into(), flag.display().to_string()]);
+    let (ok, err) = kiln_env(
+        &with_flag,
+        &[
+            ("HOME", &home),
+            ("KILN_DIR", &kiln_env_dir),
+            ("KANIKO_DIR", &kd),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(used(&flag), "--kaniko-dir was not used: {err}");
+    assert!(!used(&kiln_env_dir), "{err}");
+
+    // --kiln-dir beats --kaniko-dir, and says the other is not used.
+    let kiln_flag = p.path("kiln-flag");
+    with_flag.extend(["--kiln-dir".into(), kiln_flag.display().to_string()]);
+    let (ok, err) = kiln_env(&with_flag, &[("HOME", &home)]);
+    assert!(ok, "{err}");
+    assert!(used(&kiln_flag), "{err}");
+    assert!(err.contains("is not used: --kiln-dir"), "{err}");
+}
