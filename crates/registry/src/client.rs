@@ -145,12 +145,21 @@ impl Ctx {
     }
 
     fn transport(&self, e: reqwest::Error, attempts: u32) -> RegistryError {
+        let mut detail = error_chain(&e.without_url());
+        if certificate_error(&detail) {
+            detail.push_str(&format!(
+                " (a private CA or self-signed certificate: give its CA with \
+                 --registry-certificate {0}=CA.pem, or skip verification for this registry \
+                 with --skip-tls-verify-registry {0})",
+                self.registry
+            ));
+        }
         RegistryError::Transport {
             operation: self.op,
             registry: self.registry.clone(),
             repository: self.repository.clone(),
             attempts,
-            detail: error_chain(&e.without_url()),
+            detail,
         }
     }
 }
@@ -368,7 +377,15 @@ fn retryable_status(s: StatusCode) -> bool {
 }
 
 fn retryable_error(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+    // A certificate the client does not trust stays untrusted: no retry.
+    (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+        && !certificate_error(&error_chain(e))
+}
+
+/// Whether a transport error's chain says the server's certificate was refused (rustls:
+/// "invalid peer certificate: UnknownIssuer", "…: NotValidForName", "…: Expired").
+fn certificate_error(chain: &str) -> bool {
+    chain.contains("invalid peer certificate")
 }
 
 /// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
@@ -570,9 +587,11 @@ impl Client {
         let http = self.http_for(&ctx.registry, ctx.dir)?;
         let allow_http =
             self.cfg.allows_http(&ctx.registry, ctx.dir) || is_loopback_host(&ctx.host);
-        let mut last_err = None;
+        let mut last_err: Option<reqwest::Error> = None;
         let attempts = self.cfg.retry.retries(ctx.dir) + 1;
+        let mut tried = 0;
         'attempts: for attempt in 0..attempts {
+            tried = attempt + 1;
             for scheme in ["https", "http"] {
                 if scheme == "http" && !allow_http {
                     continue;
@@ -605,12 +624,19 @@ impl Client {
                     Err(e) => last_err = Some(e),
                 }
             }
+            // An untrusted certificate stays untrusted: no retry.
+            if last_err
+                .as_ref()
+                .is_some_and(|e| certificate_error(&error_chain(e)))
+            {
+                break;
+            }
             if attempt + 1 < attempts {
                 std::thread::sleep(self.cfg.retry.backoff(attempt));
             }
         }
         Err(match last_err {
-            Some(e) => ping.transport(e, attempts),
+            Some(e) => ping.transport(e, tried),
             None => ping.protocol("no usable scheme"),
         })
     }

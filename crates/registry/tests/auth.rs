@@ -51,11 +51,18 @@ fn basic_auth_over_tls_with_config_json_and_helper() {
     assert!(err.to_string().contains(reg.addr()));
 
     // Without the CA the certificate is rejected; with skip-verify it is accepted.
+    // Not retried (an untrusted certificate stays untrusted), and the message says what to do.
     let no_ca = Client::new(config(), CredentialSource::default());
-    assert!(matches!(
-        no_ca.pull_manifest(&base),
-        Err(RegistryError::Transport { .. })
-    ));
+    let err = no_ca.pull_manifest(&base).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Transport { attempts: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("--registry-certificate {}=CA.pem", reg.addr())),
+        "{err}"
+    );
 
     // Wrong password: Unauthorized, and the password is in no message.
     let wrong = Client::new(
