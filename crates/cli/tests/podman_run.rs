@@ -106,6 +106,26 @@ impl Drop for Podman {
     }
 }
 
+/// Whether podman tests can run here (root, and `tools` installed); reports the skip if not.
+fn podman_usable(tools: &[&str]) -> bool {
+    if !is_root() {
+        // Rootless podman needs /etc/subuid ranges and a user session; CI runs as root.
+        kiln_testkit::report_skip(
+            "podman test runs as root only (rootless podman needs subuid ranges)",
+        );
+        return false;
+    }
+    for tool in tools {
+        if kiln_testkit::which(tool).is_none() && !Path::new("/usr/sbin").join(tool).is_file() {
+            kiln_testkit::report_skip(&format!(
+                "{tool} not installed (./scripts/test.sh installs it)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // The owner of /proc/self is the process's effective uid (proc(5)).
@@ -116,20 +136,8 @@ fn is_root() -> bool {
 fn kiln_image_runs_under_podman() {
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
-    if !is_root() {
-        // Rootless podman needs /etc/subuid ranges and a user session; CI runs as root.
-        kiln_testkit::report_skip(
-            "podman test runs as root only (rootless podman needs subuid ranges)",
-        );
+    if !podman_usable(&["podman", "runc"]) {
         return;
-    }
-    for tool in ["podman", "runc"] {
-        if kiln_testkit::which(tool).is_none() && !Path::new("/usr/sbin").join(tool).is_file() {
-            kiln_testkit::report_skip(&format!(
-                "{tool} not installed (./scripts/test.sh installs it)"
-            ));
-            return;
-        }
     }
 
     let tmp = tempfile::tempdir().unwrap();
@@ -250,19 +258,8 @@ fn kiln_builds_inside_podman_containers_as_pods_run_it() {
     // landed in the layer.
     let reg = require!(Registry::start());
     require!(push_busybox(&reg, "library/busybox"));
-    if !is_root() {
-        kiln_testkit::report_skip(
-            "podman test runs as root only (rootless podman needs subuid ranges)",
-        );
+    if !podman_usable(&["podman", "runc", "ldd"]) {
         return;
-    }
-    for tool in ["podman", "runc", "ldd"] {
-        if kiln_testkit::which(tool).is_none() && !Path::new("/usr/sbin").join(tool).is_file() {
-            kiln_testkit::report_skip(&format!(
-                "{tool} not installed (./scripts/test.sh installs it)"
-            ));
-            return;
-        }
     }
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = tmp.path().join("rootfs");

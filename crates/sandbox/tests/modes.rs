@@ -9,11 +9,7 @@ use kiln_sandbox::{ExitStatus, Isolation, Mount, RunSpec};
 
 #[test]
 fn chroot_mode_runs_kills_leftovers_and_cleans_stubs() {
-    if !busybox_available() {
-        return;
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        println!("skipped: chroot isolation needs root");
+    if !chroot_testable() {
         return;
     }
     let r = busybox_rootfs();
@@ -105,23 +101,10 @@ fn container_mode_runs_on_slash_and_reaps_daemons() {
 fn chroot_mode_without_cap_sys_admin_creates_and_removes_static_files() {
     // A pod: root with CAP_SYS_CHROOT and CAP_MKNOD but no CAP_SYS_ADMIN. The capability set
     // is read from HostPaths.proc, redirected here to a fake status file.
-    if !busybox_available() {
+    if !chroot_testable() {
         return;
     }
-    if !nix::unistd::Uid::effective().is_root() {
-        println!("skipped: chroot isolation needs root");
-        return;
-    }
-    let fake = tempfile::tempdir().expect("fake proc");
-    std::fs::create_dir(fake.path().join("self")).expect("mkdir");
-    let caps: u64 = 0x1ff_ffff_ffff & !(1 << 21);
-    std::fs::write(
-        fake.path().join("self/status"),
-        format!("CapEff:\t{caps:016x}\n"),
-    )
-    .expect("status");
-    std::os::unix::fs::symlink("/proc/thread-self", fake.path().join("thread-self"))
-        .expect("symlink");
+    let fake = fake_proc(0x1ff_ffff_ffff & !(1 << 21));
     let r = busybox_rootfs();
     let mut spec = sh(
         r.path(),
@@ -161,6 +144,18 @@ fn chroot_mode_without_cap_sys_admin_creates_and_removes_static_files() {
     assert!(!r.path().join("dev").exists());
 }
 
+/// Whether chroot-mode tests can run here (busybox, root); says why not.
+fn chroot_testable() -> bool {
+    if !busybox_available() {
+        return false;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: chroot isolation needs root");
+        return false;
+    }
+    true
+}
+
 /// A fake /proc whose status has `caps` as CapEff (what chroot mode reads to pick its plan).
 fn fake_proc(caps: u64) -> tempfile::TempDir {
     let fake = tempfile::tempdir().expect("fake proc");
@@ -179,11 +174,7 @@ fn fake_proc(caps: u64) -> tempfile::TempDir {
 fn chroot_mode_without_cap_sys_admin_device_nodes_are_writable_by_any_user() {
     // mknod(2) applies the umask: the nodes were 0644, so a non-root step could not write
     // /dev/null (apt-get's helpers run as _apt and failed).
-    if !busybox_available() {
-        return;
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        println!("skipped: chroot isolation needs root");
+    if !chroot_testable() {
         return;
     }
     let fake = fake_proc(0x1ff_ffff_ffff & !(1 << 21));
@@ -207,11 +198,7 @@ fn chroot_mode_without_cap_mknod_keeps_nothing_a_step_writes_to_dev() {
     // No CAP_SYS_ADMIN (no tmpfs on /dev) and no CAP_MKNOD (no device nodes): `> /dev/null`
     // writes a regular file, which must not stay in the rootfs (the layer would publish
     // what was sent to it); what the base had in /dev stays, with its mtime.
-    if !busybox_available() {
-        return;
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        println!("skipped: chroot isolation needs root");
+    if !chroot_testable() {
         return;
     }
     let fake = fake_proc(0x1ff_ffff_ffff & !(1 << 21) & !(1 << 27));
