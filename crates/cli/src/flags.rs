@@ -57,6 +57,17 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The logging flags of a command that takes them.
+    pub fn log_flags(&self) -> Option<&LogFlags> {
+        match self {
+            Command::Build(b) => Some(&b.log),
+            Command::Warm(w) => Some(&w.log),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DebugCommand {
     /// Print the parsed AST in BuildKit's `Node.Dump()` notation.
@@ -262,12 +273,20 @@ pub struct BuildFlags {
     #[command(flatten)]
     pub registry: RegistryFlags,
 
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+/// Kaniko's logging flags, shared by `build` and `warm` (its executor and warmer take both).
+#[derive(Debug, Clone, Args)]
+pub struct LogFlags {
     /// Log level: trace, debug, info, warn, error, fatal, panic.
     #[arg(short = 'v', long, default_value = "info")]
     pub verbosity: String,
-    /// Log format: text, color or json.
-    #[arg(long = "log-format", default_value = "color")]
-    pub log_format: String,
+    /// Log format: text, color or json (default: color at a terminal, else text; `color`
+    /// forces colours, as Kaniko's default does).
+    #[arg(long = "log-format")]
+    pub log_format: Option<String>,
     /// Timestamps in log lines.
     #[arg(long = "log-timestamp", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub log_timestamp: bool,
@@ -389,9 +408,8 @@ pub struct WarmFlags {
     /// os/arch[/variant] to pick from indexes.
     #[arg(long = "customPlatform", alias = "custom-platform")]
     pub custom_platform: Option<String>,
-    /// Log level (accepted for Kaniko compatibility).
-    #[arg(short = 'v', long, default_value = "info")]
-    pub verbosity: String,
+    #[command(flatten)]
+    pub log: LogFlags,
     #[command(flatten)]
     pub registry: RegistryFlags,
 }

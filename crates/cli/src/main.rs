@@ -21,11 +21,22 @@ fn main() -> ExitCode {
         // build's directories (which may hold secrets for a running RUN) before exiting.
         run::cleanup_on_signals(&run::state_dir_of(b));
     }
+    // The error that ends the run is printed in the log's format (a JSON line with
+    // --log-format=json, as every other line then is).
+    let log = cli.command.log_flags().map(|l| {
+        let format = run::log_format(l).unwrap_or(render::Format::Text);
+        (format, l.log_timestamp)
+    });
     match run::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            ExitCode::from(run::exit_code(&e))
+            let code = run::exit_code(&e);
+            let (format, timestamps) = log.unwrap_or((render::Format::Text, false));
+            eprintln!(
+                "{}",
+                render::error_line(format, timestamps, &error_chain(&e), code)
+            );
+            ExitCode::from(code)
         }
     }
 }

@@ -1,6 +1,13 @@
 //! Renders build events for a person (text or colour) or a machine (JSON lines).
+//!
+//! With `--log-format=json` every line on stderr is one JSON object with an `event` field:
+//! kiln's own events (`step`, `step_done`, `output`, `warning`, `info`, `summary`), the
+//! libraries' log lines (`log`, with `level`), and the error that ends a failed run (`error`);
+//! the text is in `text`, and `time` (Unix seconds) is there with `--log-timestamp`.
+//! docs/ci.md ("Logs") describes it for pipelines.
 
 use kiln_build::output::{Event, Output};
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -12,20 +19,139 @@ pub enum Format {
     Json,
 }
 
-/// Prints events to stderr (RUN output to stdout, as `docker build --progress=plain` users expect
-/// it interleaved with the headers: both go to stderr here, so order is kept).
+impl Format {
+    /// `--log-format`: `text`, `color` (colours wherever the output goes, as Kaniko's
+    /// `color` does) or `json`; not given, colours only for a person at a terminal, so a CI
+    /// log gets no escape codes.
+    pub fn choose(flag: Option<&str>, terminal: bool) -> Result<Format, String> {
+        match flag {
+            Some("text") => Ok(Format::Text),
+            Some("color") => Ok(Format::Color),
+            Some("json") => Ok(Format::Json),
+            Some(other) => Err(format!(
+                "invalid --log-format {other:?}: use text, color or json"
+            )),
+            None if terminal => Ok(Format::Color),
+            None => Ok(Format::Text),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, with milliseconds.
+fn now() -> f64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_millis() as f64) / 1000.0
+}
+
+/// One JSON line: `fields` with `event` (and `time` when asked for) added.
+fn json_line(kind: &str, fields: serde_json::Value, timestamps: bool) -> String {
+    let mut v = fields;
+    v["event"] = serde_json::Value::from(kind);
+    if timestamps {
+        v["time"] = serde_json::Value::from(now());
+    }
+    v.to_string()
+}
+
+/// The line that reports the error ending a run: `error: …`, or a JSON `error` event.
+pub fn error_line(format: Format, timestamps: bool, message: &str, exit_code: u8) -> String {
+    match format {
+        Format::Json => json_line(
+            "error",
+            serde_json::json!({ "text": message, "exit_code": exit_code }),
+            timestamps,
+        ),
+        _ => format!("error: {message}"),
+    }
+}
+
+/// The libraries' `tracing` events as JSON lines of the renderer's shape
+/// (`{"event":"log","level":"info","text":"pushed blob … digest=sha256:…"}`), instead of
+/// tracing-subscriber's own JSON (`{"timestamp","level","fields":{…}}`): one shape per stream.
+pub struct JsonLog {
+    pub timestamps: bool,
+}
+
+/// Collects an event's message and its other fields as `key=value`, as the text format shows.
+#[derive(Default)]
+struct Fields(String, String);
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            self.1.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.push_str(&format!("{value:?}"));
+        } else {
+            self.1.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let level = event.metadata().level().as_str().to_ascii_lowercase();
+        let line = json_line(
+            "log",
+            serde_json::json!({ "level": level, "text": format!("{}{}", f.0, f.1) }),
+            self.timestamps,
+        );
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Where the renderer writes: stderr, or a buffer in tests.
+type Sink = Box<dyn Write + Send>;
+
+/// What the renderer remembers across events: the warnings already shown, so one repeated
+/// for every RUN step (the same text each time) is shown once, and how many repeats were
+/// not shown (the summary says it).
+struct State {
+    out: Sink,
+    warned: HashSet<String>,
+    repeats: usize,
+}
+
+/// Prints events to stderr (RUN output too, so its order against the step headers is kept).
 pub struct Renderer {
     format: Format,
     timestamps: bool,
-    lock: Mutex<()>,
+    state: Mutex<State>,
 }
 
 impl Renderer {
     pub fn new(format: Format, timestamps: bool) -> Renderer {
+        Renderer::with_sink(format, timestamps, Box::new(std::io::stderr()))
+    }
+
+    fn with_sink(format: Format, timestamps: bool, out: Sink) -> Renderer {
         Renderer {
             format,
             timestamps,
-            lock: Mutex::new(()),
+            state: Mutex::new(State {
+                out,
+                warned: HashSet::new(),
+                repeats: 0,
+            }),
         }
     }
 
@@ -39,17 +165,24 @@ impl Renderer {
         format!("[{}.{:03}] ", now.as_secs(), now.subsec_millis())
     }
 
-    fn json(&self, kind: &str, fields: serde_json::Value) {
-        let mut v = fields;
-        v["event"] = serde_json::Value::from(kind);
-        let _ = writeln!(std::io::stderr(), "{v}");
+    fn json(&self, err: &mut dyn Write, kind: &str, fields: serde_json::Value) {
+        let _ = writeln!(err, "{}", json_line(kind, fields, self.timestamps));
     }
 }
 
 impl Output for Renderer {
     fn event(&self, event: Event<'_>) {
-        let _guard = self.lock.lock();
-        let mut err = std::io::stderr().lock();
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *guard;
+        // A warning with the text of one already shown is counted, not repeated.
+        if let Event::Warning(text) = &event {
+            if !state.warned.insert(text.to_string()) {
+                state.repeats += 1;
+                return;
+            }
+        }
+        let repeats = state.repeats;
+        let err: &mut dyn Write = &mut state.out;
         let (bold, dim, yellow, reset) = if self.format == Format::Color {
             ("\x1b[1m", "\x1b[2m", "\x1b[33m", "\x1b[0m")
         } else {
@@ -65,6 +198,7 @@ impl Output for Renderer {
             } => {
                 if self.format == Format::Json {
                     return self.json(
+                        err,
                         "step",
                         serde_json::json!({"stage": stage, "stages": stages, "step": step, "steps": steps, "text": text}),
                     );
@@ -81,6 +215,7 @@ impl Output for Renderer {
             } => {
                 if self.format == Format::Json {
                     return self.json(
+                        err,
                         "step_done",
                         serde_json::json!({"seconds": elapsed.as_secs_f64(), "layer_size": layer_size}),
                     );
@@ -98,6 +233,7 @@ impl Output for Renderer {
             Event::RunOutput { stderr, bytes } => {
                 if self.format == Format::Json {
                     return self.json(
+                        err,
                         "output",
                         serde_json::json!({"stderr": stderr, "text": String::from_utf8_lossy(bytes)}),
                     );
@@ -106,13 +242,13 @@ impl Output for Renderer {
             }
             Event::Warning(text) => {
                 if self.format == Format::Json {
-                    return self.json("warning", serde_json::json!({ "text": text }));
+                    return self.json(err, "warning", serde_json::json!({ "text": text }));
                 }
                 let _ = writeln!(err, "{}{yellow}warning:{reset} {text}", self.prefix());
             }
             Event::Info(text) => {
                 if self.format == Format::Json {
-                    return self.json("info", serde_json::json!({ "text": text }));
+                    return self.json(err, "info", serde_json::json!({ "text": text }));
                 }
                 let _ = writeln!(err, "{}{text}", self.prefix());
             }
@@ -124,8 +260,17 @@ impl Output for Renderer {
             } => {
                 if self.format == Format::Json {
                     return self.json(
+                        err,
                         "summary",
-                        serde_json::json!({"digest": digest, "size": size, "layers": layers, "seconds": elapsed.as_secs_f64()}),
+                        serde_json::json!({"digest": digest, "size": size, "layers": layers, "seconds": elapsed.as_secs_f64(), "repeated_warnings": repeats}),
+                    );
+                }
+                if repeats > 0 {
+                    let _ = writeln!(
+                        err,
+                        "{}{repeats} repeated warning{} not shown again",
+                        self.prefix(),
+                        if repeats == 1 { "" } else { "s" }
                     );
                 }
                 let _ = writeln!(
@@ -153,5 +298,90 @@ pub fn human(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn render(format: Format, events: &[Event<'_>]) -> String {
+        let buf = Buf::default();
+        let r = Renderer::with_sink(format, false, Box::new(buf.clone()));
+        for e in events {
+            r.event(e.clone());
+        }
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    const SUMMARY: Event<'static> = Event::Summary {
+        digest: "sha256:00",
+        size: 1,
+        layers: 1,
+        elapsed: std::time::Duration::from_millis(10),
+    };
+
+    #[test]
+    fn a_repeated_warning_is_shown_once_and_counted() {
+        let proc = Event::Warning("chroot isolation without CAP_SYS_ADMIN: no /proc in the step");
+        let other = Event::Warning("something else");
+        let events = [proc.clone(), proc.clone(), other, proc, SUMMARY];
+        let text = render(Format::Text, &events);
+        assert_eq!(text.matches("no /proc in the step").count(), 1, "{text}");
+        assert_eq!(text.matches("something else").count(), 1, "{text}");
+        assert!(
+            text.contains("2 repeated warnings not shown again"),
+            "{text}"
+        );
+        let json = render(Format::Json, &events);
+        let last: serde_json::Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+        assert_eq!(last["event"], "summary");
+        assert_eq!(last["repeated_warnings"], 2);
+        assert_eq!(json.lines().count(), 3, "{json}");
+    }
+
+    #[test]
+    fn colours_only_when_asked_or_at_a_terminal() {
+        assert_eq!(Format::choose(None, false), Ok(Format::Text));
+        assert_eq!(Format::choose(None, true), Ok(Format::Color));
+        assert_eq!(Format::choose(Some("color"), false), Ok(Format::Color));
+        assert_eq!(Format::choose(Some("text"), true), Ok(Format::Text));
+        assert!(Format::choose(Some("yaml"), true).is_err());
+        let step = Event::Step {
+            stage: 1,
+            stages: 1,
+            step: 1,
+            steps: 1,
+            text: "RUN x",
+        };
+        assert!(render(Format::Color, std::slice::from_ref(&step)).contains("\x1b["));
+        assert!(!render(Format::Text, &[step, SUMMARY]).contains('\x1b'));
+    }
+
+    #[test]
+    fn the_error_is_a_json_event_in_json_mode() {
+        let line = error_line(Format::Json, false, "./Dockerfile:3: COPY: \"x\"\nmore", 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "error");
+        assert_eq!(v["text"], "./Dockerfile:3: COPY: \"x\"\nmore");
+        assert_eq!(v["exit_code"], 1);
+        assert!(!line.contains('\n'));
+        assert_eq!(error_line(Format::Text, false, "boom", 1), "error: boom");
     }
 }

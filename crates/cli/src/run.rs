@@ -1,8 +1,8 @@
 //! Turns flags into a build configuration and runs the command.
 
 use crate::flags::{
-    BuildFlags, CacheCommand, Cli, Command, DebugCommand, PullFlags, PushFlags, RegistryFlags,
-    WarmFlags,
+    BuildFlags, CacheCommand, Cli, Command, DebugCommand, LogFlags, PullFlags, PushFlags,
+    RegistryFlags, WarmFlags,
 };
 use crate::render::{Format, Renderer};
 use anyhow::{bail, Context, Result};
@@ -77,7 +77,25 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         .clamp(1, 255) as u8
 }
 
-fn init_logging(flags: &BuildFlags) -> Result<()> {
+/// The renderer's format for these flags ([`Format::choose`], stderr's terminal-ness).
+pub fn log_format(flags: &LogFlags) -> Result<Format> {
+    Format::choose(
+        flags.log_format.as_deref(),
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `tracing` targets whose warnings are also returned to the engine, which shows them as
+/// [`Event::Warning`] (the sandbox's `RunOutcome::warnings`, the layer cache's
+/// `take_warnings`).
+const ALSO_IN_BUILD_OUTPUT: [&str; 2] = ["kiln_sandbox::run", "kiln_build::cache"];
+
+/// The libraries' `tracing` lines, in the renderer's format: no escape codes unless colour
+/// is chosen (they had them whenever `--log-format` was not given), JSON lines of the
+/// renderer's shape with `json`, a timestamp only with `--log-timestamp` (Kaniko's default
+/// has none).
+fn init_logging(flags: &LogFlags, format: Format) -> Result<()> {
     let level = match flags.verbosity.as_str() {
         "trace" => "trace",
         "debug" => "debug",
@@ -91,16 +109,26 @@ fn init_logging(flags: &BuildFlags) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,reqwest=warn,rustls=warn"))
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::prelude::*;
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false);
-    let res = match flags.log_format.as_str() {
-        "json" => builder.json().try_init(),
-        "text" => builder.with_ansi(false).try_init(),
-        "color" => builder.with_ansi(true).try_init(),
-        other => bail!("invalid --log-format {other:?}: use text, color or json"),
+        .with_target(false)
+        .with_ansi(format == Format::Color);
+    let layer = match (format, flags.log_timestamp) {
+        (Format::Json, timestamps) => layer
+            .event_format(crate::render::JsonLog { timestamps })
+            .boxed(),
+        (_, true) => layer.boxed(),
+        (_, false) => layer.without_time().boxed(),
     };
+    // The sandbox's and the layer cache's warnings reach the build's output as well (their
+    // docs say they are "also logged"): shown there, once, not twice.
+    let shown_by_the_build = tracing_subscriber::filter::filter_fn(|m| {
+        !(*m.level() == tracing::Level::WARN && ALSO_IN_BUILD_OUTPUT.contains(&m.target()))
+    });
+    let res = tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(shown_by_the_build))
+        .try_init();
     // A second init (tests) is harmless.
     let _ = res;
     Ok(())
@@ -754,15 +782,9 @@ fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
 }
 
 fn build(flags: &BuildFlags) -> Result<ExitCode> {
-    init_logging(flags)?;
-    let format = match flags.log_format.as_str() {
-        "json" => Format::Json,
-        "text" => Format::Text,
-        // Colour only for a person at a terminal; CI logs get plain text.
-        _ if std::io::IsTerminal::is_terminal(&std::io::stderr()) => Format::Color,
-        _ => Format::Text,
-    };
-    let renderer = Renderer::new(format, flags.log_timestamp);
+    let format = log_format(&flags.log)?;
+    init_logging(&flags.log, format)?;
+    let renderer = Renderer::new(format, flags.log.log_timestamp);
     for w in no_effect_warnings(flags) {
         renderer.event(Event::Warning(&w));
     }
@@ -854,7 +876,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         // kiln's default is BuildKit's (and the maintained Kaniko fork's): unused stages are
         // skipped unless the caller says false, as a Kaniko pipeline relying on its default may.
         skip_unused_stages: flags.skip_unused_stages.unwrap_or(true),
-        isolation: (!flags.isolation.is_empty()).then(|| flags.isolation.clone()),
+        isolation: run_isolation(&flags.isolation, &renderer),
         secrets: flags
             .secrets
             .iter()
@@ -886,6 +908,28 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         remove_in_background(&dir);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The RUN isolation for the build: `--isolation`, else the first that works here
+/// ([`kiln_sandbox::detect`]), said once per build (docs/ci.md promises it; the engine asked
+/// for every RUN and said nothing). Where none works (or only Kaniko's container mode, which
+/// builds on the live /), the engine decides at the first RUN and its error says why; a
+/// Dockerfile without RUN still builds.
+fn run_isolation(flag: &str, out: &dyn Output) -> Option<String> {
+    if !flag.is_empty() {
+        out.event(Event::Info(&format!("RUN isolation: {flag} (--isolation)")));
+        return Some(flag.to_string());
+    }
+    match kiln_sandbox::detect(Path::new("/proc")) {
+        Ok(d) if d.isolation != kiln_sandbox::Isolation::Container => {
+            out.event(Event::Info(&format!(
+                "RUN isolation: {} ({})",
+                d.isolation, d.reason
+            )));
+            Some(d.isolation.as_str().to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Removes a finished build's directory in a detached `kiln __remove-tree` process, so the
@@ -1057,6 +1101,7 @@ fn push(flags: &PushFlags) -> Result<ExitCode> {
 
 /// `kiln warm`: Kaniko's warmer, filling `--cache-dir` with base images.
 fn warm(flags: &WarmFlags) -> Result<ExitCode> {
+    init_logging(&flags.log, log_format(&flags.log)?)?;
     let platform = match &flags.custom_platform {
         Some(p) => p
             .parse()
