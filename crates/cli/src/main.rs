@@ -1,7 +1,8 @@
 //! kiln's binary: flag parsing, logging and exit codes. Everything else is in the libraries.
 //!
 //! Invoked under the name `executor` (e.g. `/kaniko/executor` in the CI image), it behaves as
-//! Kaniko's executor: the arguments are `kiln build`'s.
+//! Kaniko's executor: the arguments are `kiln build`'s. Invoked as `warmer` (Kaniko's
+//! `/kaniko/warmer`), it is `kiln warm`, which takes Kaniko's warmer flags.
 
 mod flags;
 mod render;
@@ -58,13 +59,17 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 /// Kaniko compatibility: `executor [flags]` means `kiln build [flags]`, and `executor version`
-/// means `kiln version`.
+/// means `kiln version`; `warmer [flags]` means `kiln warm [flags]` (Kaniko's warmer image
+/// runs `/kaniko/warmer --cache-dir … --image …`).
 fn executor_args(mut args: Vec<OsString>) -> Vec<OsString> {
     let invoked_as = args
         .first()
         .and_then(|a| std::path::Path::new(a).file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if invoked_as == "warmer" {
+        args.insert(1, OsString::from("warm"));
+    }
     if invoked_as == "executor" {
         let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
         if first.as_deref() != Some("version") {
@@ -109,6 +114,11 @@ mod tests {
             executor_args(strs(&["kiln", "build"])),
             strs(&["kiln", "build"])
         );
+        assert_eq!(
+            executor_args(strs(&["/kaniko/warmer", "-c", "/cache", "-i", "x"])),
+            strs(&["/kaniko/warmer", "warm", "-c", "/cache", "-i", "x"])
+        );
+        assert_eq!(executor_args(strs(&["warmer"])), strs(&["warmer", "warm"]));
     }
 
     #[test]

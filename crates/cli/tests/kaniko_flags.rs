@@ -142,3 +142,70 @@ fn kaniko_dir_holds_the_state_when_kilns_own_is_not_given() {
     assert!(used(&kiln_flag), "{err}");
     assert!(err.contains("is not used: --kiln-dir"), "{err}");
 }
+
+#[test]
+fn warmer_name_fills_the_cache_dir_an_executor_build_uses() {
+    use kiln_testkit::{push_busybox, require, Registry};
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {}/library/busybox\nCOPY payload /payload\n",
+        reg.addr()
+    ));
+    std::fs::write(p.ctx.join("payload"), b"x\n").expect("write payload");
+    // Kaniko's binaries by name: /kaniko/warmer and /kaniko/executor.
+    let bin = p.path("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    for name in ["warmer", "executor"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kiln"), bin.join(name)).expect("symlink");
+    }
+    let run = |name: &str, args: &[String]| {
+        kiln_testkit::status_and_stderr(&bin.join(name).display().to_string(), args)
+    };
+    let cache_dir = p.path("cache");
+    let image = format!("{}/library/busybox:latest", reg.addr());
+    // A Kubernetes warm-up Job's command line, Kaniko's spellings.
+    let (ok, err) = run(
+        "warmer",
+        &[
+            format!("--cache-dir={}", cache_dir.display()),
+            format!("--image={image}"),
+            "--insecure-pull".into(),
+            "-v".into(),
+            "info".into(),
+            "--log-format=text".into(),
+            "--log-timestamp=false".into(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let entries: Vec<String> = std::fs::read_dir(&cache_dir)
+        .expect("the cache dir was made")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|n| n.starts_with("sha256:") && n.ends_with(".json")),
+        "{entries:?}"
+    );
+    // The executor's build takes its base from there, not from the registry.
+    let (ok, err) = run(
+        "executor",
+        &[
+            "-c".into(),
+            p.ctx.display().to_string(),
+            "--no-push".into(),
+            "--cache=true".into(),
+            format!("--cache-dir={}", cache_dir.display()),
+            "--insecure-pull".into(),
+            "--log-format=text".into(),
+            "--kiln-dir".into(),
+            p.path("state").display().to_string(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("using {image} from the base-image cache")),
+        "{err}"
+    );
+}
