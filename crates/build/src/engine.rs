@@ -2728,14 +2728,27 @@ impl<'a> Builder<'a> {
             let t0 = Instant::now();
             let client = Arc::clone(b.client());
             let what = format!("pushing {}", refs[0]);
+            let retry = &b.opts.registry.retry;
             let report = b.with_progress(&client, &what, || {
-                client.push_image_with_sources(
-                    &refs,
-                    &assembled.manifest_bytes,
-                    &assembled.manifest_media_type,
-                    &store,
-                    &sources,
-                )
+                // `--push-retry N` (Kaniko): N more attempts of the whole push after a failed
+                // one, each with the client's own per-request retries; backoff from 1 s.
+                let mut attempt = 0;
+                loop {
+                    match client.push_image_with_sources(
+                        &refs,
+                        &assembled.manifest_bytes,
+                        &assembled.manifest_media_type,
+                        &store,
+                        &sources,
+                    ) {
+                        Err(e) if attempt < b.opts.push_retry => {
+                            tracing::warn!("push failed, trying again (--push-retry): {e}");
+                            std::thread::sleep(retry.backoff(attempt));
+                            attempt += 1;
+                        }
+                        r => break r,
+                    }
+                }
             })?;
             let digest = report
                 .digest

@@ -143,6 +143,9 @@ pub struct BuildOptions {
     pub progress_interval: Option<std::time::Duration>,
     /// The layer cache; `None` without `--cache`.
     pub cache: Option<CacheOptions>,
+    /// `--push-retry`: attempts of the whole push after a failed one (Kaniko's meaning), on
+    /// top of the registry client's per-request retries.
+    pub push_retry: u32,
     /// Skip the up-front push-permission probe.
     pub skip_push_permission_check: bool,
 }

@@ -332,7 +332,8 @@ pub struct RegistryFlags {
     /// Fail instead of falling back to the original registry after mirrors.
     #[arg(long = "skip-default-registry-fallback", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub skip_default_registry_fallback: bool,
-    /// Push retries.
+    /// Attempts of the whole push after a failed one (Kaniko's meaning), backoff from 1 s;
+    /// each request is also retried (3 times) on 408/429/5xx and connection errors.
     #[arg(long = "push-retry", default_value_t = 0)]
     pub push_retry: u32,
     /// Treat immutable-tag errors as success.

@@ -887,6 +887,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         registry: registry_options(&flags.registry)?,
         credentials: credentials(),
         skip_push_permission_check: flags.registry.skip_push_permission_check,
+        push_retry: flags.registry.push_retry,
         cache: if flags.cache {
             Some(kiln_build::options::CacheOptions {
                 repo: (!flags.cache_repo.is_empty()).then(|| flags.cache_repo.clone()),
@@ -1008,10 +1009,9 @@ fn registry_options(flags: &RegistryFlags) -> Result<kiln_registry::RegistryConf
     for v in &flags.registry_maps {
         c.add_map_flag(v)?;
     }
-    // Kaniko's flags default to 0 retries; kiln keeps its small default unless asked for more.
-    if flags.push_retry > 0 {
-        c.retry.push_retries = flags.push_retry;
-    }
+    // `--push-retry` repeats the whole push (Kaniko's meaning: its pushes retry each request
+    // too, in go-containerregistry); the client keeps its own per-request retries. It set
+    // those before, so 1 to 3 changed nothing and no value gave Kaniko's attempts.
     if flags.image_download_retry > 0 {
         c.retry.pull_retries = flags.image_download_retry;
     }
@@ -1087,8 +1087,19 @@ fn push(flags: &PushFlags) -> Result<ExitCode> {
                 .with_context(|| format!("invalid --destination {d:?}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let digest =
-        client(&flags.registry)?.push_image(&refs, &manifest, &entry.media_type, layout.blobs())?;
+    let client = client(&flags.registry)?;
+    // `--push-retry`: the whole push again after a failure, as `kiln build` does.
+    let mut attempt = 0;
+    let digest = loop {
+        match client.push_image(&refs, &manifest, &entry.media_type, layout.blobs()) {
+            Err(e) if attempt < flags.registry.push_retry => {
+                eprintln!("warning: push failed, trying again (--push-retry): {e}");
+                std::thread::sleep(client.config().retry.backoff(attempt));
+                attempt += 1;
+            }
+            r => break r?,
+        }
+    };
     for r in &refs {
         println!("{r}@{digest}");
     }

@@ -209,3 +209,53 @@ fn warmer_name_fills_the_cache_dir_an_executor_build_uses() {
         "{err}"
     );
 }
+
+#[test]
+fn push_retry_repeats_the_whole_push() {
+    use kiln_testkit::{push_busybox, require, Fault, FaultProxy, Registry};
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let proxy = FaultProxy::start(reg.addr()).expect("proxy");
+    let p = Project::new(&format!(
+        "FROM {}/library/busybox\nCOPY payload /payload\n",
+        reg.addr()
+    ));
+    std::fs::write(p.ctx.join("payload"), b"x\n").expect("write payload");
+    // Six 503s on the manifest PUT: more than one push's per-request retries (1 + 3) take.
+    // Retry-After: 0 keeps the client's own waits short.
+    let fail_manifest_puts = || {
+        proxy.clear();
+        proxy.add(
+            "PUT",
+            "/manifests/",
+            6,
+            Fault::Status(503, vec![("Retry-After".into(), "0".into())]),
+        );
+    };
+    let push = |state: &str, extra: &[&str]| {
+        let mut a: Vec<String> = vec![
+            "build".into(),
+            "-c".into(),
+            p.ctx.display().to_string(),
+            "--insecure".into(),
+            "--insecure-pull".into(),
+            "--log-format=text".into(),
+            "-d".into(),
+            format!("{}/retry/app:1", proxy.addr()),
+            "--kiln-dir".into(),
+            p.path(state).display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        kiln(&a)
+    };
+    fail_manifest_puts();
+    let (ok, err) = push("s1", &[]);
+    assert!(!ok, "one push absorbed six 503s: {err}");
+    assert!(err.contains("503"), "{err}");
+    // Kaniko's --push-retry 1: one more whole push, which gets through after two more 503s.
+    fail_manifest_puts();
+    let (ok, err) = push("s2", &["--push-retry", "1"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("trying again (--push-retry)"), "{err}");
+    assert_eq!(proxy.count("PUT", "/manifests/"), 4 + 4 + 3, "{err}");
+}
