@@ -643,6 +643,8 @@ impl<'a> Builder<'a> {
         let total = stages.len();
         let cap = std::thread::available_parallelism().map_or(2, |n| n.get());
         let recorders: Vec<Recorder> = (0..total).map(|_| Recorder::new(out, false)).collect();
+        // Stages whose thread still runs (a failing one says so only if others do).
+        let live = std::sync::atomic::AtomicUsize::new(0);
         let outcome = std::thread::scope(|s| -> Result<(), BuildError> {
             let (tx, rx) = std::sync::mpsc::channel();
             let mut started = vec![false; total];
@@ -666,6 +668,8 @@ impl<'a> Builder<'a> {
                         let snapshot = results.clone();
                         let mut f = self.fork(&stages[p], &recorders[p]);
                         let tx = tx.clone();
+                        let live = &live;
+                        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         s.spawn(move || {
                             let run = std::panic::AssertUnwindSafe(|| {
                                 f.run_stage(&stages[p], p + 1, total, &snapshot)
@@ -676,8 +680,10 @@ impl<'a> Builder<'a> {
                                     line: None,
                                 })
                             });
-                            if let Err(e) = &r {
-                                // Said now, not when its output is shown.
+                            let others = live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) > 1;
+                            if let (Err(e), true) = (&r, others) {
+                                // Said now, not when its output is shown (alone, the build's
+                                // error says it at once).
                                 out.event(Event::Warning(&format!(
                                     "stage {}/{total} failed: {e}; waiting for the stages running alongside it",
                                     p + 1
@@ -2528,6 +2534,10 @@ impl<'a> Builder<'a> {
             spec.env.push((k, v));
         }
         spec.cwd = cwd;
+        // The sandbox's own scratch files (hosts, resolv.conf, hostname) go in this step's
+        // directory under the state dir, not in $TMPDIR: a FROM-scratch executor image has no
+        // /tmp, and every RUN failed there.
+        spec.host.scratch = scratch.clone();
         spec.user = kiln_sandbox::User {
             uid: user.uid,
             gid: user.gid,

@@ -943,6 +943,9 @@ fn remove_in_background(dir: &Path) {
     use std::process::Stdio;
     let spawned = std::env::current_exe().and_then(|exe| {
         std::process::Command::new(exe)
+            // argv[0] picks the personality: a copy of the binary named `executor` (the CI
+            // image's /kaniko/executor) would read `__remove-tree` as a build flag.
+            .arg0("kiln")
             .arg("__remove-tree")
             .arg(dir)
             .stdin(Stdio::null())

@@ -259,3 +259,46 @@ fn push_retry_repeats_the_whole_push() {
     assert!(err.contains("trying again (--push-retry)"), "{err}");
     assert_eq!(proxy.count("PUT", "/manifests/"), 4 + 4 + 3, "{err}");
 }
+
+#[test]
+fn a_copy_named_executor_without_tmp_runs_steps_and_removes_its_build_directory() {
+    // The CI image: the binary copied (not linked) to /kaniko/executor, FROM scratch, so no
+    // /tmp. Every RUN failed there ("preparing sandbox scratch file /tmp/kiln-run-XXXXXX"),
+    // and the background remover, started as `executor __remove-tree DIR`, was read as a
+    // build's arguments: every build directory stayed behind.
+    let reg = kiln_testkit::require!(kiln_testkit::Registry::start());
+    kiln_testkit::require!(kiln_testkit::push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {}/library/busybox\nRUN echo ran > /ran\n",
+        reg.addr()
+    ));
+    let bin = p.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_kiln"), bin.join("executor")).unwrap();
+    let state = p.path("state");
+    let out = std::process::Command::new(bin.join("executor"))
+        .arg("-c")
+        .arg(&p.ctx)
+        .args(["--no-push", "--insecure-pull", "--log-format=text"])
+        .arg("--kiln-dir")
+        .arg(&state)
+        .env("TMPDIR", p.path("no-such-tmp"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(state.join("builds"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "build directories left: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

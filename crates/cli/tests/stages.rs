@@ -94,9 +94,9 @@ fn when_the_shown_stage_ends_the_next_one_is_shown_as_it_runs() {
     let (ok, err) = kiln(&p.build_args("state", &[]));
     assert!(!ok, "{err}");
     let early = err.find("early-b").expect("b's output");
-    let failed = err
-        .find("stage 2/3 failed")
-        .expect("the failure, said when it happened");
+    // Alone by then, the failing stage does not announce its failure: the build's error does.
+    assert!(!err.contains("stage 2/3 failed"), "{err}");
+    let failed = err.find("exited with status 3").expect("the failure");
     assert!(early < failed, "{err}");
     assert!(
         err.contains("[stage 2/3] ran alongside other stages"),
@@ -187,4 +187,16 @@ fn a_stage_named_only_by_a_from_variable_of_an_inherited_env_is_built() {
     let copied = files.get("copied").expect("/copied in the image");
     assert_eq!(copied.content, b"from the builder stage\n");
     assert!(!files.contains_key("payload"), "{:?}", files.keys());
+}
+
+#[test]
+fn a_failing_stage_alone_does_not_say_it_waits_for_others() {
+    let p = Project::new("FROM scratch\nCOPY missing /m\n");
+    let (ok, err) = kiln(&p.build_args("state", &[]));
+    assert!(!ok, "{err}");
+    assert!(err.contains("missing"), "{err}");
+    assert!(
+        !err.contains("waiting for the stages running alongside"),
+        "{err}"
+    );
 }

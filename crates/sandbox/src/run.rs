@@ -1020,8 +1020,9 @@ fn describe_warning(m: &Msg, descs: &[String], gids: &[u32]) -> String {
                 .map_or("a mount step", String::as_str);
             if m.errno == 0 {
                 format!(
-                    "{d}: a fresh proc mount is not permitted here; bound the host's /proc instead \
-                     (host processes are visible to the step)"
+                    "{d}: a fresh proc mount is not permitted here; bound kiln's own /proc \
+                     instead (the processes of the host or container kiln runs in are visible \
+                     to the step; ps and /proc/$$ do not work there)"
                 )
             } else {
                 format!("{d}: {e} (continuing without it)")
