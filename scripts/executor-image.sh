@@ -68,6 +68,10 @@ ca=/etc/ssl/certs/ca-certificates.crt
 [ -f "$ca" ] || die "$ca missing (apt-get install ca-certificates)"
 cp "$ca" "$ctx/ca-certificates.crt"
 cp "$repo/Dockerfile.executor" "$ctx/Dockerfile"
+# Kaniko's warmer path: kiln invoked as `warmer` is `kiln warm`. A symlink in a directory
+# (COPY of the directory keeps it; a COPY of the symlink itself would copy the binary).
+mkdir -p "$ctx/kaniko"
+ln -s executor "$ctx/kaniko/warmer"
 
 # git for git contexts (`--context git://…`, `https://….git#ref`, `ADD <git url>`): kiln runs
 # the git binary (crates/build/src/git.rs: init, remote add, fetch, rev-parse, checkout, all
@@ -171,6 +175,7 @@ done
   die "/usr/lib/git-core/git-remote-https is not the symlink to git-remote-http"
 cmp "$rootfs/kaniko/ssl/certs/ca-certificates.crt" "$ca" || die "/kaniko/ssl/certs bundle differs"
 [ ! -e "$rootfs/busybox" ] || die "the default image has /busybox (only the debug image should)"
+[ "$(readlink "$rootfs/kaniko/warmer")" = executor ] || die "/kaniko/warmer is not the symlink to executor"
 
 # The debug image: the same plus /busybox (a shell for CI job scripts).
 debug_image=$registry/tools/kiln:debug
@@ -192,6 +197,9 @@ exe=$rootfs/kaniko/executor
 say "ldd /kaniko/executor: $(ldd "$exe" 2>&1 || true)"
 say "/kaniko/executor version"
 "$exe" version
+say "/kaniko/warmer --help (as Kaniko's warmer)"
+"$rootfs/kaniko/warmer" --help >"$work/warmer-help.txt"
+grep -q -- '--cache-dir' "$work/warmer-help.txt" || die "/kaniko/warmer --help does not list --cache-dir"
 say "/kaniko/executor --help (first lines)"
 "$exe" --help >"$work/help.txt"
 head -n 12 "$work/help.txt"
@@ -265,6 +273,30 @@ if [ "$(id -u)" != 0 ]; then
   say "OK: kiln built its own CI image; the image's executor builds images (work dir: $work)"
   exit 0
 fi
+# A RUN step, by the image's executor inside the image (no /tmp there, as in a pod: RUN's
+# scratch files must not need one). Chrooted, kiln cannot make user namespaces and uses
+# chroot isolation. The base is made here: busybox on scratch, pushed to the registry.
+runctx=$work/run-ctx
+rm -rf "$runctx" && mkdir -p "$runctx/base"
+cp "$bb" "$runctx/base/busybox"
+printf 'FROM scratch\nCOPY busybox /bin/busybox\n' >"$runctx/base/Dockerfile"
+"$bin" build -c "$runctx/base" -d "$registry/tools/busybox-base:1" --insecure --log-format=text \
+  --kiln-dir "$work/state" >/dev/null 2>&1 || die "building the RUN check's base failed"
+printf 'FROM %s/tools/busybox-base:1\nRUN ["/bin/busybox", "sh", "-c", "/bin/busybox echo ran-in-the-image > /ran"]\n' \
+  "$registry" >"$runctx/Dockerfile"
+mkdir -p "$rootfs/workspace"
+rm -rf "$rootfs/workspace/run-ctx" && cp -a "$runctx" "$rootfs/workspace/run-ctx"
+[ ! -e "$rootfs/tmp" ] || die "the image has a /tmp: the RUN check would not check its absence"
+say "in the image: /kaniko/executor -c /workspace/run-ctx (a RUN step) --no-push --tar-path"
+in_image "$rootfs" -- /kaniko/executor -c /workspace/run-ctx --no-push --insecure-pull \
+  --tar-path /workspace/run.tar --log-format=text
+skopeo copy --quiet "docker-archive:$rootfs/workspace/run.tar" "oci:$work/run-oci:t"
+rm -rf "$work/run-bundle"
+umoci unpack --image "$work/run-oci:t" "$work/run-bundle" >/dev/null
+[ "$(cat "$work/run-bundle/rootfs/ran")" = ran-in-the-image ] || die "the RUN in the image did not run"
+[ -z "$(ls -A "$rootfs/kiln/builds" 2>/dev/null)" ] || sleep 2
+[ -z "$(ls -A "$rootfs/kiln/builds" 2>/dev/null)" ] || die "build directories left in the image's /kiln/builds"
+
 # A CI job script (GitLab's Kaniko recipe) through the debug image's shell: write the registry
 # config, add a CA as a file, run the executor.
 say "in the debug image: /busybox/sh -c 'mkdir -p /kaniko/.docker && … && /kaniko/executor version'"
