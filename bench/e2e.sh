@@ -281,6 +281,26 @@ reset_builders() { # fresh state for every builder: cold builds
     # Flush, untimed, what the previous builder wrote and what the removals above freed (this
     # disk is mounted with `discard`): otherwise the next builder's measurement pays for it.
     sync
+    wait_disk_idle
+}
+
+# Waits (untimed, at most 30 s) until the disk under $CACHE has completed no read, write or
+# discard for half a second (/proc/diskstats, Documentation/admin-guide/iostats.rst): after `sync` the
+# device may still be busy with discards of freed blocks and deferred writeback, which the
+# next measured builder would otherwise pay for.
+wait_disk_idle() {
+    local dev
+    dev=$(basename "$(df --output=source "$CACHE" | tail -n1)")
+    local last="" now i
+    for i in $(seq 60); do
+        now=$(awk -v d="$dev" '$3 == d { print $4 + $8 + $15 }' /proc/diskstats)
+        [ -n "$now" ] || return 0
+        if [ "$now" = "$last" ]; then
+            return 0
+        fi
+        last=$now
+        sleep 0.5
+    done
 }
 
 image_size() { # REF -> bytes of config + layers, or 0
