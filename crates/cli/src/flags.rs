@@ -233,8 +233,9 @@ pub struct BuildFlags {
     /// Zero timestamps in layers, config and history.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub reproducible: bool,
-    /// Delete the build's file systems at the end (kiln always does: its stage root file
-    /// systems are private directories, never the live /).
+    /// Leave nothing of the build on disk when kiln exits (Kaniko: several builds in one
+    /// container): the stage root file systems are removed before exit (not by a background
+    /// process) and no unpacked trees are stored or used. Blobs and the layer cache stay.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub cleanup: bool,
     /// Extra paths to exclude from snapshots (repeatable).

@@ -863,9 +863,11 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         snapshot_mode,
         single_snapshot: flags.single_snapshot,
         overlay_snapshots: flags.overlay_snapshots,
-        tree_store: flags.cache_unpacked_trees,
+        // Kaniko's --cleanup: nothing of the build stays once kiln exits (several builds in
+        // one container): no trees stored or used, the build directory removed before exit.
+        tree_store: flags.cache_unpacked_trees && !flags.cleanup,
         parallel_stages: flags.parallel_stages,
-        detach_cleanup: true,
+        detach_cleanup: !flags.cleanup,
         progress_interval: Some(std::time::Duration::from_secs_f64(flags.progress_interval)),
         kaniko_volumes: flags.compat == "kaniko",
         volume_mkdir: !std::env::var("FF_KANIKO_VOLUME_SKIP_MKDIR")

@@ -338,3 +338,30 @@ fn stages_read_by_from_are_kept_and_from_only_bases_still_build() {
         );
     }
 }
+
+#[test]
+fn cleanup_leaves_no_build_directory_and_no_tree_when_kiln_exits() {
+    // Kaniko's --cleanup (several builds in one container): nothing of the build may stay on
+    // disk. Without it, kiln stores trees and removes its build directory in the background.
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {}/library/busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt\n",
+        reg.addr()
+    ));
+    std::fs::write(p.ctx.join("a.txt"), "a\n").unwrap();
+    let (ok, err) = kiln(&p.build_args("kept", &[]));
+    assert!(ok, "{err}");
+    if trees(&p.path("kept")).is_empty() {
+        kiln_testkit::report_skip("no tree stored here (no overlay RUN): --cleanup not checked");
+        return;
+    }
+    let (ok, err) = kiln(&p.build_args("clean", &["--cleanup"]));
+    assert!(ok, "{err}");
+    let state = p.path("clean");
+    assert!(trees(&state).is_empty(), "{:?}", trees(&state));
+    let left: Vec<_> = std::fs::read_dir(state.join("builds"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left when kiln exited: {left:?}");
+}
