@@ -86,11 +86,6 @@ pub fn log_format(flags: &LogFlags) -> Result<Format> {
     .map_err(|e| anyhow::anyhow!(e))
 }
 
-/// `tracing` targets whose warnings are also returned to the engine, which shows them as
-/// [`Event::Warning`] (the sandbox's `RunOutcome::warnings`, the layer cache's
-/// `take_warnings`).
-const ALSO_IN_BUILD_OUTPUT: [&str; 2] = ["kiln_sandbox::run", "kiln_build::cache"];
-
 /// The libraries' `tracing` lines, in the renderer's format: no escape codes unless colour
 /// is chosen (they had them whenever `--log-format` was not given), JSON lines of the
 /// renderer's shape with `json`, a timestamp only with `--log-timestamp` (Kaniko's default
@@ -121,13 +116,8 @@ fn init_logging(flags: &LogFlags, format: Format) -> Result<()> {
         (_, true) => layer.boxed(),
         (_, false) => layer.without_time().boxed(),
     };
-    // The sandbox's and the layer cache's warnings reach the build's output as well (their
-    // docs say they are "also logged"): shown there, once, not twice.
-    let shown_by_the_build = tracing_subscriber::filter::filter_fn(|m| {
-        !(*m.level() == tracing::Level::WARN && ALSO_IN_BUILD_OUTPUT.contains(&m.target()))
-    });
     let res = tracing_subscriber::registry()
-        .with(layer.with_filter(filter).with_filter(shown_by_the_build))
+        .with(layer.with_filter(filter))
         .try_init();
     // A second init (tests) is harmless.
     let _ = res;

@@ -71,8 +71,14 @@ pub fn run(
     }
     warnings.extend(root.remove_stubs(&mut stubs));
     drop(scratch);
+    // With an outcome the caller gets the warnings (and shows them); with an error this log
+    // is their only record.
     for w in &warnings {
-        tracing::warn!("{w}");
+        if result.is_ok() {
+            tracing::debug!("{w}");
+        } else {
+            tracing::warn!("{w}");
+        }
     }
     result.map(|(status, excluded_paths)| RunOutcome {
         status,

@@ -149,7 +149,7 @@ pub trait LayerCache: Send + Sync {
     }
 
     /// Warnings recorded since the last call (bad entries, failed prefetches), for the
-    /// build's output. They are also logged with `tracing::warn!`.
+    /// build's output. They are also logged at debug level.
     fn take_warnings(&self) -> Vec<String>;
 
     /// A short description for logs (`registry example.com/app/cache`, `local /var/kiln`).
@@ -255,13 +255,14 @@ pub fn open_remote(
     })
 }
 
-/// Collects warnings for [`LayerCache::take_warnings`] and logs them.
+/// Collects warnings for [`LayerCache::take_warnings`] (the engine shows them) and logs them
+/// at debug level.
 #[derive(Debug, Default)]
 pub(crate) struct Warnings(Mutex<Vec<String>>);
 
 impl Warnings {
     pub(crate) fn push(&self, message: String) {
-        tracing::warn!("{message}");
+        tracing::debug!("{message}");
         if let Ok(mut v) = self.0.lock() {
             v.push(message);
         }
