@@ -1767,11 +1767,21 @@ impl<'a> Builder<'a> {
             self.out.event(Event::Warning(&w));
         }
         tracing::debug!(%key, hit = hit.is_some(), "cache lookup");
+        let note = if hit.is_none() {
+            c.miss_note(&key)
+        } else {
+            None
+        };
         if hit.is_some() {
             // Whatever changed before this step was cached elsewhere (another machine's
             // build): it does not explain a later miss.
             sc.pending = None;
             sc.hit = true;
+        } else if let Some(n) = note {
+            // An entry older than --cache-ttl: said for every step it happens to, as it is
+            // not implied by an earlier miss.
+            sc.told = true;
+            self.out.event(Event::Info(&format!("  cache: {n}")));
         } else if !sc.told {
             sc.told = true;
             match (&sc.pending, &why) {

@@ -94,8 +94,8 @@ fn local_cache_for_local_builds() {
     std::fs::write(ctx.join("f"), "x").unwrap();
     std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY f /f\n").unwrap();
     let state = tmp.path().join("state").display().to_string();
-    let run = |n: usize| {
-        kiln(&[
+    let run_with = |n: usize, extra: &[&str]| {
+        let mut args: Vec<String> = vec![
             "build".into(),
             "-c".into(),
             ctx.display().to_string(),
@@ -107,14 +107,28 @@ fn local_cache_for_local_builds() {
             state.clone(),
             "--oci-layout-path".into(),
             tmp.path().join(format!("oci{n}")).display().to_string(),
-        ])
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        kiln(&args)
     };
+    let run = |n: usize| run_with(n, &[]);
     let (ok, err) = run(1);
     assert!(ok, "{err}");
     assert!(!err.contains("cache hit"), "{err}");
     let (ok, err) = run(2);
     assert!(ok, "{err}");
     assert!(err.contains("cache hit"), "{err}");
+    assert!(!err.contains("expired"), "{err}");
+    // An entry older than --cache-ttl is a miss that says so (entries have second resolution).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, err) = run_with(3, &["--cache-ttl=1s"]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("cache hit"), "{err}");
+    assert!(
+        err.contains("cache: the cached entry for this step expired (made ")
+            && err.contains("--cache-ttl 1s)"),
+        "{err}"
+    );
     let (ok, out) = kiln(&[
         "cache".into(),
         "ls".into(),

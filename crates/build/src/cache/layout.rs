@@ -21,6 +21,7 @@ pub struct OciLayoutCache {
     ttl: Duration,
     platform: Platform,
     warnings: Warnings,
+    notes: super::MissNotes,
 }
 
 /// Holds an `flock(2)` until dropped.
@@ -110,6 +111,7 @@ impl OciLayoutCache {
             ttl,
             platform,
             warnings: Warnings::default(),
+            notes: super::MissNotes::default(),
         })
     }
 
@@ -167,6 +169,7 @@ impl OciLayoutCache {
             Ok(i) => i,
             Err(Reject::Expired { created }) => {
                 tracing::debug!(entry = %name, %created, "cache entry expired (--cache-ttl)");
+                self.notes.expired(key, &created, self.ttl);
                 return Ok(None);
             }
             Err(Reject::Bad(why)) => return bad(why),
@@ -217,6 +220,10 @@ impl LayerCache for OciLayoutCache {
         })?;
         tracing::info!(layout = %self.layout.dir().display(), %key, "stored cache entry");
         Ok(())
+    }
+
+    fn miss_note(&self, key: &CacheKey) -> Option<String> {
+        self.notes.take(key)
     }
 
     fn take_warnings(&self) -> Vec<String> {

@@ -97,6 +97,7 @@ pub struct LocalCache {
     dir: PathBuf,
     ttl: Duration,
     warnings: Warnings,
+    notes: super::MissNotes,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
@@ -128,6 +129,7 @@ impl LocalCache {
             dir,
             ttl,
             warnings: Warnings::default(),
+            notes: super::MissNotes::default(),
         })
     }
 
@@ -468,6 +470,7 @@ impl LayerCache for LocalCache {
         };
         if super::time::expired(created, self.ttl, SystemTime::now()) {
             tracing::debug!(%key, created = %f.created, "local cache entry expired (--cache-ttl)");
+            self.notes.expired(key, &f.created, self.ttl);
             return Ok(None);
         }
         let layer = match LocalCache::to_layer(&f) {
@@ -540,6 +543,10 @@ impl LayerCache for LocalCache {
 
     fn contains(&self, key: &CacheKey) -> bool {
         self.index_path(key).exists()
+    }
+
+    fn miss_note(&self, key: &CacheKey) -> Option<String> {
+        self.notes.take(key)
     }
 
     fn take_warnings(&self) -> Vec<String> {

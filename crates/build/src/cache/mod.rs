@@ -37,6 +37,7 @@ pub use warm::{warm, BaseImageCache, CachedBase, WarmOptions, WarmOutcome};
 
 use crate::image::LayerRecord;
 use kiln_oci::{BlobStore, Reference};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -152,6 +153,13 @@ pub trait LayerCache: Send + Sync {
     /// build's output. They are also logged at debug level.
     fn take_warnings(&self) -> Vec<String>;
 
+    /// Why a lookup of `key` missed although an entry was there, when that is news to the
+    /// person reading the log: the entry is older than `--cache-ttl` (without this, nothing
+    /// tells an expired entry from a step that was never cached). Taken once.
+    fn miss_note(&self, _key: &CacheKey) -> Option<String> {
+        None
+    }
+
     /// A short description for logs (`registry example.com/app/cache`, `local /var/kiln`).
     fn describe(&self) -> String;
 }
@@ -259,6 +267,30 @@ pub fn open_remote(
 /// at debug level.
 #[derive(Debug, Default)]
 pub(crate) struct Warnings(Mutex<Vec<String>>);
+
+/// The [`LayerCache::miss_note`]s of a cache, by key (a prefetch may find an entry expired
+/// long before the engine looks the step up).
+#[derive(Debug, Default)]
+pub(crate) struct MissNotes(Mutex<HashMap<CacheKey, String>>);
+
+impl MissNotes {
+    /// Records that `key`'s entry, made at `created` (RFC 3339), is older than `ttl`.
+    pub(crate) fn expired(&self, key: &CacheKey, created: &str, ttl: std::time::Duration) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(
+                key.clone(),
+                format!(
+                    "the cached entry for this step expired (made {created}, --cache-ttl {})",
+                    time::format_ttl(ttl)
+                ),
+            );
+        }
+    }
+
+    pub(crate) fn take(&self, key: &CacheKey) -> Option<String> {
+        self.0.lock().ok()?.remove(key)
+    }
+}
 
 impl Warnings {
     pub(crate) fn push(&self, message: String) {

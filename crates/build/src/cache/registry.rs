@@ -26,6 +26,7 @@ struct Inner {
     ttl: Duration,
     platform: Platform,
     warnings: Warnings,
+    notes: super::MissNotes,
     memo: Mutex<HashMap<CacheKey, Slot>>,
     ready: Condvar,
     /// Prefetches not started yet, oldest first (an earlier step's key is needed sooner),
@@ -67,6 +68,7 @@ impl RegistryCache {
                 ttl,
                 platform,
                 warnings: Warnings::default(),
+                notes: super::MissNotes::default(),
                 memo: Mutex::new(HashMap::new()),
                 ready: Condvar::new(),
                 queue: Mutex::new(Prefetch::default()),
@@ -130,6 +132,7 @@ impl Inner {
             Ok(i) => i,
             Err(Reject::Expired { created }) => {
                 tracing::debug!(entry = %r, %created, "cache entry expired (--cache-ttl)");
+                self.notes.expired(key, &created, self.ttl);
                 return None;
             }
             Err(Reject::Bad(why)) => return bad(why),
@@ -318,6 +321,10 @@ impl LayerCache for RegistryCache {
             // Detached: a result nobody asks for is simply dropped with the cache.
             std::thread::spawn(move || inner.prefetch_worker());
         }
+    }
+
+    fn miss_note(&self, key: &CacheKey) -> Option<String> {
+        self.inner.notes.take(key)
     }
 
     fn take_warnings(&self) -> Vec<String> {

@@ -69,6 +69,13 @@ impl<L: LayerCache, R: LayerCache> LayerCache for Tiered<L, R> {
         }
     }
 
+    fn miss_note(&self, key: &CacheKey) -> Option<String> {
+        // Both asked: each note is taken once.
+        let local = self.local.miss_note(key);
+        let remote = self.remote.miss_note(key);
+        remote.or(local)
+    }
+
     fn take_warnings(&self) -> Vec<String> {
         let mut w = self.local.take_warnings();
         w.extend(self.remote.take_warnings());
@@ -100,6 +107,9 @@ impl LayerCache for Box<dyn LayerCache> {
     }
     fn explain(&self, key: &CacheKey, parts: &KeyParts, stage: &str) -> Explanation {
         (**self).explain(key, parts, stage)
+    }
+    fn miss_note(&self, key: &CacheKey) -> Option<String> {
+        (**self).miss_note(key)
     }
     fn take_warnings(&self) -> Vec<String> {
         (**self).take_warnings()

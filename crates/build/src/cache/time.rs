@@ -56,6 +56,18 @@ pub fn parse_ttl(value: &str) -> Result<Duration, CacheError> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// A TTL the way `--cache-ttl` takes it: `336h`, `90m`, `45s` (the largest whole unit).
+pub fn format_ttl(ttl: Duration) -> String {
+    let s = ttl.as_secs();
+    if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// Formats a time as RFC 3339 in UTC with second precision (`2026-11-22T21:21:47Z`).
 pub fn format_rfc3339(t: SystemTime) -> String {
     let secs = t
@@ -218,6 +230,9 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(10_000);
         let created = UNIX_EPOCH + Duration::from_secs(5_000);
         assert!(expired(created, Duration::from_secs(4_000), now));
+        assert_eq!(format_ttl(DEFAULT_TTL), "336h");
+        assert_eq!(format_ttl(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(format_ttl(Duration::from_secs(61)), "61s");
         assert!(!expired(created, Duration::from_secs(6_000), now));
         assert!(!expired(created, Duration::ZERO, now));
         assert!(!expired(
