@@ -24,19 +24,16 @@ fn main() -> ExitCode {
     }
     // The error that ends the run is printed in the log's format (a JSON line with
     // --log-format=json, as every other line then is).
-    let log = cli.command.log_flags().map(|l| {
-        let format = run::log_format(l).unwrap_or(render::Format::Text);
-        (format, l.log_timestamp)
-    });
+    let format = cli
+        .command
+        .log_flags()
+        .map(|l| run::log_format(l).unwrap_or(render::Format::Text));
     match run::run(cli) {
         Ok(code) => code,
         Err(e) => {
             let code = run::exit_code(&e);
-            let (format, timestamps) = log.unwrap_or((render::Format::Text, false));
-            eprintln!(
-                "{}",
-                render::error_line(format, timestamps, &error_chain(&e), code)
-            );
+            let format = format.unwrap_or(render::Format::Text);
+            eprintln!("{}", render::error_line(format, &error_chain(&e), code));
             ExitCode::from(code)
         }
     }

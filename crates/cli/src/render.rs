@@ -37,42 +37,47 @@ impl Format {
     }
 }
 
-/// Seconds since the Unix epoch, with milliseconds.
-fn now() -> f64 {
-    let t = std::time::SystemTime::now()
+/// Now in RFC 3339, UTC, with milliseconds (`2026-11-23T06:53:35.123Z`).
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now();
+    let millis = now
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (t.as_millis() as f64) / 1000.0
+        .unwrap_or_default()
+        .subsec_millis();
+    let secs = kiln_build::cache::format_rfc3339(now);
+    format!("{}.{millis:03}Z", secs.trim_end_matches('Z'))
 }
 
-/// One JSON line: `fields` with `event` (and `time` when asked for) added.
-fn json_line(kind: &str, fields: serde_json::Value, timestamps: bool) -> String {
+/// One JSON line in the shape of logrus' JSONFormatter, which Kaniko's `--log-format=json`
+/// writes and log pipelines built for Kaniko parse: `level` (logrus' names: `warning`, not
+/// `warn`), `msg` (the line the text format would show) and `time` (RFC 3339) on every line,
+/// plus kiln's `event` (what the line is) and the event's own fields.
+fn json_line(kind: &str, level: &str, msg: &str, fields: serde_json::Value) -> String {
     let mut v = fields;
     v["event"] = serde_json::Value::from(kind);
-    if timestamps {
-        v["time"] = serde_json::Value::from(now());
-    }
+    v["level"] = serde_json::Value::from(level);
+    v["msg"] = serde_json::Value::from(msg);
+    v["time"] = serde_json::Value::from(now_rfc3339());
     v.to_string()
 }
 
 /// The line that reports the error ending a run: `error: …`, or a JSON `error` event.
-pub fn error_line(format: Format, timestamps: bool, message: &str, exit_code: u8) -> String {
+pub fn error_line(format: Format, message: &str, exit_code: u8) -> String {
     match format {
         Format::Json => json_line(
             "error",
-            serde_json::json!({ "text": message, "exit_code": exit_code }),
-            timestamps,
+            "error",
+            message,
+            serde_json::json!({ "exit_code": exit_code }),
         ),
         _ => format!("error: {message}"),
     }
 }
 
 /// The libraries' `tracing` events as JSON lines of the renderer's shape
-/// (`{"event":"log","level":"info","text":"pushed blob … digest=sha256:…"}`), instead of
-/// tracing-subscriber's own JSON (`{"timestamp","level","fields":{…}}`): one shape per stream.
-pub struct JsonLog {
-    pub timestamps: bool,
-}
+/// (`{"event":"log","level":"info","msg":"pushed blob … digest=sha256:…","time":…}`), instead
+/// of tracing-subscriber's own JSON (`{"timestamp","level","fields":{…}}`): one shape per stream.
+pub struct JsonLog;
 
 /// Collects an event's message and its other fields as `key=value`, as the text format shows.
 #[derive(Default)]
@@ -109,11 +114,19 @@ where
     ) -> std::fmt::Result {
         let mut f = Fields::default();
         event.record(&mut f);
-        let level = event.metadata().level().as_str().to_ascii_lowercase();
+        // logrus' level names; tracing's WARN is logrus' "warning".
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
         let line = json_line(
             "log",
-            serde_json::json!({ "level": level, "text": format!("{}{}", f.0, f.1) }),
-            self.timestamps,
+            level,
+            &format!("{}{}", f.0, f.1),
+            serde_json::json!({}),
         );
         writeln!(writer, "{line}")
     }
@@ -165,8 +178,8 @@ impl Renderer {
         format!("[{}.{:03}] ", now.as_secs(), now.subsec_millis())
     }
 
-    fn json(&self, err: &mut dyn Write, kind: &str, fields: serde_json::Value) {
-        let _ = writeln!(err, "{}", json_line(kind, fields, self.timestamps));
+    fn json(&self, err: &mut dyn Write, kind: &str, level: &str, msg: &str, f: serde_json::Value) {
+        let _ = writeln!(err, "{}", json_line(kind, level, msg, f));
     }
 }
 
@@ -200,7 +213,9 @@ impl Output for Renderer {
                     return self.json(
                         err,
                         "step",
-                        serde_json::json!({"stage": stage, "stages": stages, "step": step, "steps": steps, "text": text}),
+                        "info",
+                        &format!("[stage {stage}/{stages} step {step}/{steps}] {text}"),
+                        serde_json::json!({"stage": stage, "stages": stages, "step": step, "steps": steps, "instruction": text}),
                     );
                 }
                 let _ = writeln!(
@@ -213,16 +228,18 @@ impl Output for Renderer {
                 elapsed,
                 layer_size,
             } => {
+                let layer = layer_size
+                    .map(|s| format!(", layer {}", human(s)))
+                    .unwrap_or_default();
                 if self.format == Format::Json {
                     return self.json(
                         err,
                         "step_done",
+                        "info",
+                        &format!("done in {:.2}s{layer}", elapsed.as_secs_f64()),
                         serde_json::json!({"seconds": elapsed.as_secs_f64(), "layer_size": layer_size}),
                     );
                 }
-                let layer = layer_size
-                    .map(|s| format!(", layer {}", human(s)))
-                    .unwrap_or_default();
                 let _ = writeln!(
                     err,
                     "{}{dim}  done in {:.2}s{layer}{reset}",
@@ -235,20 +252,22 @@ impl Output for Renderer {
                     return self.json(
                         err,
                         "output",
-                        serde_json::json!({"stderr": stderr, "text": String::from_utf8_lossy(bytes)}),
+                        "info",
+                        &String::from_utf8_lossy(bytes),
+                        serde_json::json!({ "stderr": stderr }),
                     );
                 }
                 let _ = err.write_all(bytes);
             }
             Event::Warning(text) => {
                 if self.format == Format::Json {
-                    return self.json(err, "warning", serde_json::json!({ "text": text }));
+                    return self.json(err, "warning", "warning", text, serde_json::json!({}));
                 }
                 let _ = writeln!(err, "{}{yellow}warning:{reset} {text}", self.prefix());
             }
             Event::Info(text) => {
                 if self.format == Format::Json {
-                    return self.json(err, "info", serde_json::json!({ "text": text }));
+                    return self.json(err, "info", "info", text, serde_json::json!({}));
                 }
                 let _ = writeln!(err, "{}{text}", self.prefix());
             }
@@ -262,6 +281,12 @@ impl Output for Renderer {
                     return self.json(
                         err,
                         "summary",
+                        "info",
+                        &format!(
+                            "built {digest} ({}, {layers} layers) in {:.2}s",
+                            human(size),
+                            elapsed.as_secs_f64()
+                        ),
                         serde_json::json!({"digest": digest, "size": size, "layers": layers, "seconds": elapsed.as_secs_f64(), "repeated_warnings": repeats}),
                     );
                 }
@@ -354,6 +379,19 @@ mod tests {
         assert_eq!(last["event"], "summary");
         assert_eq!(last["repeated_warnings"], 2);
         assert_eq!(json.lines().count(), 3, "{json}");
+        // logrus' JSONFormatter shape on every line (Kaniko's --log-format=json).
+        for line in json.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(v["msg"].is_string() && v["level"].is_string(), "{line}");
+            let time = v["time"].as_str().unwrap_or_default();
+            assert!(kiln_build::cache::parse_rfc3339(time).is_some(), "{line}");
+        }
+        let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        assert_eq!(first["level"], "warning", "{json}");
+        assert!(
+            last["msg"].as_str().unwrap().starts_with("built sha256:"),
+            "{last}"
+        );
     }
 
     #[test]
@@ -376,12 +414,13 @@ mod tests {
 
     #[test]
     fn the_error_is_a_json_event_in_json_mode() {
-        let line = error_line(Format::Json, false, "./Dockerfile:3: COPY: \"x\"\nmore", 1);
+        let line = error_line(Format::Json, "./Dockerfile:3: COPY: \"x\"\nmore", 1);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["event"], "error");
-        assert_eq!(v["text"], "./Dockerfile:3: COPY: \"x\"\nmore");
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["msg"], "./Dockerfile:3: COPY: \"x\"\nmore");
         assert_eq!(v["exit_code"], 1);
         assert!(!line.contains('\n'));
-        assert_eq!(error_line(Format::Text, false, "boom", 1), "error: boom");
+        assert_eq!(error_line(Format::Text, "boom", 1), "error: boom");
     }
 }

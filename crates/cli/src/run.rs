@@ -110,9 +110,8 @@ fn init_logging(flags: &LogFlags, format: Format) -> Result<()> {
         .with_target(false)
         .with_ansi(format == Format::Color);
     let layer = match (format, flags.log_timestamp) {
-        (Format::Json, timestamps) => layer
-            .event_format(crate::render::JsonLog { timestamps })
-            .boxed(),
+        // JSON lines always carry their time, as logrus' do.
+        (Format::Json, _) => layer.event_format(crate::render::JsonLog).boxed(),
         (_, true) => layer.boxed(),
         (_, false) => layer.without_time().boxed(),
     };

@@ -82,11 +82,13 @@ fn json_format_is_one_shape_for_events_logs_and_the_final_error() {
         .iter()
         .find(|v| v["event"] == "log")
         .expect("a log line");
-    assert!(log["level"].is_string() && log["text"].is_string(), "{log}");
+    // Every line has logrus' JSONFormatter fields (Kaniko's --log-format=json): level, msg,
+    // time.
+    assert!(log["level"].is_string() && log["msg"].is_string(), "{log}");
     assert!(
-        events
-            .iter()
-            .all(|v| v["text"].is_string() || v["event"] == "step_done" || v["event"] == "summary"),
+        events.iter().all(|v| v["msg"].is_string()
+            && ["info", "warning", "error", "debug"].contains(&v["level"].as_str().unwrap_or(""))
+            && v["time"].as_str().is_some_and(|t| t.ends_with('Z'))),
         "{err}"
     );
 
@@ -102,7 +104,7 @@ fn json_format_is_one_shape_for_events_logs_and_the_final_error() {
     let last = events.last().expect("some output");
     assert_eq!(last["event"], "error", "{err}");
     assert!(
-        last["text"]
+        last["msg"]
             .as_str()
             .unwrap_or_default()
             .contains("missing.txt"),
