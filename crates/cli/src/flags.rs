@@ -57,6 +57,15 @@ pub enum Command {
     },
 }
 
+impl BuildFlags {
+    /// Moves a positional CONTEXT into `context`, so the rest of the program reads one field.
+    pub fn take_positional_context(&mut self) {
+        if let Some(c) = self.context_arg.take() {
+            self.context = c;
+        }
+    }
+}
+
 impl Command {
     /// The logging flags of a command that takes them.
     pub fn log_flags(&self) -> Option<&LogFlags> {
@@ -102,6 +111,10 @@ pub struct BuildFlags {
     /// or `https://HOST/REPO.git#REF:SUBDIR`.
     #[arg(short = 'c', long, default_value = "/workspace/")]
     pub context: String,
+    /// The build context as an argument, as `docker build .` takes it: `kiln build .` is
+    /// `kiln build --context .`.
+    #[arg(value_name = "CONTEXT", conflicts_with = "context")]
+    pub context_arg: Option<String>,
     /// Sub-directory of the context to use as the context.
     #[arg(long = "context-sub-path", default_value = "")]
     pub context_sub_path: String,

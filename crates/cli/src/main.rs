@@ -15,7 +15,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = executor_args(std::env::args_os().collect());
-    let cli = flags::Cli::parse_from(args.clone());
+    let mut cli = flags::Cli::parse_from(args.clone());
+    if let flags::Command::Build(b) = &mut cli.command {
+        b.take_positional_context();
+    }
     if let flags::Command::Build(b) = &cli.command {
         userns::reexec_if_unprivileged(&args[1..]);
         // From here on SIGINT/SIGTERM/SIGHUP are handled by one thread that removes this

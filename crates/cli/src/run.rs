@@ -793,7 +793,10 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         }
     }
     if flags.destinations.is_empty() && !flags.no_push {
-        bail!("no --destination given: pass one or more, or --no-push");
+        bail!(
+            "no --destination given: pass one or more, or --no-push (with --tar-path FILE or \
+             --oci-layout-path DIR to keep the image)"
+        );
     }
     let state = state_dir(flags);
     let (context, _context_tmp) = context_dir(flags, &state)?;

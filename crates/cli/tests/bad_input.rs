@@ -83,3 +83,33 @@ fn no_destination_without_no_push_is_an_error() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no --destination given"));
 }
+
+/// `kiln build DIR` as `docker build DIR`: the positional context is the context, and naming
+/// both it and --context is refused.
+#[test]
+fn positional_context_is_the_context() {
+    let p = kiln_testkit::Project::new("FROM scratch\nCOPY payload /payload\n");
+    std::fs::write(p.ctx.join("payload"), b"from the positional context\n").unwrap();
+    let layout = p.path("oci");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(&p.ctx)
+        .args(["build", ".", "--no-push", "--kiln-dir"])
+        .arg(p.path("state"))
+        .arg("--oci-layout-path")
+        .arg(&layout)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(layout.join("index.json").is_file(), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", ".", "-c", "/elsewhere", "--no-push"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
