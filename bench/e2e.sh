@@ -13,6 +13,7 @@
 # WORKLOADS (space-separated subset of: small-app 60k-files 1gb-file apt-hello multi-stage
 # rebuild rebuild-multi; --only wins), BUILDERS (subset of: kiln buildah buildkit lower-bound),
 # KILN_REBUILD_STATE=fresh (kiln rebuilds in a fresh --kiln-dir: the registry cache only).
+# DROP_CACHES=0 (keep the page cache between measurements; see settle()).
 # The rebuild workloads measure a cold build (row "<name>-cold") and then, after one context
 # file changed, the rebuild: kiln with the cold build's --kiln-dir (its local cache and
 # unpacked trees) and the registry cache, buildah with its --layers storage, BuildKit with
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --reps) REPS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -278,9 +279,24 @@ reset_builders() { # fresh state for every builder: cold builds
         $DOCKER system prune -af >/dev/null 2>&1 || true
         $DOCKER builder prune -af >/dev/null 2>&1 || true
     fi
-    # Flush, untimed, what the previous builder wrote and what the removals above freed (this
-    # disk is mounted with `discard`): otherwise the next builder's measurement pays for it.
+    settle
+}
+
+# Untimed, before every measured build, after the previous state was removed: flush what the
+# previous builder wrote and what the removals freed (this disk is mounted with `discard`), drop
+# the clean page cache, and wait for an idle disk; otherwise the next builder pays for the
+# previous one. The drop matters on an ext4 without a journal (this machine's root file system:
+# /proc/fs/jbd2 is empty): there, allocating an inode skips every inode deleted in the last
+# minute whose inode-table block is still cached (recently_deleted() in fs/ext4/ialloc.c, called
+# only when s_journal is NULL), one buffer-cache lookup per skipped inode for each new file. After
+# the removal of a 6,000-file tree, `tar -x` of the Debian base took 5 s (all system time, 61%
+# of it in recently_deleted/find_get_block_common by perf) instead of 0.9 s, and whichever
+# builder or lower bound followed a large removal paid it. Dropping the page cache forgets those
+# blocks; the price is that every builder starts with a cold cache (reads here run at ~1.4 GB/s).
+# DROP_CACHES=0 keeps the cache (the method of the session 4 report).
+settle() {
     sync
+    if [ "${DROP_CACHES:-1}" = 1 ]; then echo 1 >/proc/sys/vm/drop_caches; fi
     wait_disk_idle
 }
 
@@ -367,6 +383,7 @@ lb_prepare() { # BASE_NAME
         done
         cp /etc/resolv.conf "$r/etc/resolv.conf"
     done
+    settle # the removal above
 }
 lb_measure() { # WORKLOAD REP BASE_NAME TAG STEP...
     local w=$1 rep=$2 base=$3 tag=$4
@@ -451,7 +468,7 @@ run_rebuild() { # BUILDER REP WORKLOAD
     # A rebuild comes minutes or hours after the build before it: let that build's writes
     # (and the deletion of its work dirs) reach the disk first, for every builder alike, or
     # the rebuild of whichever builder writes files pays for them (untimed).
-    sync
+    settle
     case "$b" in
         kiln) [ "$KILN_CACHE" = 1 ] && [ "${KILN_REBUILD_STATE:-keep}" = fresh ] && rm -rf "$WORK/kiln"
               run_kiln "$w" "$rep" "$WORK/ctx/$w" "$flags" ;;
