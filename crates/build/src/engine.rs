@@ -1271,6 +1271,16 @@ impl<'a> Builder<'a> {
         // Whether CMD was set in this stage: ENTRYPOINT then keeps it (BuildKit's cmd.IsSet).
         let mut cmd_set = false;
         let n = steps.len();
+        // The target stage's rootfs is read by no one after its last step that uses it
+        // (read_by_from is for the other stages): that step's overlay upper directory
+        // becomes its layer and is not moved into the rootfs.
+        let last_root_use = (stage.index == self.plan.target)
+            .then(|| {
+                steps
+                    .iter()
+                    .rposition(|s| touches_root(&s.value, self.opts.kaniko_volumes))
+            })
+            .flatten();
         for (k, ins) in steps.iter().enumerate() {
             self.out.event(Event::Step {
                 stage: pos,
@@ -1374,9 +1384,13 @@ impl<'a> Builder<'a> {
                 }
                 other => other?,
             };
+            let mut root_holds_step = touched;
             let layer = match outcome.fs {
                 FsEffect::Overlay(upper) => {
-                    let (layer, wrote_ignored) = self.apply_overlay(&root, &upper, single)?;
+                    let keep_root = last_root_use != Some(k);
+                    let (layer, wrote_ignored) =
+                        self.apply_overlay(&root, &upper, single, keep_root)?;
+                    root_holds_step &= keep_root;
                     beyond_layers |= wrote_ignored;
                     // The tree changed without the index: take a new one when a walk is needed.
                     index = None;
@@ -1439,9 +1453,12 @@ impl<'a> Builder<'a> {
                 layers.push(l);
                 origins.push("a step of this build".to_string());
             }
-            if touched {
+            if root_holds_step {
                 // The step ran on the filled rootfs and its layer is in it.
                 applied = layers.len();
+            } else if touched {
+                // The target's last use of its rootfs: the layer was not applied (no one
+                // reads the tree after it).
             } else {
                 debug_assert!(
                     size.is_none(),
@@ -1527,21 +1544,33 @@ impl<'a> Builder<'a> {
 
     /// A RUN's overlay upper directory becomes its layer (the same one a walk would give:
     /// ChangeSet::from_overlay_upper drops what overlayfs only copied up), which is then
-    /// applied to the stage rootfs through the confined unpacker. `single` (--single-snapshot)
-    /// never gets here.
+    /// applied to the stage rootfs through the confined unpacker, unless `keep_root` is false
+    /// (nothing reads the rootfs after this step: the upper directory is left for the build
+    /// directory's removal). `single` (--single-snapshot) never gets here.
     fn apply_overlay(
         &self,
         root: &Root,
         upper: &Path,
         single: bool,
+        keep_root: bool,
     ) -> Result<(Option<LayerRecord>, bool), BuildError> {
         debug_assert!(!single);
         let t0 = std::time::Instant::now();
         // --ignore-path applies as it does to the walk.
         let changes = ChangeSet::from_overlay_upper(upper, Some(root), &self.ignore)?;
+        let scanned_ms = t0.elapsed().as_millis() as u64;
         let upper_root = Root::open(upper)?;
         let layer = snapshot::write(&upper_root, &changes, &self.store, &self.settings)?;
         let written_ms = t0.elapsed().as_millis() as u64;
+        if !keep_root {
+            tracing::debug!(
+                changes = changes.len(),
+                scanned_ms,
+                written_ms,
+                "snapshot from the overlay's upper directory (not applied: the rootfs is not read again)"
+            );
+            return Ok((layer, false));
+        }
         // The stage rootfs becomes what the step left: the upper directory is moved in (no
         // copy; the files keep their timestamps), or, across file systems, the layer unpacked.
         // Ignored paths (--ignore-path, /var/run, Kaniko volumes) are not in the layer but stay
@@ -1564,6 +1593,7 @@ impl<'a> Builder<'a> {
         }
         tracing::debug!(
             changes = changes.len(),
+            scanned_ms,
             written_ms,
             applied_ms = t0.elapsed().as_millis() as u64 - written_ms,
             moved,
