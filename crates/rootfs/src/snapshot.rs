@@ -106,6 +106,10 @@ impl Change {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeSet {
     changes: Vec<Change>,
+    /// The kept xattrs of the entries, when the producer already read them (an overlay upper
+    /// walk lists every entry's xattrs for overlayfs's markers): entries not in the map have
+    /// none, and [`write_layer`] does not list them again. `None`: read at write time.
+    xattrs: Option<HashMap<PathBuf, Xattrs>>,
 }
 
 impl ChangeSet {
@@ -113,7 +117,15 @@ impl ChangeSet {
     pub fn new(mut changes: Vec<Change>) -> ChangeSet {
         changes.sort_by_cached_key(Change::tar_name);
         changes.dedup();
-        ChangeSet { changes }
+        ChangeSet {
+            changes,
+            xattrs: None,
+        }
+    }
+
+    /// The kept xattrs of `path` when the change set knows them (see the field's doc).
+    fn known_xattrs(&self, path: &Path) -> Option<Option<&Xattrs>> {
+        self.xattrs.as_ref().map(|m| m.get(path))
     }
 
     /// The changes, in archive order.
@@ -143,7 +155,7 @@ impl ChangeSet {
             })?;
             if rel.as_os_str().is_empty() {
                 // The root itself: everything.
-                for (path, _) in walk(root, &[], false, false)? {
+                for (path, _) in walk(root, &[], Xattr::None, false)? {
                     out.insert(path);
                 }
                 continue;
@@ -205,7 +217,6 @@ impl ChangeSet {
         lower: Option<&Root>,
         ignore: &[PathBuf],
     ) -> Result<ChangeSet, DiffError> {
-        use std::os::unix::fs::FileTypeExt;
         let ignore = normalise_ignore(ignore);
         let mut out = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -213,45 +224,44 @@ impl ChangeSet {
         // without a symlink: only below those is a lower path compared (a lower lookup never
         // follows a symlink the upper tree has replaced).
         let mut lower_dirs: HashSet<Box<[u8]>> = HashSet::new();
-        // Opaque directories kept opaque (no lower to expand against); WalkDir yields a
-        // directory before its contents (depth first), so a stack of the open ones suffices.
+        // Opaque directories kept opaque (no lower to expand against); entries come in
+        // depth-first order (a directory, then everything below it), so a stack of the open
+        // ones suffices.
         let mut opaque_dirs: Vec<PathBuf> = Vec::new();
-        let mut it = walkdir::WalkDir::new(upper)
-            .min_depth(1)
-            .follow_links(false)
-            .into_iter();
-        while let Some(e) = it.next() {
-            let e = e.map_err(|e| DiffError::Walk {
-                path: upper.to_path_buf(),
-                source: e.into(),
-            })?;
-            let relb = rel_bytes(upper, e.path());
-            if ignored(&ignore, &relb) {
-                if e.file_type().is_dir() {
-                    it.skip_current_dir();
-                }
-                continue;
-            }
-            let md = e.metadata().map_err(|err| DiffError::Walk {
-                path: e.path().to_path_buf(),
-                source: err.into(),
-            })?;
+        // Kept xattrs of every entry walked (parents added by `with_parents` included).
+        let mut xattrs: HashMap<PathBuf, Xattrs> = HashMap::new();
+        // The upper tree is read by the parallel walk (lstat relative to directory fds, every
+        // xattr: overlayfs's markers and the kept ones, one listing per entry); a RUN that
+        // made 60,000 files spends most of its snapshot here.
+        let upper_root = Root::open(upper).map_err(|source| DiffError::Root {
+            path: upper.display().to_string(),
+            source,
+        })?;
+        let mut entries = walk(&upper_root, &ignore, Xattr::All, false)?;
+        // Depth-first order: `/` sorts before every other byte of a name.
+        entries.sort_by_cached_key(|(k, _)| {
+            k.iter()
+                .map(|&c| if c == b'/' { 0 } else { c })
+                .collect::<Vec<u8>>()
+        });
+        for (relb, node) in entries {
             let rel = PathBuf::from(OsString::from_vec(relb.to_vec()));
+            let host = upper.join(&rel);
             while opaque_dirs.last().is_some_and(|d| !rel.starts_with(d)) {
                 opaque_dirs.pop();
             }
-            let ft = md.file_type();
-            if ft.is_char_device() && md.rdev() == 0 {
+            let kind = node.kind();
+            if kind == Kind::Char && node.rdev == 0 {
                 out.push(Change::Whiteout(rel));
                 continue;
             }
-            // One listing per entry: overlayfs's markers and the kept xattrs come from it.
-            let ux = crate::xattr::list(e.path()).map_err(|source| DiffError::Walk {
-                path: e.path().to_path_buf(),
-                source,
-            })?;
+            let ux: &[(OsString, Vec<u8>)] = node.xattrs.as_deref().unwrap_or_default();
             let has = |name: &str| ux.iter().find(|(k, _)| k.as_bytes() == name.as_bytes());
-            let opaque = ft.is_dir()
+            let kept: Vec<_> = ux.iter().filter(|(k, _)| keep_xattr(k)).cloned().collect();
+            if !kept.is_empty() {
+                xattrs.insert(rel.clone(), kept.into_boxed_slice());
+            }
+            let opaque = kind == Kind::Dir
                 && ["trusted.overlay.opaque", "user.overlay.opaque"]
                     .iter()
                     .any(|k| has(k).is_some_and(|(_, v)| v.as_slice() == b"y"));
@@ -265,7 +275,7 @@ impl ChangeSet {
             ] {
                 if has(x).is_some() {
                     return Err(DiffError::OverlayRedirect {
-                        path: e.path().to_path_buf(),
+                        path: host,
                         xattr: x,
                     });
                 }
@@ -293,7 +303,7 @@ impl ChangeSet {
             let lower_host = lower.path().join(&rel);
             let lower_st = std::fs::symlink_metadata(&lower_host).ok();
             let lower_is_dir = lower_st.as_ref().is_some_and(|st| st.is_dir());
-            if ft.is_dir() && lower_is_dir {
+            if kind == Kind::Dir && lower_is_dir {
                 lower_dirs.insert(relb.clone());
                 if opaque {
                     // The merged view of this directory is the upper one alone: whatever
@@ -302,11 +312,10 @@ impl ChangeSet {
                 }
             }
             if let Some(st) = lower_st {
-                let kept: Vec<_> = ux.into_iter().filter(|(k, _)| keep_xattr(k)).collect();
                 let up = UpperEntry {
-                    host: e.path(),
-                    md: &md,
-                    kept_xattrs: (!kept.is_empty()).then(|| kept.into_boxed_slice()),
+                    host: &host,
+                    node: &node,
+                    kept_xattrs: xattrs.get(&rel).cloned(),
                 };
                 if copied_up_unchanged(&up, &lower_host, &st, &rel, &mut buf)? {
                     continue;
@@ -314,7 +323,9 @@ impl ChangeSet {
             }
             out.push(Change::Entry(rel));
         }
-        Ok(ChangeSet::new(with_parents(out)))
+        let mut set = ChangeSet::new(with_parents(out));
+        set.xattrs = Some(xattrs);
+        Ok(set)
     }
 }
 
@@ -515,7 +526,7 @@ fn with_parents(mut changes: Vec<Change>) -> Vec<Change> {
 /// An entry of the upper directory being compared.
 struct UpperEntry<'a> {
     host: &'a Path,
-    md: &'a std::fs::Metadata,
+    node: &'a Node,
     kept_xattrs: Option<Xattrs>,
 }
 
@@ -528,13 +539,9 @@ fn copied_up_unchanged(
     rel: &Path,
     buf: &mut [u8],
 ) -> Result<bool, DiffError> {
-    let md = up.md;
-    let kind = Kind::of_mode(md.mode());
-    if st.mode() != md.mode()
-        || st.uid() != md.uid()
-        || st.gid() != md.gid()
-        || st.rdev() != md.rdev()
-    {
+    let md = up.node;
+    let kind = md.kind();
+    if st.mode() != md.mode || st.uid() != md.uid || st.gid() != md.gid || st.rdev() != md.rdev {
         return Ok(false);
     }
     if kind != Kind::Symlink && up.kept_xattrs != read_xattrs(lower_host)? {
@@ -542,7 +549,7 @@ fn copied_up_unchanged(
     }
     Ok(match kind {
         Kind::File => {
-            if st.size() != md.size() {
+            if st.size() != md.size {
                 return Ok(false);
             }
             use std::os::unix::fs::OpenOptionsExt;
@@ -677,7 +684,7 @@ fn hash_reader(f: &mut std::fs::File, buf: &mut [u8], rel: &[u8]) -> Result<[u8;
 fn walk(
     root: &Root,
     ignore: &[Vec<u8>],
-    with_xattrs: bool,
+    with_xattrs: Xattr,
     hash: bool,
 ) -> Result<Vec<(Key, Node)>, DiffError> {
     use std::sync::{Condvar, Mutex};
@@ -753,12 +760,22 @@ fn walk(
     Ok(all)
 }
 
+/// Which xattrs a walk reads into [`Node::xattrs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Xattr {
+    None,
+    /// Those a layer keeps (`keep_xattr`).
+    Kept,
+    /// All of them (overlayfs's markers too), for an upper directory.
+    All,
+}
+
 /// Reads one directory of the walk; returns its subdirectories.
 fn walk_dir(
     root: &Root,
     dir: &[u8],
     ignore: &[Vec<u8>],
-    with_xattrs: bool,
+    with_xattrs: Xattr,
     mut hash_buf: Option<&mut [u8]>,
     out: &mut Vec<(Key, Node)>,
 ) -> Result<Vec<Vec<u8>>, DiffError> {
@@ -814,10 +831,17 @@ fn walk_dir(
         } else {
             None
         };
-        let xattrs = if with_xattrs {
-            read_xattrs(&root.path().join(OsStr::from_bytes(&rel)))?
-        } else {
-            None
+        let xattrs = match with_xattrs {
+            Xattr::None => None,
+            Xattr::Kept => read_xattrs(&root.path().join(OsStr::from_bytes(&rel)))?,
+            // Whiteouts (0/0 character devices) carry none worth reading.
+            Xattr::All if kind == Kind::Char && st.st_rdev == 0 => None,
+            Xattr::All => {
+                let host = root.path().join(OsStr::from_bytes(&rel));
+                let x = crate::xattr::list(&host)
+                    .map_err(|source| DiffError::Walk { path: host, source })?;
+                (!x.is_empty()).then(|| x.into_boxed_slice())
+            }
         };
         let hash = match (&mut hash_buf, kind) {
             (Some(buf), Kind::File) => {
@@ -870,7 +894,7 @@ impl Index {
     /// hashed now (once per stage), so a later touched-but-identical file is recognised.
     pub fn scan(root: &Root, ignore: &[PathBuf], mode: SnapshotMode) -> Result<Index, DiffError> {
         let ignore = normalise_ignore(ignore);
-        let nodes = walk(root, &ignore, true, mode == SnapshotMode::Full)?;
+        let nodes = walk(root, &ignore, Xattr::Kept, mode == SnapshotMode::Full)?;
         Ok(Index {
             entries: nodes.into_iter().collect(),
             ignore,
@@ -896,7 +920,7 @@ impl Index {
     /// Walks the rootfs, returns what changed since the index was taken (or last diffed) and
     /// updates the index to the current state.
     pub fn diff(&mut self, root: &Root) -> Result<ChangeSet, DiffError> {
-        let mut new: BTreeMap<Box<[u8]>, Node> = walk(root, &self.ignore, false, false)?
+        let mut new: BTreeMap<Box<[u8]>, Node> = walk(root, &self.ignore, Xattr::None, false)?
             .into_iter()
             .collect();
         let mut changes = Vec::new();
@@ -1140,16 +1164,20 @@ pub fn write_layer(
         )
         .map_err(io)?;
         let kind = Kind::of_mode(st.st_mode);
+        let as_meta = |x: &Xattrs| -> Vec<(String, Vec<u8>)> {
+            x.iter()
+                .map(|(k, v)| (k.to_string_lossy().into_owned(), v.clone()))
+                .collect()
+        };
         let xattrs = if kind == Kind::Symlink {
             Vec::new()
+        } else if let Some(known) = changes.known_xattrs(p) {
+            known.map(as_meta).unwrap_or_default()
         } else {
             let host = root.path().join(OsStr::from_bytes(&parent.logical()));
             read_xattrs(&host)?
-                .map(|x| {
-                    x.iter()
-                        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.clone()))
-                        .collect()
-                })
+                .as_ref()
+                .map(as_meta)
                 .unwrap_or_default()
         };
         let meta = EntryMeta {

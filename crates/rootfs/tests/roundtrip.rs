@@ -1067,3 +1067,48 @@ fn unmount(merged: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The xattrs an overlay upper walk read are written from its change set (not listed again):
+/// the layer is byte-identical to one whose xattrs are read at write time, and it carries the
+/// xattrs of a changed file and of a parent directory added only as a parent.
+#[test]
+fn overlay_upper_xattrs_are_written_from_the_walk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upper = tmp.path().join("upper");
+    fs::create_dir_all(upper.join("d/e")).unwrap();
+    fs::write(upper.join("d/e/f"), b"with a note").unwrap();
+    fs::write(upper.join("d/e/g"), b"without").unwrap();
+    let set = |p: &Path, k: &str, v: &[u8]| {
+        rustix::fs::lsetxattr(p, k, v, rustix::fs::XattrFlags::empty())
+    };
+    if let Err(e) = set(&upper.join("d/e/f"), "user.note", b"hello") {
+        println!("skipped: no user xattrs on this file system ({e})");
+        return;
+    }
+    set(&upper.join("d"), "user.dir", b"1").unwrap();
+    let store = BlobStore::open(tmp.path().join("store")).unwrap();
+    let root = Root::open(&upper).unwrap();
+    let walked = ChangeSet::from_overlay_upper(&upper, None, &[]).unwrap();
+    assert_eq!(paths(&walked), ["d", "d/e", "d/e/f", "d/e/g"]);
+    let read_later = ChangeSet::new(walked.changes().to_vec());
+    let a = layer_of(&store, &root, &walked);
+    let b = layer_of(&store, &root, &read_later);
+    assert_eq!(a.digest, b.digest);
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    unpack_layer(
+        &Root::open(&out).unwrap(),
+        fs::File::open(store.path(&a.digest)).unwrap(),
+        &UnpackOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        user_xattrs(&out.join("d/e/f")),
+        [("user.note".into(), b"hello".to_vec())]
+    );
+    assert_eq!(
+        user_xattrs(&out.join("d")),
+        [("user.dir".into(), b"1".to_vec())]
+    );
+    assert!(user_xattrs(&out.join("d/e/g")).is_empty());
+}
