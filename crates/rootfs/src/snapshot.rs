@@ -1105,6 +1105,204 @@ fn root_err(p: &Path) -> impl FnOnce(RootError) -> DiffError + '_ {
     }
 }
 
+/// Files up to this size are read by the prefetching readers (larger ones are streamed by the
+/// writer itself): with [`CHUNK`] entries per batch and two batches per reader in flight,
+/// at most 2 MiB a batch, 8 MiB in all.
+const INLINE_MAX: u64 = 32 * 1024;
+/// Entries per batch handed from a reader to the writer.
+const CHUNK: usize = 64;
+
+/// The facts of one entry the writer needs, read ahead of it.
+struct Prepared {
+    kind: Kind,
+    meta: EntryMeta,
+    nlink: u64,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    rdev: u64,
+    /// The whole content of a regular file up to [`INLINE_MAX`] bytes (shorter when the file
+    /// shrank after its `fstatat`: the writer then fails as when streaming it).
+    content: Option<Vec<u8>>,
+    /// A symlink's target.
+    link: Option<PathBuf>,
+}
+
+/// The parent directory of the last entry resolved, reused for its siblings (entries come
+/// sorted, so siblings follow each other).
+type CachedParent = Option<(Vec<u8>, crate::root::Parent)>;
+
+/// Splits `p` into its directory part and last name, and resolves the directory (confined,
+/// last component not followed), reusing `cached` for siblings.
+fn resolve_parent<'c>(
+    root: &Root,
+    p: &Path,
+    cached: &'c mut CachedParent,
+) -> Result<&'c mut crate::root::Parent, DiffError> {
+    let bytes = p.as_os_str().as_bytes();
+    let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (&bytes[..0], bytes),
+    };
+    let reuse = matches!(&*cached, Some((d, _)) if d.as_slice() == dir)
+        && !name.is_empty()
+        && name != b"..";
+    if reuse {
+        let (_, par) = cached.as_mut().expect("checked above");
+        par.name = name.to_vec();
+        return Ok(par);
+    }
+    let par = root.parent(bytes, None).map_err(root_err(p))?;
+    Ok(&mut cached.insert((dir.to_vec(), par)).1)
+}
+
+fn snapshot_io(p: &Path) -> impl Fn(nix::Error) -> DiffError + '_ {
+    move |source| DiffError::Root {
+        path: p.display().to_string(),
+        source: RootError::Io {
+            op: "snapshot",
+            path: p.display().to_string(),
+            source,
+        },
+    }
+}
+
+/// Reads what the writer needs of the entry at `p`: its `lstat`, kept xattrs, link target,
+/// and the content of a small regular file.
+fn prepare(
+    root: &Root,
+    changes: &ChangeSet,
+    p: &Path,
+    cached: &mut CachedParent,
+) -> Result<Prepared, DiffError> {
+    use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    let io = snapshot_io(p);
+    let parent = resolve_parent(root, p, cached)?;
+    let st = fstatat(
+        &parent.fd,
+        parent.name.as_slice(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(&io)?;
+    let kind = Kind::of_mode(st.st_mode);
+    let as_meta = |x: &Xattrs| -> Vec<(String, Vec<u8>)> {
+        x.iter()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.clone()))
+            .collect()
+    };
+    let xattrs = if kind == Kind::Symlink {
+        Vec::new()
+    } else if let Some(known) = changes.known_xattrs(p) {
+        known.map(as_meta).unwrap_or_default()
+    } else {
+        let host = root.path().join(OsStr::from_bytes(&parent.logical()));
+        read_xattrs(&host)?
+            .as_ref()
+            .map(as_meta)
+            .unwrap_or_default()
+    };
+    let size = st.st_size as u64;
+    let content = if kind == Kind::File && size <= INLINE_MAX && st.st_nlink == 1 {
+        let fd = openat(
+            &parent.fd,
+            parent.name.as_slice(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(&io)?;
+        let mut buf = Vec::with_capacity(size as usize);
+        std::fs::File::from(fd)
+            .take(size)
+            .read_to_end(&mut buf)
+            .map_err(|e| DiffError::Hash {
+                path: p.display().to_string(),
+                source: e,
+            })?;
+        Some(buf)
+    } else {
+        None
+    };
+    let link = if kind == Kind::Symlink {
+        let t = readlinkat(&parent.fd, parent.name.as_slice()).map_err(&io)?;
+        Some(PathBuf::from(t))
+    } else {
+        None
+    };
+    Ok(Prepared {
+        kind,
+        meta: EntryMeta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid.into(),
+            gid: st.st_gid.into(),
+            mtime: st.st_mtime,
+            xattrs,
+        },
+        nlink: st.st_nlink,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size,
+        rdev: st.st_rdev,
+        content,
+        link,
+    })
+}
+
+/// Calls `each` for every change in order, with its entry prepared ([`prepare`]; `None` for
+/// whiteouts). A large change set is prepared ahead by reader threads, batch `i` by reader
+/// `i % readers`, so the `fstatat`/`open`/`read` of the next files overlap the writing of the
+/// current ones (a RUN that made 60,000 small files is otherwise one syscall-bound thread).
+fn for_each_prepared(
+    root: &Root,
+    changes: &ChangeSet,
+    mut each: impl FnMut(&Change, Option<Prepared>) -> Result<(), DiffError>,
+) -> Result<(), DiffError> {
+    let one = |c: &Change, cached: &mut CachedParent| match c {
+        Change::Entry(p) => prepare(root, changes, p, cached).map(Some),
+        Change::Whiteout(_) | Change::Opaque(_) => Ok(None),
+    };
+    let all = changes.changes();
+    let readers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    if all.len() < 4 * CHUNK || readers < 2 {
+        let mut cached = None;
+        for c in all {
+            each(c, one(c, &mut cached)?)?;
+        }
+        return Ok(());
+    }
+    let batches: Vec<&[Change]> = all.chunks(CHUNK).collect();
+    type Batch = Vec<Result<Option<Prepared>, DiffError>>;
+    std::thread::scope(|s| {
+        let mut queues = Vec::new();
+        for r in 0..readers {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+            queues.push(rx);
+            let (batches, one) = (&batches, &one);
+            s.spawn(move || {
+                let mut cached = None;
+                for batch in batches.iter().skip(r).step_by(readers) {
+                    let prepared = batch.iter().map(|c| one(c, &mut cached)).collect();
+                    // The writer stopped (an error): so do we.
+                    if tx.send(prepared).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        for (i, batch) in batches.iter().enumerate() {
+            // A reader that panicked dropped its sender; the scope re-raises the panic.
+            let Ok(prepared) = queues[i % readers].recv() else {
+                break;
+            };
+            for (c, p) in batch.iter().zip(prepared) {
+                each(c, p?)?;
+            }
+        }
+        Ok(())
+        // Returning drops the receivers: readers still sending stop.
+    })
+}
+
 /// Writes `changes` into `layer`, streaming file contents from the rootfs (through [`Root`],
 /// never following a last symlink). Files with several links inside one layer are written once
 /// and then as hard links to the first path. Xattrs written: `user.*` (not `user.overlay.*`)
@@ -1114,117 +1312,68 @@ pub fn write_layer(
     changes: &ChangeSet,
     layer: &mut LayerWriter,
 ) -> Result<WriteStats, DiffError> {
-    use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
-    use nix::sys::stat::{fstatat, Mode};
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
     let mut stats = WriteStats::default();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    // Entries come sorted, so siblings follow each other: resolve each parent directory once.
-    let mut cached: Option<(Vec<u8>, crate::root::Parent)> = None;
-    for c in changes.changes() {
+    // For files too large to be read ahead: their parent, resolved by this thread.
+    let mut cached: CachedParent = None;
+    for_each_prepared(root, changes, |c, prepared| {
         stats.entries += 1;
         let p = c.path();
-        let entry = match c {
-            Change::Whiteout(_) => {
-                layer.append_whiteout(p)?;
-                continue;
-            }
-            Change::Opaque(_) => {
-                layer.append_opaque(p)?;
-                continue;
-            }
-            Change::Entry(_) => p,
+        let e = match (c, prepared) {
+            (Change::Whiteout(_), _) => return Ok(layer.append_whiteout(p)?),
+            (Change::Opaque(_), _) => return Ok(layer.append_opaque(p)?),
+            (Change::Entry(_), Some(e)) => e,
+            (Change::Entry(_), None) => unreachable!("entries are prepared"),
         };
-        let bytes = entry.as_os_str().as_bytes();
-        let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&bytes[..i], &bytes[i + 1..]),
-            None => (&bytes[..0], bytes),
-        };
-        let parent = match &mut cached {
-            Some((d, par)) if d.as_slice() == dir && !name.is_empty() && name != b".." => {
-                par.name = name.to_vec();
-                par
-            }
-            _ => {
-                let par = root.parent(bytes, None).map_err(root_err(p))?;
-                &mut cached.insert((dir.to_vec(), par)).1
-            }
-        };
-        let io = |source: nix::Error| DiffError::Root {
-            path: p.display().to_string(),
-            source: RootError::Io {
-                op: "snapshot",
-                path: p.display().to_string(),
-                source,
-            },
-        };
-        let st = fstatat(
-            &parent.fd,
-            parent.name.as_slice(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(io)?;
-        let kind = Kind::of_mode(st.st_mode);
-        let as_meta = |x: &Xattrs| -> Vec<(String, Vec<u8>)> {
-            x.iter()
-                .map(|(k, v)| (k.to_string_lossy().into_owned(), v.clone()))
-                .collect()
-        };
-        let xattrs = if kind == Kind::Symlink {
-            Vec::new()
-        } else if let Some(known) = changes.known_xattrs(p) {
-            known.map(as_meta).unwrap_or_default()
-        } else {
-            let host = root.path().join(OsStr::from_bytes(&parent.logical()));
-            read_xattrs(&host)?
-                .as_ref()
-                .map(as_meta)
-                .unwrap_or_default()
-        };
-        let meta = EntryMeta {
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid.into(),
-            gid: st.st_gid.into(),
-            mtime: st.st_mtime,
-            xattrs,
-        };
-        match kind {
-            Kind::Dir => layer.append_dir(p, &meta)?,
+        let meta = &e.meta;
+        match e.kind {
+            Kind::Dir => layer.append_dir(p, meta)?,
             Kind::File => {
-                if st.st_nlink > 1 {
-                    let key = (st.st_dev, st.st_ino);
+                if e.nlink > 1 {
+                    let key = (e.dev, e.ino);
                     if let Some(first) = links.get(&key) {
-                        layer.append_hardlink(p, &meta, first)?;
+                        layer.append_hardlink(p, meta, first)?;
                         stats.hardlinks += 1;
-                        continue;
+                        return Ok(());
                     }
                     links.insert(key, p.to_path_buf());
                 }
-                let fd = openat(
-                    &parent.fd,
-                    parent.name.as_slice(),
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-                    Mode::empty(),
-                )
-                .map_err(io)?;
-                let mut f = std::fs::File::from(fd);
-                let size = st.st_size as u64;
-                layer.append_file(p, &meta, &mut f, size)?;
-                stats.bytes += size;
+                match &e.content {
+                    Some(bytes) => layer.append_file(p, meta, &mut bytes.as_slice(), e.size)?,
+                    None => {
+                        let parent = resolve_parent(root, p, &mut cached)?;
+                        let fd = openat(
+                            &parent.fd,
+                            parent.name.as_slice(),
+                            OFlag::O_RDONLY
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC
+                                | OFlag::O_NONBLOCK,
+                            Mode::empty(),
+                        )
+                        .map_err(snapshot_io(p))?;
+                        let mut f = std::fs::File::from(fd);
+                        layer.append_file(p, meta, &mut f, e.size)?;
+                    }
+                }
+                stats.bytes += e.size;
             }
             Kind::Symlink => {
-                let t = readlinkat(&parent.fd, parent.name.as_slice()).map_err(io)?;
-                layer.append_symlink(p, &meta, Path::new(&t))?;
+                let target = e.link.as_deref().unwrap_or(Path::new(""));
+                layer.append_symlink(p, meta, target)?;
             }
-            Kind::Fifo => layer.append_fifo(p, &meta)?,
+            Kind::Fifo => layer.append_fifo(p, meta)?,
             Kind::Char | Kind::Block => {
-                let dk = if kind == Kind::Char {
+                let dk = if e.kind == Kind::Char {
                     DeviceKind::Char
                 } else {
                     DeviceKind::Block
                 };
-                let major = nix::sys::stat::major(st.st_rdev) as u32;
-                let minor = nix::sys::stat::minor(st.st_rdev) as u32;
-                layer.append_device(p, &meta, dk, major, minor)?;
+                let major = nix::sys::stat::major(e.rdev) as u32;
+                let minor = nix::sys::stat::minor(e.rdev) as u32;
+                layer.append_device(p, meta, dk, major, minor)?;
             }
             Kind::Socket => {
                 // Sockets cannot be archived (tar has no type for them); Docker skips them.
@@ -1232,6 +1381,7 @@ pub fn write_layer(
                 tracing::debug!(path = %p.display(), "socket skipped");
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(stats)
 }

@@ -1112,3 +1112,51 @@ fn overlay_upper_xattrs_are_written_from_the_walk() {
     );
     assert!(user_xattrs(&out.join("d/e/g")).is_empty());
 }
+
+/// A change set large enough for the prefetching readers (more than 256 entries, batches read
+/// by two threads): files small and large (streamed), hard links within the layer, symlinks,
+/// fifos, modes, whiteouts, in several directories: the round trip gives the new tree and the
+/// layer's entries come in the change set's order.
+#[test]
+fn large_change_sets_round_trip_through_the_readers() {
+    let c = Case::new(base);
+    let cs = c.run(SnapshotMode::Full, |p| {
+        for d in 0..7 {
+            let dir = p.join(format!("data/d{d}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..60 {
+                let path = dir.join(format!("f{f}"));
+                // Mostly small files; every 17th is larger than what is read ahead.
+                let len = if f % 17 == 0 { 100_000 + f } else { f * 37 };
+                fs::write(&path, vec![(d * 60 + f) as u8; len]).unwrap();
+                if f % 11 == 0 {
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+                }
+            }
+            fs::hard_link(dir.join("f1"), dir.join("f1-link")).unwrap();
+            symlink(format!("d{d}/f2"), p.join(format!("data/s{d}"))).unwrap();
+        }
+        let st = Command::new("mkfifo")
+            .arg(p.join("data/fifo"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::remove_file(p.join("usr/lib/app/m5")).unwrap();
+    });
+    let names = paths(&cs);
+    assert!(cs.len() > 256, "{}", cs.len());
+    assert!(names.contains(&"usr/lib/app/.wh.m5".to_string()));
+    assert!(names.contains(&"data/d6/f59".to_string()));
+    let layer = layer_of(&c.store, &Root::open(&c.new).unwrap(), &cs);
+    let out = Command::new("tar")
+        .arg("-tf")
+        .arg(c.store.path(&layer.digest))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect();
+    assert_eq!(listed, names);
+}
