@@ -39,6 +39,15 @@ pub fn workdir(
     } else {
         match root.resolve(&rel) {
             Ok(host) if host.is_dir() => None,
+            // An existing file (or a component of the path that is one) is an error, as in
+            // BuildKit ("mkdir …: not a directory"), never replaced by a directory.
+            Ok(host) if std::fs::symlink_metadata(&host).is_ok() => {
+                return Err(RootError::NotADirectory {
+                    path: path.clone(),
+                    component: path,
+                });
+            }
+            Err(e @ RootError::NotADirectory { .. }) => return Err(e),
             _ => {
                 let meta = Meta {
                     mode: 0o755,
@@ -62,6 +71,32 @@ pub fn workdir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_file_is_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("app.conf"), b"data").unwrap();
+        std::fs::create_dir(tmp.path().join("etc")).unwrap();
+        std::fs::write(tmp.path().join("etc/passwd"), b"root").unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        for dir in ["/app.conf", "/app.conf/sub", "/etc/passwd/x/y"] {
+            let mut c = ImageConfig::default();
+            let err = workdir(&mut c, &root, dir, (0, 0)).unwrap_err();
+            assert!(
+                matches!(err, RootError::NotADirectory { .. }),
+                "{dir}: {err}"
+            );
+        }
+        assert_eq!(std::fs::read(tmp.path().join("app.conf")).unwrap(), b"data");
+        assert_eq!(
+            std::fs::read(tmp.path().join("etc/passwd")).unwrap(),
+            b"root"
+        );
+        let mut c = ImageConfig::default();
+        let (_, created) = workdir(&mut c, &root, "/etc/new/deeper", (0, 0)).unwrap();
+        assert_eq!(created, Some(PathBuf::from("etc/new/deeper")));
+        assert!(tmp.path().join("etc/new/deeper").is_dir());
+    }
 
     #[test]
     fn relative_workdirs_stack() {
