@@ -867,6 +867,34 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// A `--from=NAME` that is no stage is an image (BuildKit's rule); when it is a bare word
+    /// and pulling it failed, the likelier story is a misspelt stage: say which stages exist.
+    fn pull_for_from_error(
+        &self,
+        ins: &Spanned<Instruction>,
+        from: &str,
+        e: BuildError,
+    ) -> BuildError {
+        let names: Vec<&str> = self
+            .plan
+            .stage_names
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if from.contains(['/', ':', '.', '@']) || names.is_empty() {
+            return e;
+        }
+        self.step_error(
+            ins,
+            format!(
+                "--from={from}: no stage has that name, so it was pulled as an image, which \
+                 failed: {e}\nhint: stages are: {}",
+                names.join(", ")
+            ),
+        )
+    }
+
     fn step_error(&self, ins: &Spanned<Instruction>, message: String) -> BuildError {
         BuildError::Step {
             file: self.file.clone(),
@@ -1116,6 +1144,7 @@ impl<'a> Builder<'a> {
                         cb.manifest_digest
                     )));
                     let config = ImageConfig::from_slice(&cb.config_bytes)?;
+                    self.check_base_platform(stage, &reference, &config, &platform);
                     let format = self.opts.image_format.unwrap_or_else(|| {
                         ImageFormat::of_manifest_type(&cb.media_type).unwrap_or(ImageFormat::Oci)
                     });
@@ -1142,9 +1171,18 @@ impl<'a> Builder<'a> {
                     // Not prefetched, or the prefetch failed: pull here, where an error
                     // names the stage.
                     _ => {
-                        let pulled = self.with_progress(&client, &what, || {
-                            client.pull_image(&reference, &platform, &store)
-                        })?;
+                        let pulled = self
+                            .with_progress(&client, &what, || {
+                                client.pull_image(&reference, &platform, &store)
+                            })
+                            // The error names the reference as written (with its tag) and
+                            // the FROM line; the registry's own names the repository only.
+                            .map_err(|e| BuildError::Step {
+                                file: self.file.clone(),
+                                line: stage.from.span.start_line,
+                                instruction: "FROM".into(),
+                                message: format!("pulling {reference}: {e}"),
+                            })?;
                         (pulled, t0.elapsed())
                     }
                 };
@@ -1158,6 +1196,7 @@ impl<'a> Builder<'a> {
                     bytes as f64 / 1e6 / secs
                 )));
                 let config = ImageConfig::from_slice(&pulled.config_bytes)?;
+                self.check_base_platform(stage, &reference, &config, &platform);
                 let layers = pulled_layers(&pulled, &config, name)?;
                 for l in &layers {
                     self.sources.insert(l.digest.clone(), pulled.source.clone());
@@ -1173,6 +1212,41 @@ impl<'a> Builder<'a> {
                 ))
             }
         }
+    }
+
+    /// Warns when a base image is not for the platform the stage is built for: a registry
+    /// answers a single-platform manifest whatever platform is asked, and its programs then
+    /// fail to run on the target (`exec format error`) while the image says it is for the
+    /// target. BuildKit warns the same way (InvalidBaseImagePlatform) and builds.
+    fn check_base_platform(
+        &self,
+        stage: &PlannedStage,
+        reference: &impl std::fmt::Display,
+        config: &ImageConfig,
+        platform: &Platform,
+    ) {
+        let variant_differs = matches!(
+            (config.variant.as_deref(), platform.variant()),
+            (Some(a), Some(b)) if a != b
+        );
+        let empty = config.os.is_empty() || config.architecture.is_empty();
+        if empty
+            || (config.os == platform.os()
+                && config.architecture == platform.architecture()
+                && !variant_differs)
+        {
+            return;
+        }
+        let is = match config.variant.as_deref() {
+            Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
+            None => format!("{}/{}", config.os, config.architecture),
+        };
+        self.out.event(Event::Warning(&format!(
+            "{}:{}: FROM {reference} is an image for {is}, not for {platform} as this build asks \
+             (the registry has no {platform} image of it): its programs may not run on \
+             {platform}, and the built image will say it is for {platform}",
+            self.file, stage.from.span.start_line
+        )));
     }
 
     fn run_stage(
@@ -2305,7 +2379,9 @@ impl<'a> Builder<'a> {
                 self.open_root(&r.root)
             }
             FromRef::Image(image) => {
-                let dir = self.image_root(&image)?;
+                let dir = self
+                    .image_root(&image)
+                    .map_err(|e| self.pull_for_from_error(ins, from, e))?;
                 self.open_root(&dir)
             }
         }
@@ -2467,7 +2543,8 @@ impl<'a> Builder<'a> {
         for m in &r.mounts {
             if let Some(from) = &m.from {
                 if let Ok(FromRef::Image(image)) = self.plan.resolve_from(stage.index, from) {
-                    self.image_root(&image)?;
+                    self.image_root(&image)
+                        .map_err(|e| self.pull_for_from_error(ins, from, e))?;
                 }
             }
         }
