@@ -104,7 +104,7 @@ pub enum DebugCommand {
 #[derive(Debug, Clone, Args)]
 pub struct BuildFlags {
     /// Path to the Dockerfile: as given, then relative to the context.
-    #[arg(short = 'f', long, default_value = "Dockerfile")]
+    #[arg(short = 'f', long, alias = "file", default_value = "Dockerfile")]
     pub dockerfile: String,
     /// Build context: a directory, `dir://DIR`, `tar://FILE` (or `tar://stdin`),
     /// `git://REPO#REF#COMMIT` (Kaniko: fetched over https, or http with GIT_PULL_METHOD=http)
@@ -124,6 +124,13 @@ pub struct BuildFlags {
     /// Image reference to push (repeatable).
     #[arg(short = 'd', long = "destination")]
     pub destinations: Vec<String>,
+    /// `docker build -t`: refused with what to use instead (kiln keeps no local images, so
+    /// a name given here could only be pushed, which -t never does).
+    #[arg(short = 't', long = "tag", hide = true)]
+    pub docker_tags: Vec<String>,
+    /// `docker build --no-cache`: no layer cache (kiln's default unless --cache=true).
+    #[arg(long = "no-cache", hide = true)]
+    pub no_cache: bool,
     /// Build only; do not push the image.
     #[arg(long = "no-push", env = "KANIKO_NO_PUSH", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub no_push: bool,
@@ -155,7 +162,12 @@ pub struct BuildFlags {
     #[arg(long = "annotation")]
     pub annotations: Vec<String>,
     /// os/arch[/variant] of the image (picks base images from indexes; no emulation).
-    #[arg(long = "custom-platform", alias = "customPlatform", default_value = "")]
+    #[arg(
+        long = "custom-platform",
+        visible_alias = "platform",
+        alias = "customPlatform",
+        default_value = ""
+    )]
     pub custom_platform: String,
     /// Media types of the image: `oci` or `docker` (default: follow the base image).
     #[arg(long = "image-format", default_value = "")]

@@ -167,6 +167,13 @@ fn parse_secret(spec: &str) -> Result<SecretSource> {
     };
     // Docker's default: a secret with no source is read from the env var or file named by id.
     let source = from.unwrap_or_else(|| SecretFrom::Env(id.clone()));
+    // A missing file fails now, as `docker build --secret` does, not when the RUN that
+    // mounts it is reached, maybe minutes into the build.
+    if let SecretFrom::File(p) = &source {
+        if let Err(e) = std::fs::metadata(p) {
+            bail!("--secret id={id}: cannot read {}: {e}", p.display());
+        }
+    }
     Ok(SecretSource { id, source })
 }
 
@@ -792,6 +799,13 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
             bail!("not supported yet: {flag} with a URL ({value}); give a file path");
         }
     }
+    if let Some(t) = flags.docker_tags.first() {
+        bail!(
+            "-t/--tag {t:?}: kiln keeps no local image store, so it does not tag images: push \
+             with -d REGISTRY/REPO:TAG (--destination), or keep the image with --no-push \
+             --tar-path FILE (then `podman load -i FILE`) or --oci-layout-path DIR"
+        );
+    }
     if flags.destinations.is_empty() && !flags.no_push {
         bail!(
             "no --destination given: pass one or more, or --no-push (with --tar-path FILE or \
@@ -882,7 +896,7 @@ fn build(flags: &BuildFlags) -> Result<ExitCode> {
         credentials: credentials(),
         skip_push_permission_check: flags.registry.skip_push_permission_check,
         push_retry: flags.registry.push_retry,
-        cache: if flags.cache {
+        cache: if flags.cache && !flags.no_cache {
             Some(kiln_build::options::CacheOptions {
                 repo: (!flags.cache_repo.is_empty()).then(|| flags.cache_repo.clone()),
                 dir: (!flags.cache_dir.is_empty()).then(|| PathBuf::from(&flags.cache_dir)),
@@ -1267,6 +1281,24 @@ mod state_dir_tests {
             Command::Build(b) => *b,
             other => panic!("not build: {other:?}"),
         }
+    }
+
+    #[test]
+    fn docker_build_spellings_are_understood() {
+        let f = flags(&[
+            "--file",
+            "Other.Dockerfile",
+            "--platform",
+            "linux/arm64",
+            "--no-cache",
+            "--cache=true",
+        ]);
+        assert_eq!(f.dockerfile, "Other.Dockerfile");
+        assert_eq!(f.custom_platform, "linux/arm64");
+        assert!(f.no_cache && f.cache);
+        let f = flags(&["-t", "app:1"]);
+        assert_eq!(f.docker_tags, ["app:1"]);
+        assert!(f.destinations.is_empty(), "-t is not a destination");
     }
 
     #[test]

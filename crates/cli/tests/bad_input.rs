@@ -113,3 +113,75 @@ fn positional_context_is_the_context() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `docker build -t NAME` has no meaning without a local image store: refused before any
+/// work, saying what to use instead (and never pushed).
+#[test]
+fn docker_tag_flag_says_what_to_use_instead() {
+    let p = kiln_testkit::Project::new("FROM scratch\nCOPY payload /payload\n");
+    std::fs::write(p.ctx.join("payload"), b"x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-t", "app:1"])
+        .arg(&p.ctx)
+        .arg("--kiln-dir")
+        .arg(p.path("state"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("-t/--tag \"app:1\"")
+            && err.contains("--destination")
+            && err.contains("--tar-path"),
+        "{err}"
+    );
+    assert!(!err.contains("pushed"), "{err}");
+}
+
+/// A --secret file that does not exist fails the build before any step, naming id and path.
+#[test]
+fn missing_secret_file_fails_before_the_build_naming_it() {
+    let p = kiln_testkit::Project::new("FROM scratch\nCOPY payload /payload\n");
+    std::fs::write(p.ctx.join("payload"), b"x").unwrap();
+    let missing = p.path("no-such-secret-file");
+    let (code, err) = kiln_build(
+        &[
+            "-c",
+            &p.ctx.display().to_string(),
+            &format!("--secret=id=tok,src={}", missing.display()),
+        ],
+        &p.path("state"),
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("--secret id=tok") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("[stage 1/1 step 1/1]"), "failed late: {err}");
+}
+
+/// A COPY source that .dockerignore excludes is "not found", as in BuildKit, and the error
+/// says why; a source that is simply missing does not mention .dockerignore.
+#[test]
+fn a_source_excluded_by_dockerignore_says_so() {
+    let p = kiln_testkit::Project::new("FROM scratch\nCOPY config/app.env /app.env\n");
+    std::fs::create_dir(p.ctx.join("config")).unwrap();
+    std::fs::write(p.ctx.join("config/app.env"), b"A=1").unwrap();
+    std::fs::write(p.ctx.join(".dockerignore"), b"*.env\nconfig/*.env\n").unwrap();
+    let (code, err) = kiln_build(&["-c", &p.ctx.display().to_string()], &p.path("state"));
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("Dockerfile:2")
+            && err.contains(
+                "config/app.env (it is in the context directory, but .dockerignore excludes it)"
+            ),
+        "{err}"
+    );
+    std::fs::remove_file(p.ctx.join("config/app.env")).unwrap();
+    let (code, err) = kiln_build(&["-c", &p.ctx.display().to_string()], &p.path("state"));
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("config/app.env") && !err.contains(".dockerignore"),
+        "{err}"
+    );
+}

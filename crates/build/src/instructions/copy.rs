@@ -95,6 +95,22 @@ fn excluded(rel: &Path, patterns: &[String]) -> Result<bool, CopyError> {
     Ok(false)
 }
 
+/// A source that matched nothing; when it is in the context directory but `.dockerignore`
+/// excludes it, the error says so (a classic time sink: BuildKit only says "not found").
+fn not_found(source: &Source<'_>, s: &str) -> CopyError {
+    if let Source::Context(ctx) = source {
+        let rel = clean_rel(s);
+        let on_disk =
+            !rel.as_os_str().is_empty() && std::fs::symlink_metadata(ctx.root().join(&rel)).is_ok();
+        if on_disk && ctx.is_excluded(&rel) {
+            return CopyError::NotFound(format!(
+                "{s} (it is in the context directory, but .dockerignore excludes it)"
+            ));
+        }
+    }
+    CopyError::NotFound(s.to_string())
+}
+
 /// Runs the copy; returns every path written in the rootfs (relative), for the snapshot.
 pub fn copy(
     root: &Root,
@@ -107,7 +123,7 @@ pub fn copy(
         // BuildKit copies with `AllowEmptyWildcard`: a pattern matching nothing is not an
         // error, a plain path that does not exist is.
         if found.is_empty() && !has_glob(s) {
-            return Err(CopyError::NotFound(s.clone()));
+            return Err(not_found(source, s));
         }
         matched.extend(found);
     }
@@ -270,7 +286,7 @@ pub fn copy_parents(
             .unwrap_or_default();
         let found = expand_parents(source, s)?;
         if found.is_empty() && !has_glob(s) {
-            return Err(CopyError::NotFound(s.clone()));
+            return Err(not_found(source, s));
         }
         for m in found {
             let kept = m.rel.strip_prefix(&pivot).unwrap_or(&m.rel).to_path_buf();

@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 pub enum RunSetupError {
     #[error("secret {id:?} is required but was not given (use --secret id={id},src=FILE)")]
     MissingSecret { id: String },
-    #[error("reading secret {id:?}: {source}")]
+    #[error("reading secret {id:?} from {}: {source}", path.display())]
     SecretRead {
         id: String,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -223,6 +224,7 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                     SecretFrom::File(p) => {
                         fs::read(p).map_err(|source| RunSetupError::SecretRead {
                             id: id.clone(),
+                            path: p.clone(),
                             source,
                         })?
                     }
