@@ -867,6 +867,21 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    /// An error of the stage's FROM line (its base, its platform, its base's ONBUILD triggers).
+    fn stage_line_error(
+        &self,
+        stage: &PlannedStage,
+        instruction: &str,
+        message: String,
+    ) -> BuildError {
+        BuildError::Step {
+            file: self.file.clone(),
+            line: stage.from.span.start_line,
+            instruction: instruction.into(),
+            message,
+        }
+    }
+
     /// A `--from=NAME` that is no stage is an image (BuildKit's rule); when it is a bare word
     /// and pulling it failed, the likelier story is a misspelt stage: say which stages exist.
     fn pull_for_from_error(
@@ -1123,11 +1138,12 @@ impl<'a> Builder<'a> {
             Base::Image(name) => {
                 let reference = self.parse_ref(name)?;
                 let platform = match &stage.platform {
-                    Some(p) => p.parse::<Platform>().map_err(|e| BuildError::Step {
-                        file: self.file.clone(),
-                        line: stage.from.span.start_line,
-                        instruction: "FROM".into(),
-                        message: format!("invalid --platform {p:?}: {e}"),
+                    Some(p) => p.parse::<Platform>().map_err(|e| {
+                        self.stage_line_error(
+                            stage,
+                            "FROM",
+                            format!("invalid --platform {p:?}: {e}"),
+                        )
                     })?,
                     None => self.platform.clone(),
                 };
@@ -1177,11 +1193,12 @@ impl<'a> Builder<'a> {
                             })
                             // The error names the reference as written (with its tag) and
                             // the FROM line; the registry's own names the repository only.
-                            .map_err(|e| BuildError::Step {
-                                file: self.file.clone(),
-                                line: stage.from.span.start_line,
-                                instruction: "FROM".into(),
-                                message: format!("pulling {reference}: {e}"),
+                            .map_err(|e| {
+                                self.stage_line_error(
+                                    stage,
+                                    "FROM",
+                                    format!("pulling {reference}: {e}"),
+                                )
                             })?;
                         (pulled, t0.elapsed())
                     }
@@ -1309,11 +1326,12 @@ impl<'a> Builder<'a> {
         for t in &triggers {
             let parsed =
                 kiln_dockerfile::parse_trigger(t, self.plan.escape, stage.from.span.start_line)
-                    .map_err(|e| BuildError::Step {
-                        file: self.file.clone(),
-                        line: stage.from.span.start_line,
-                        instruction: "ONBUILD".into(),
-                        message: format!("trigger {t:?} of the base image: {e}"),
+                    .map_err(|e| {
+                        self.stage_line_error(
+                            stage,
+                            "ONBUILD",
+                            format!("trigger {t:?} of the base image: {e}"),
+                        )
                     })?;
             steps.push(parsed);
         }
