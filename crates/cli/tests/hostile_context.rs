@@ -123,6 +123,70 @@ fn run_bind_mount_of_the_context_hides_ignored_files() {
     );
 }
 
+/// `RUN --mount=type=bind,rw`: the step writes to its mount, the writes are thrown away
+/// (BuildKit's semantics): the context is unchanged, the next step's mount shows the original,
+/// no layer holds the mount's files; without `rw` the same write fails.
+#[test]
+fn run_bind_mount_rw_writes_are_discarded() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("data/sub")).unwrap();
+    std::fs::write(ctx.join("data/a.txt"), "original-content").unwrap();
+    std::fs::write(ctx.join("data/sub/b.txt"), "b").unwrap();
+    let dockerfile = |third: &str| {
+        format!(
+            "FROM {}/library/busybox
+\
+             RUN --mount=type=bind,source=data,target=/mnt/data,rw echo changed-content > /mnt/data/a.txt && touch /mnt/data/sub/new-file && cat /mnt/data/a.txt > /seen
+\
+             RUN --mount=type=bind,source=data,target=/mnt/data cat /mnt/data/a.txt > /second && ls /mnt/data/sub > /listing
+{third}",
+            reg.addr()
+        )
+    };
+    std::fs::write(ctx.join("Dockerfile"), dockerfile("")).unwrap();
+    let out = tmp.path().join("out");
+    let (ok, err) = build(&ctx, &out, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(ctx.join("data/a.txt")).unwrap(),
+        "original-content"
+    );
+    assert!(!ctx.join("data/sub/new-file").exists());
+    // The layers only (the config's history holds the commands' text).
+    let files = kiln_testkit::layout::flatten(&out.join("oci"));
+    let text = |p: &str| String::from_utf8_lossy(&files[p].content).into_owned();
+    assert_eq!(
+        text("seen").trim(),
+        "changed-content",
+        "the rw step saw its write"
+    );
+    assert_eq!(
+        text("second"),
+        "original-content",
+        "the next step saw the original"
+    );
+    assert_eq!(text("listing").trim(), "b.txt");
+    assert!(
+        !files.keys().any(|k| k.contains("mnt")),
+        "a mount's files reached a layer: {:?}",
+        files
+            .keys()
+            .filter(|k| k.contains("mnt"))
+            .collect::<Vec<_>>()
+    );
+    // Read-only (the default): the write fails the step.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        dockerfile("RUN --mount=type=bind,source=data,target=/mnt/data touch /mnt/data/x\n"),
+    )
+    .unwrap();
+    let (ok, err) = build(&ctx, &tmp.path().join("out2"), &[]);
+    assert!(!ok, "a write to a read-only bind mount succeeded: {err}");
+}
+
 #[test]
 fn dockerfile_and_dockerignore_symlinked_out_of_the_context_are_not_read() {
     // A context (a git branch, a tarball) whose Dockerfile is a symlink to a host file: kiln

@@ -134,6 +134,47 @@ pub struct MountContext<'a> {
     pub workdir: &'a str,
 }
 
+/// Copies `src` (a file, or a directory tree with symlinks copied as symlinks, never
+/// followed; fifos, sockets and devices left out) to `dst`, for a `type=bind,rw` mount.
+/// Directory modes are set after their contents are in (a 0555 directory would refuse them).
+fn copy_for_rw(src: &Path, dst: &Path) -> Result<(), RunSetupError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RunSetupError::Io { path, source }
+    };
+    let mut dirs = Vec::new();
+    for e in walkdir::WalkDir::new(src).follow_links(false) {
+        let e = e.map_err(|e| RunSetupError::Io {
+            path: src.to_path_buf(),
+            source: e.into(),
+        })?;
+        let rel = e.path().strip_prefix(src).unwrap_or(Path::new(""));
+        let to = if rel.as_os_str().is_empty() {
+            dst.to_path_buf()
+        } else {
+            dst.join(rel)
+        };
+        let ft = e.file_type();
+        if ft.is_dir() {
+            fs::create_dir_all(&to).map_err(io(&to))?;
+            let md = e.metadata().map_err(|err| RunSetupError::Io {
+                path: e.path().to_path_buf(),
+                source: err.into(),
+            })?;
+            dirs.push((to, md.permissions()));
+        } else if ft.is_symlink() {
+            let target = fs::read_link(e.path()).map_err(io(e.path()))?;
+            std::os::unix::fs::symlink(target, &to).map_err(io(&to))?;
+        } else if ft.is_file() {
+            fs::copy(e.path(), &to).map_err(io(e.path()))?;
+        }
+    }
+    for (dir, perm) in dirs.into_iter().rev() {
+        fs::set_permissions(&dir, perm).map_err(io(&dir))?;
+    }
+    Ok(())
+}
+
 fn abs_target(target: &str, workdir: &str) -> String {
     if target.starts_with('/') {
         target.to_string()
@@ -301,29 +342,33 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                     .target
                     .clone()
                     .ok_or_else(|| RunSetupError::Mount("type=bind needs target=".into()))?;
-                if !m.readonly
+                let rw = !m.readonly
                     && m.raw.split(',').any(|kv| {
                         kv == "rw"
                             || kv == "readwrite"
                             || kv == "readonly=false"
                             || kv == "ro=false"
-                    })
-                {
-                    return Err(RunSetupError::Unsupported(
-                        "--mount=type=bind,rw (writable bind mounts whose writes are discarded)"
-                            .into(),
-                    ));
-                }
+                    });
                 let source = m.source.clone().unwrap_or_else(|| "/".into());
                 let host = match &m.from {
                     Some(from) => (mc.resolve_from)(from, &source),
                     None => (mc.resolve_context)(&source),
                 }
                 .map_err(RunSetupError::Mount)?;
+                // `rw`: BuildKit lets the step write and throws the writes away. The step gets
+                // a private copy in its scratch directory (removed with it), so nothing it
+                // writes reaches the context, the other stage or a layer.
+                let host = if rw {
+                    let copy = mc.scratch.join(format!("bind-rw-{}", out.len()));
+                    copy_for_rw(&host, &copy)?;
+                    copy
+                } else {
+                    host
+                };
                 out.push(kiln_sandbox::Mount::Bind {
                     source: host,
                     target: abs_target(&target, mc.workdir),
-                    readonly: true,
+                    readonly: !rw,
                 });
             }
             MountType::Tmpfs => {
