@@ -467,11 +467,14 @@ run_rebuild() { # BUILDER REP WORKLOAD
     change_one_file "$w"
     # A rebuild comes minutes or hours after the build before it: let that build's writes
     # (and the deletion of its work dirs) reach the disk first, for every builder alike, or
-    # the rebuild of whichever builder writes files pays for them (untimed).
+    # the rebuild of whichever builder writes files pays for them (untimed). A fresh kiln
+    # state dir is removed before that, not after (see settle()).
+    if [ "$b" = kiln ] && [ "$KILN_CACHE" = 1 ] && [ "${KILN_REBUILD_STATE:-keep}" = fresh ]; then
+        rm -rf "$WORK/kiln"
+    fi
     settle
     case "$b" in
-        kiln) [ "$KILN_CACHE" = 1 ] && [ "${KILN_REBUILD_STATE:-keep}" = fresh ] && rm -rf "$WORK/kiln"
-              run_kiln "$w" "$rep" "$WORK/ctx/$w" "$flags" ;;
+        kiln) run_kiln "$w" "$rep" "$WORK/ctx/$w" "$flags" ;;
         buildah) run_buildah "$w" "$rep" "$WORK/ctx/$w" ;;
         buildkit) run_buildkit "$w" "$rep" "$WORK/ctx/$w" ;;
         lower-bound) run_lower_bound "$w" "$rep" ;;
