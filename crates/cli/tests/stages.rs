@@ -200,3 +200,31 @@ fn a_failing_stage_alone_does_not_say_it_waits_for_others() {
         "{err}"
     );
 }
+
+/// `RUN --mount=type=cache,from=STAGE,source=DIR`: a new cache starts as a copy of that
+/// directory of the stage (BuildKit's "base of the cache mount"); the next step with the same
+/// cache sees what the first left, and the stage itself is not changed.
+#[test]
+fn a_cache_mount_from_a_stage_starts_as_its_directory() {
+    let reg = require!(Registry::start());
+    require!(push_busybox(&reg, "library/busybox"));
+    let p = Project::new(&format!(
+        "FROM {0}/library/busybox AS seed\nRUN mkdir -p /seed && echo seeded > /seed/a\n\
+         FROM {0}/library/busybox\n\
+         RUN --mount=type=cache,target=/cache,from=seed,source=/seed cat /cache/a > /got && echo more > /cache/b\n\
+         RUN --mount=type=cache,target=/cache,from=seed,source=/seed ls /cache > /listing\n\
+         COPY --from=seed /seed /seed-after\n",
+        reg.addr()
+    ));
+    let layout = p.path("oci");
+    let (ok, err) = kiln(&p.build_args(
+        "state",
+        &["--oci-layout-path", &layout.display().to_string()],
+    ));
+    assert!(ok, "{err}");
+    let files = kiln_testkit::layout::flatten(&layout);
+    let text = |k: &str| String::from_utf8_lossy(&files[k].content).into_owned();
+    assert_eq!(text("got"), "seeded\n");
+    assert_eq!(text("listing"), "a\nb\n");
+    assert!(files.contains_key("seed-after/a") && !files.contains_key("seed-after/b"));
+}

@@ -1106,8 +1106,8 @@ fn root_err(p: &Path) -> impl FnOnce(RootError) -> DiffError + '_ {
 }
 
 /// Files up to this size are read by the prefetching readers (larger ones are streamed by the
-/// writer itself): with [`CHUNK`] entries per batch and two batches per reader in flight,
-/// at most 2 MiB a batch, 8 MiB in all.
+/// writer itself): with [`CHUNK`] entries per batch, at most 2 MiB a batch; each reader has
+/// one batch queued and one being read, and the writer one being written: at most 10 MiB.
 const INLINE_MAX: u64 = 32 * 1024;
 /// Entries per batch handed from a reader to the writer.
 const CHUNK: usize = 64;

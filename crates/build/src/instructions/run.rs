@@ -43,8 +43,6 @@ pub enum RunSetupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not supported yet: {0}")]
-    Unsupported(String),
 }
 
 /// The argv of a RUN given the stage's shell.
@@ -135,7 +133,8 @@ pub struct MountContext<'a> {
 }
 
 /// Copies `src` (a file, or a directory tree with symlinks copied as symlinks, never
-/// followed; fifos, sockets and devices left out) to `dst`, for a `type=bind,rw` mount.
+/// followed; fifos, sockets and devices left out) to `dst`, for a `type=bind,rw` mount or
+/// the first use of a `type=cache,from=` mount.
 /// Directory modes are set after their contents are in (a 0555 directory would refuse them).
 fn copy_for_rw(src: &Path, dst: &Path) -> Result<(), RunSetupError> {
     let io = |path: &Path| {
@@ -303,11 +302,16 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                     .clone()
                     .ok_or_else(|| RunSetupError::Mount("type=cache needs target=".into()))?;
                 let target = abs_target(&target, mc.workdir);
-                if m.from.is_some() {
-                    return Err(RunSetupError::Unsupported(
-                        "--mount=type=cache,from=".into(),
-                    ));
-                }
+                // `from=` (a stage, or an image) and `source=` (a path in it, default its
+                // root): what a new cache directory starts as (BuildKit: "a base of the
+                // cache mount"); an existing one keeps what earlier steps left.
+                let seed = match &m.from {
+                    Some(from) => Some(
+                        (mc.resolve_from)(from, m.source.as_deref().unwrap_or("/"))
+                            .map_err(RunSetupError::Mount)?,
+                    ),
+                    None => None,
+                };
                 // The id was validated by the parser (no `..`, no `/` escapes); hash it to a
                 // fixed-length directory name so it can never form a path.
                 let id = m.id.clone().unwrap_or_else(|| target.clone());
@@ -319,6 +323,18 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                     locks.push(lock);
                     dir
                 };
+                if let (false, Some(seed)) = (dir.exists(), &seed) {
+                    // Copied aside and renamed in: a step sharing the cache id at the same
+                    // time sees it whole or not at all (the loser's copy is dropped).
+                    let tmp = mc.scratch.join(format!("cache-seed-{name}"));
+                    copy_for_rw(seed, &tmp)?;
+                    if fs::rename(&tmp, &dir).is_err() && !dir.exists() {
+                        return Err(RunSetupError::Io {
+                            path: dir.clone(),
+                            source: std::io::Error::other("could not move the seeded cache in"),
+                        });
+                    }
+                }
                 if !dir.exists() {
                     fs::create_dir_all(&dir).map_err(|source| RunSetupError::Io {
                         path: dir.clone(),
