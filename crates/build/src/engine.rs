@@ -1242,22 +1242,21 @@ impl<'a> Builder<'a> {
         config: &ImageConfig,
         platform: &Platform,
     ) {
-        let variant_differs = matches!(
-            (config.variant.as_deref(), platform.variant()),
-            (Some(a), Some(b)) if a != b
-        );
-        let empty = config.os.is_empty() || config.architecture.is_empty();
-        if empty
-            || (config.os == platform.os()
-                && config.architecture == platform.architecture()
-                && !variant_differs)
-        {
+        if config.os.is_empty() || config.architecture.is_empty() {
             return;
         }
-        let is = match config.variant.as_deref() {
-            Some(v) => format!("{}/{}/{v}", config.os, config.architecture),
-            None => format!("{}/{}", config.os, config.architecture),
-        };
+        // Normalised as the requested one is (x86_64 = amd64, aarch64 = arm64, arm64/v8 =
+        // arm64, an empty variant = none), and matched as an index entry would be (a v7
+        // machine runs a v6 image).
+        let image = Platform::new(
+            &config.os,
+            &config.architecture,
+            config.variant.as_deref().filter(|v| !v.is_empty()),
+        );
+        if platform.matches(&image) {
+            return;
+        }
+        let is = image.to_string();
         self.out.event(Event::Warning(&format!(
             "{}:{}: FROM {reference} is an image for {is}, not for {platform} as this build asks \
              (the registry has no {platform} image of it): its programs may not run on \

@@ -128,7 +128,8 @@ pub struct BuildFlags {
     /// a name given here could only be pushed, which -t never does).
     #[arg(short = 't', long = "tag", hide = true)]
     pub docker_tags: Vec<String>,
-    /// `docker build --no-cache`: no layer cache (kiln's default unless --cache=true).
+    /// `docker build --no-cache`: no layer cache at all, neither lookups nor stores (docker's
+    /// still exports a cache); the same as kiln's default unless --cache=true.
     #[arg(long = "no-cache", hide = true)]
     pub no_cache: bool,
     /// Build only; do not push the image.

@@ -152,21 +152,30 @@ fn key_values(flag: &'static str, values: &[String]) -> Result<Vec<(String, Stri
 
 fn parse_secret(spec: &str) -> Result<SecretSource> {
     let mut id = None;
-    let mut from = None;
+    let mut src = None;
+    let mut env = None;
+    let mut env_type = false;
     for part in spec.split(',') {
         match part.split_once('=') {
             Some(("id", v)) => id = Some(v.to_string()),
-            Some(("src" | "source", v)) => from = Some(SecretFrom::File(PathBuf::from(v))),
-            Some(("env", v)) => from = Some(SecretFrom::Env(v.to_string())),
-            Some(("type", "file" | "env")) => {}
+            Some(("src" | "source", v)) => src = Some(v.to_string()),
+            Some(("env", v)) => env = Some(v.to_string()),
+            Some(("type", "file")) => env_type = false,
+            Some(("type", "env")) => env_type = true,
             _ => bail!("invalid --secret {spec:?}: expected id=ID[,src=FILE|,env=VAR]"),
         }
     }
     let Some(id) = id else {
         bail!("invalid --secret {spec:?}: missing id=")
     };
-    // Docker's default: a secret with no source is read from the env var or file named by id.
-    let source = from.unwrap_or_else(|| SecretFrom::Env(id.clone()));
+    // buildx's rules: `env=VAR`; with `type=env`, `src=` names the variable; otherwise `src=`
+    // is a file; with neither, the variable named by the id.
+    let source = match (env, src) {
+        (Some(var), _) => SecretFrom::Env(var),
+        (None, Some(var)) if env_type => SecretFrom::Env(var),
+        (None, Some(file)) => SecretFrom::File(PathBuf::from(file)),
+        (None, None) => SecretFrom::Env(id.clone()),
+    };
     // A missing file fails now, as `docker build --secret` does, not when the RUN that
     // mounts it is reached, maybe minutes into the build.
     if let SecretFrom::File(p) = &source {
@@ -1281,6 +1290,31 @@ mod state_dir_tests {
             Command::Build(b) => *b,
             other => panic!("not build: {other:?}"),
         }
+    }
+
+    #[test]
+    fn secret_sources_follow_buildx() {
+        use super::{parse_secret, SecretFrom};
+        let env = |s: &str| match parse_secret(s).unwrap().source {
+            SecretFrom::Env(v) => Some(v),
+            SecretFrom::File(_) => None,
+        };
+        assert_eq!(
+            env("id=tok,type=env,src=GITHUB_TOKEN").as_deref(),
+            Some("GITHUB_TOKEN")
+        );
+        assert_eq!(env("id=tok,env=TOKEN_VAR").as_deref(), Some("TOKEN_VAR"));
+        assert_eq!(env("id=tok").as_deref(), Some("tok"));
+        // A file source must exist (checked before the build).
+        assert!(parse_secret("id=tok,src=/nonexistent/kiln-secret").is_err());
+        assert!(parse_secret("id=tok,type=file,src=/nonexistent/kiln-secret").is_err());
+        let exe = std::env::current_exe().unwrap();
+        assert!(matches!(
+            parse_secret(&format!("id=tok,src={}", exe.display()))
+                .unwrap()
+                .source,
+            SecretFrom::File(_)
+        ));
     }
 
     #[test]

@@ -153,20 +153,26 @@ fn copy_for_rw(src: &Path, dst: &Path) -> Result<(), RunSetupError> {
         } else {
             dst.join(rel)
         };
+        let md = e.metadata().map_err(|err| RunSetupError::Io {
+            path: e.path().to_path_buf(),
+            source: err.into(),
+        })?;
         let ft = e.file_type();
         if ft.is_dir() {
             fs::create_dir_all(&to).map_err(io(&to))?;
-            let md = e.metadata().map_err(|err| RunSetupError::Io {
-                path: e.path().to_path_buf(),
-                source: err.into(),
-            })?;
-            dirs.push((to, md.permissions()));
+            dirs.push((to.clone(), md.permissions()));
         } else if ft.is_symlink() {
             let target = fs::read_link(e.path()).map_err(io(e.path()))?;
             std::os::unix::fs::symlink(target, &to).map_err(io(&to))?;
         } else if ft.is_file() {
             fs::copy(e.path(), &to).map_err(io(e.path()))?;
+        } else {
+            continue;
         }
+        // The source's owner, so a non-root step can write where it could in the source
+        // (an id this user namespace does not map stays the copier's: best effort).
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::lchown(&to, Some(md.uid()), Some(md.gid()));
     }
     for (dir, perm) in dirs.into_iter().rev() {
         fs::set_permissions(&dir, perm).map_err(io(&dir))?;
@@ -323,29 +329,41 @@ pub fn mounts(specs: &[MountSpec], mc: &MountContext<'_>) -> Result<StepMounts, 
                     locks.push(lock);
                     dir
                 };
-                if let (false, Some(seed)) = (dir.exists(), &seed) {
-                    // Copied aside and renamed in: a step sharing the cache id at the same
-                    // time sees it whole or not at all (the loser's copy is dropped).
-                    let tmp = mc.scratch.join(format!("cache-seed-{name}"));
-                    copy_for_rw(seed, &tmp)?;
-                    if fs::rename(&tmp, &dir).is_err() && !dir.exists() {
-                        return Err(RunSetupError::Io {
-                            path: dir.clone(),
-                            source: std::io::Error::other("could not move the seeded cache in"),
-                        });
-                    }
-                }
                 if !dir.exists() {
-                    fs::create_dir_all(&dir).map_err(|source| RunSetupError::Io {
-                        path: dir.clone(),
+                    // Made (empty, or seeded) under an exclusive lock of its own: a step
+                    // sharing the cache id at the same time, in a parallel stage or another
+                    // build on this state dir, waits and then finds it whole; a seed is
+                    // copied aside and renamed in, never over a directory in use.
+                    let io = |path: &Path, source| RunSetupError::Io {
+                        path: path.to_path_buf(),
                         source,
-                    })?;
-                    fs::set_permissions(&dir, fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))
-                        .map_err(|source| RunSetupError::Io {
-                            path: dir.clone(),
-                            source,
-                        })?;
-                    let _ = nix_chown(&dir, m.uid.or(Some(0)), m.gid.or(Some(0)));
+                    };
+                    let instance = dir.file_name().unwrap_or_default().to_string_lossy();
+                    let lock_path = mc.cache_root.join(format!("{instance}.init.lock"));
+                    let init = fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&lock_path)
+                        .map_err(|e| io(&lock_path, e))?;
+                    init.lock().map_err(|e| io(&lock_path, e))?;
+                    match &seed {
+                        _ if dir.exists() => {}
+                        Some(seed) => {
+                            let tmp = mc.scratch.join(format!("cache-seed-{instance}"));
+                            copy_for_rw(seed, &tmp)?;
+                            fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+                        }
+                        None => {
+                            fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+                            fs::set_permissions(
+                                &dir,
+                                fs::Permissions::from_mode(m.mode.unwrap_or(0o755)),
+                            )
+                            .map_err(|e| io(&dir, e))?;
+                            let _ = nix_chown(&dir, m.uid.or(Some(0)), m.gid.or(Some(0)));
+                        }
+                    }
                 }
                 out.push(kiln_sandbox::Mount::Bind {
                     source: dir,
