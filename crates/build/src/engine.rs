@@ -1547,12 +1547,11 @@ impl<'a> Builder<'a> {
             if root_holds_step {
                 // The step ran on the filled rootfs and its layer is in it.
                 applied = layers.len();
-            } else if touched {
-                // The target's last use of its rootfs: the layer was not applied (no one
-                // reads the tree after it).
             } else {
+                // Either the target's last use of its rootfs (its layer was not applied: no
+                // one reads the tree after it), or a step that never touched the rootfs.
                 debug_assert!(
-                    size.is_none(),
+                    touched || size.is_none(),
                     "a step that made a layer must fill the rootfs first"
                 );
             }

@@ -744,6 +744,10 @@ fn no_effect_warnings(flags: &BuildFlags) -> Vec<String> {
         "--bucket has no effect: GCS contexts are not supported",
     );
     say(
+        flags.no_cache && flags.cache,
+        "--cache=true has no effect: --no-cache turns the layer cache off",
+    );
+    say(
         !flags.compressed_caching,
         "--compressed-caching=false has no effect: kiln always streams layers with bounded memory",
     );
@@ -1330,6 +1334,9 @@ mod state_dir_tests {
         assert_eq!(f.dockerfile, "Other.Dockerfile");
         assert_eq!(f.custom_platform, "linux/arm64");
         assert!(f.no_cache && f.cache);
+        assert!(super::no_effect_warnings(&f)
+            .iter()
+            .any(|w| w.starts_with("--cache=true has no effect")));
         let f = flags(&["-t", "app:1"]);
         assert_eq!(f.docker_tags, ["app:1"]);
         assert!(f.destinations.is_empty(), "-t is not a destination");
